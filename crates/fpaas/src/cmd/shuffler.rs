@@ -1,0 +1,178 @@
+//! `fpaas shuffler`: flags (and an optional JSON `--config` file, flags win) → [`ShufflerConfig`], the ops HTTP
+//! server (`/metrics`, `/health`, `/ready`, `/health/detailed`) on `--metrics-listen`, and the shuffler run loop
+//! from `fpaas-ingest` until SIGTERM / Ctrl-C, which drains in-flight publishes and saves the cursor.
+
+use anyhow::Context;
+use fpaas_ingest::ShufflerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// JSON file with `ShufflerConfig` fields (see docs/shuffler.md); flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Relay base URL (default wss://bsky.network).
+    #[arg(long, env = "FPAAS_RELAY")]
+    pub relay: Option<String>,
+    /// Instance name: this shuffler's key in the cursor bucket; unique per running shuffler.
+    #[arg(long, env = "FPAAS_INSTANCE")]
+    pub instance: Option<String>,
+    /// NATS URL(s), comma separated (default nats://127.0.0.1:4222).
+    #[arg(long, env = "FPAAS_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Stream name (default FIREHOSE).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Stream replicas (1 single server, 3 cluster).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Stream retention in seconds (default 86400).
+    #[arg(long)]
+    pub max_age_secs: Option<u64>,
+    /// Stream dedup window in seconds (default 300).
+    #[arg(long)]
+    pub duplicate_window_secs: Option<u64>,
+    /// Largest stored message in bytes; larger events are dropped as payload_too_large (default 2 MiB).
+    #[arg(long)]
+    pub max_msg_size: Option<i32>,
+    /// Stream disk guard in bytes, -1 unlimited (default 32 GiB).
+    #[arg(long)]
+    pub max_bytes: Option<i64>,
+    /// Cursor KV bucket (default fpaas_cursors).
+    #[arg(long)]
+    pub cursor_bucket: Option<String>,
+    /// Most publishes awaiting an ack at once (default 1024).
+    #[arg(long)]
+    pub max_acks_in_flight: Option<usize>,
+    /// Most frames read but not yet acked (default 8192).
+    #[arg(long)]
+    pub max_pending_frames: Option<usize>,
+    /// Save the cursor every N published events (default 1000).
+    #[arg(long)]
+    pub cursor_save_every: Option<u64>,
+    /// Save the cursor at least every T ms (default 1000).
+    #[arg(long)]
+    pub cursor_save_interval_ms: Option<u64>,
+    /// Reconnect when the relay is silent this long, ms (default 60000).
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Relay connect timeout, ms (default 10000).
+    #[arg(long)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest wait for publish capacity / a JetStream answer before treating NATS as down, ms (default 10000).
+    #[arg(long)]
+    pub publish_timeout_ms: Option<u64>,
+    /// On shutdown, longest wait for in-flight acks, ms (default 10000).
+    #[arg(long)]
+    pub drain_timeout_ms: Option<u64>,
+    /// First retry delay, ms (default 100).
+    #[arg(long)]
+    pub backoff_min_ms: Option<u64>,
+    /// Largest retry delay, ms (default 30000).
+    #[arg(long)]
+    pub backoff_max_ms: Option<u64>,
+    /// Relay seq to start after when no cursor is stored for this relay (default: live).
+    #[arg(long)]
+    pub start_cursor: Option<i64>,
+    /// Ops HTTP address (/metrics, /health, /ready, /health/detailed); `none` disables (default 127.0.0.1:9100).
+    #[arg(long, env = "FPAAS_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+impl Args {
+    /// The configuration: defaults, then the file, then the flags.
+    pub fn to_config(&self) -> anyhow::Result<ShufflerConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {} (JSON ShufflerConfig)", path.display()))?
+            }
+            None => ShufflerConfig::default(),
+        };
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        }
+        set(&mut cfg.relay, &self.relay);
+        set(&mut cfg.instance, &self.instance);
+        set(&mut cfg.nats_url, &self.nats_url);
+        set(&mut cfg.stream.name, &self.stream);
+        set(&mut cfg.stream.replicas, &self.replicas);
+        set(&mut cfg.stream.max_age_secs, &self.max_age_secs);
+        set(&mut cfg.stream.duplicate_window_secs, &self.duplicate_window_secs);
+        set(&mut cfg.stream.max_msg_size, &self.max_msg_size);
+        set(&mut cfg.stream.max_bytes, &self.max_bytes);
+        set(&mut cfg.cursor_kv.bucket, &self.cursor_bucket);
+        set(&mut cfg.max_acks_in_flight, &self.max_acks_in_flight);
+        set(&mut cfg.max_pending_frames, &self.max_pending_frames);
+        set(&mut cfg.cursor_save_every_events, &self.cursor_save_every);
+        set(&mut cfg.cursor_save_interval_ms, &self.cursor_save_interval_ms);
+        set(&mut cfg.idle_timeout_ms, &self.idle_timeout_ms);
+        set(&mut cfg.connect_timeout_ms, &self.connect_timeout_ms);
+        set(&mut cfg.publish_timeout_ms, &self.publish_timeout_ms);
+        set(&mut cfg.drain_timeout_ms, &self.drain_timeout_ms);
+        set(&mut cfg.backoff_min_ms, &self.backoff_min_ms);
+        set(&mut cfg.backoff_max_ms, &self.backoff_max_ms);
+        if self.start_cursor.is_some() {
+            cfg.start_cursor = self.start_cursor;
+        }
+        if let Some(addr) = &self.metrics_listen {
+            cfg.metrics_listen = match addr.as_str() {
+                "" | "none" | "off" => None,
+                a => Some(a.to_owned()),
+            };
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = a.to_config()?;
+    if a.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    let metrics = fpaas_ops::install_metrics();
+    let health = fpaas_ops::Health::new();
+    let shutdown = CancellationToken::new();
+    let ops_stop = CancellationToken::new();
+    let ops = match &cfg.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the ops server to {addr}"))?;
+            let router = fpaas_ops::router(metrics, health.clone());
+            Some(tokio::spawn(fpaas_ops::serve(listener, router, ops_stop.clone())))
+        }
+        None => None,
+    };
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("signal received; draining in-flight publishes and saving the cursor");
+        signal.cancel();
+    });
+    let result = fpaas_ingest::run(cfg, health, shutdown).await;
+    ops_stop.cancel();
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    let stats = result?;
+    tracing::info!(
+        frames = stats.frames,
+        events = stats.events,
+        published = stats.published,
+        duplicates = stats.duplicates,
+        drops = stats.drops,
+        cursor = ?stats.cursor_seq,
+        "shuffler finished"
+    );
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The `fpaas shuffler` process against a real nats-server and relay-sim: kill -9 mid-stream several times,
+//! and two shufflers on different relays with one killed and restarted. In every case the stream must hold
+//! every simulated event exactly once (compared with the simulator's ground truth).
+
+#[path = "../../ingest/tests/common/mod.rs"]
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fpaas_sim::{Sim, SimConfig};
+use fpaas_testkit::{NatsServer, eventually, eventually_some, free_port};
+
+/// A running `fpaas shuffler` child process and its ops address.
+struct ShufflerProc {
+    child: Child,
+    ops: String,
+}
+
+impl ShufflerProc {
+    fn spawn(nats_url: &str, relay: &str, instance: &str) -> Self {
+        let ops = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_fpaas"))
+            .args(["shuffler", "--relay", relay, "--instance", instance])
+            .args(["--nats-url", nats_url, "--metrics-listen", &ops])
+            .args(["--cursor-save-every", "100", "--cursor-save-interval-ms", "100"])
+            .args(["--backoff-min-ms", "20", "--backoff-max-ms", "500"])
+            .args(["--max-bytes", "268435456", "--start-cursor", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fpaas shuffler");
+        Self { child, ops }
+    }
+
+    /// SIGKILL: no drain, no final cursor save.
+    fn kill_9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then the exit status (graceful: drain + cursor save).
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        eventually_some(Duration::from_secs(20), || {
+            let r = self.child.try_wait().expect("try_wait");
+            async move { r }
+        })
+        .await
+        .expect("exited after SIGTERM")
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("http://{}{path}", self.ops)).await.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    }
+
+    async fn metric(&self, name: &str, filter: &str) -> f64 {
+        match self.get("/metrics").await {
+            Some((200, page)) => prom_value(&page, name, filter),
+            _ => 0.0,
+        }
+    }
+}
+
+impl Drop for ShufflerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn jetstream(url: &str) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(url).await.expect("nats"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_several_times_keeps_every_event_exactly_once() {
+    const EVENTS: u64 = 4_000;
+    let nats = NatsServer::new();
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 21,
+        rate: Some(300.0),
+        limit: Some(EVENTS),
+        rare_boost: 50,
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let js = jetstream(&nats.url()).await;
+    let mut proc = ShufflerProc::spawn(&nats.url(), &sim.url(), "k");
+    for round in 0..3 {
+        let before = stream_len(&js, "FIREHOSE").await.unwrap_or(0);
+        eventually(Duration::from_secs(15), || async {
+            stream_len(&js, "FIREHOSE").await.unwrap_or(0) > before + 250
+        })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: no progress: {e}"));
+        assert!(sim.produced() < EVENTS, "round {round}: the kill must land mid-stream");
+        proc.kill_9();
+        proc = ShufflerProc::spawn(&nats.url(), &sim.url(), "k");
+    }
+    eventually(Duration::from_secs(30), || async {
+        sim.produced() >= EVENTS
+            && stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim.truth()))
+    })
+    .await
+    .expect("every event in the stream after the kills");
+    let truth = sim.truth();
+    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &truth);
+
+    // The surviving process serves the ops endpoints, and SIGTERM saves the cursor at the head.
+    let ready = eventually_some(Duration::from_secs(5), || async {
+        proc.get("/ready").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert!(ready.is_ok(), "ready");
+    let (status, page) = proc.get("/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    assert!(page.contains("fpaas_shuffler_events_total"), "{page}");
+    let (status, detailed) = proc.get("/health/detailed").await.expect("detailed");
+    assert_eq!(status, 200);
+    assert!(detailed.contains("\"relay\"") && detailed.contains("\"stream\""), "{detailed}");
+    let head = sim.head_seq();
+    eventually(Duration::from_secs(10), || async {
+        stored_cursor(&js, "k").await == head
+    })
+    .await
+    .expect("cursor reaches the head while running");
+    let exit = proc.terminate().await;
+    assert!(exit.success(), "graceful exit: {exit:?}");
+    assert_eq!(stored_cursor(&js, "k").await, head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shufflers_on_different_relays_no_duplicates_through_kill_and_restart() {
+    const EVENTS: u64 = 4_000;
+    let nats = NatsServer::new();
+    let sim_cfg = |start_seq| SimConfig {
+        seed: 5,
+        rate: Some(300.0),
+        limit: Some(EVENTS),
+        rare_boost: 50,
+        start_seq,
+        ..Default::default()
+    };
+    // Two relays serving the same events under different seqs.
+    let (sim_a, _) = Sim::start(sim_cfg(1)).await.expect("sim a");
+    let (sim_b, _) = Sim::start(sim_cfg(SEQ_MOD + 1)).await.expect("sim b");
+    let js = jetstream(&nats.url()).await;
+    let mut a = ShufflerProc::spawn(&nats.url(), &sim_a.url(), "ha-a");
+    let mut b = ShufflerProc::spawn(&nats.url(), &sim_b.url(), "ha-b");
+
+    eventually(Duration::from_secs(15), || async {
+        a.metric("fpaas_shuffler_events_total", "").await > 200.0
+            && b.metric("fpaas_shuffler_events_total", "").await > 200.0
+    })
+    .await
+    .expect("both shufflers publishing");
+
+    b.kill_9();
+    let before = stream_len(&js, "FIREHOSE").await.unwrap_or(0);
+    eventually(Duration::from_secs(10), || async {
+        stream_len(&js, "FIREHOSE").await.unwrap_or(0) > before + 300
+    })
+    .await
+    .expect("a carries on alone");
+    assert!(a.is_running());
+    assert!(sim_a.produced() < EVENTS, "the kill landed mid-stream");
+
+    let b = ShufflerProc::spawn(&nats.url(), &sim_b.url(), "ha-b");
+    eventually(Duration::from_secs(30), || async {
+        sim_a.produced() >= EVENTS
+            && sim_b.produced() >= EVENTS
+            && stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim_a.truth()))
+            && b.metric("fpaas_shuffler_dedup_hits_total", "").await > 0.0
+    })
+    .await
+    .expect("every event stored; the restarted b re-publishes only duplicates");
+    assert_eq!(
+        truth_keys(&sim_a.truth()),
+        truth_keys(&sim_b.truth()),
+        "both relays serve the same events"
+    );
+    let dups = a.metric("fpaas_shuffler_dedup_hits_total", "").await
+        + b.metric("fpaas_shuffler_dedup_hits_total", "").await;
+    assert!(dups > 0.0, "the two shufflers overlapped");
+    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim_a.truth());
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    assert_eq!(stored_cursor(&js, "ha-a").await, sim_a.head_seq());
+    assert_eq!(stored_cursor(&js, "ha-b").await, sim_b.head_seq());
+}

@@ -1,0 +1,32 @@
+//! The errors of the shuffler crate. Almost every failure the shuffler meets at run time (relay gone, NATS
+//! down, a publish timing out) is retried inside the run loop and only counted and logged; what reaches the
+//! caller as an [`IngestError`] is what retrying cannot fix: invalid configuration, or a stream configuration
+//! the server refuses.
+
+use fpaas_bus::BusError;
+
+/// Why the shuffler stopped (or could not start).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A configuration field is invalid.
+    #[error("invalid shuffler config: {0}")]
+    Config(String),
+    /// NATS refused something retrying cannot fix (a bad URL, an invalid stream/KV configuration).
+    #[error("nats: {what}")]
+    Bus {
+        /// What the shuffler was doing.
+        what: &'static str,
+        /// The bus error.
+        #[source]
+        source: BusError,
+    },
+    /// A cursor bucket operation failed (retried by the run loop; surfaced by the cursor helpers).
+    #[error("cursor store: {what}")]
+    Cursor {
+        /// What failed.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}

@@ -1,0 +1,187 @@
+//! Shared helpers of the shuffler integration tests (also included by `crates/fpaas/tests/` via `#[path]`):
+//! read the whole stream with an ordered consumer, and compare it with relay-sim's ground truth.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+/// One message of the stream.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// `Nats-Msg-Id` header.
+    pub msg_id: String,
+    /// Comparison key (see [`event_key`]).
+    pub key: String,
+    /// Subject.
+    pub subject: String,
+}
+
+/// Seqs are compared modulo this, so that a second simulated relay started at `SEQ_MOD + 1` (same seed, same
+/// events, different numbering) maps onto the first.
+pub const SEQ_MOD: i64 = 1_000_000;
+
+/// The key of a stream event for comparison with the truth: the dedup id for commits (it is relay-independent:
+/// did, rev, collection, rkey), `kind:did:seq` for the rest (the truth has no event time to build their id).
+pub fn event_key(ev: &fpaas_event::Event) -> String {
+    match ev.kind {
+        fpaas_event::Kind::Commit => fpaas_event::msg_id(ev),
+        k => format!("{}:{}:{}", k.as_str(), ev.did, ev.seq % SEQ_MOD),
+    }
+}
+
+/// The comparison key of a truth entry (see [`event_key`]); `None` for oversize ops (they must be dropped).
+pub fn truth_key(t: &fpaas_sim::TruthEvent) -> Option<String> {
+    use fpaas_sim::TruthEvent as T;
+    Some(match t {
+        T::Op {
+            oversize: true, ..
+        } => return None,
+        T::Op {
+            did,
+            rev,
+            collection,
+            rkey,
+            ..
+        } => format!("c:{did}:{rev}:{collection}/{rkey}"),
+        T::Identity { seq, did, .. } => format!("identity:{did}:{}", seq % SEQ_MOD),
+        T::Account { seq, did, .. } => format!("account:{did}:{}", seq % SEQ_MOD),
+        T::Sync { seq, did, .. } => format!("sync:{did}:{}", seq % SEQ_MOD),
+    })
+}
+
+/// Truth keys (oversize ops excluded) with multiplicity.
+pub fn truth_keys(truth: &[fpaas_sim::TruthEvent]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for t in truth {
+        if let Some(k) = truth_key(t) {
+            *out.entry(k).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Number of events (oversize excluded) the stream should hold for `truth`.
+pub fn expected_len(truth: &[fpaas_sim::TruthEvent]) -> u64 {
+    truth_keys(truth).values().sum::<usize>() as u64
+}
+
+/// Number of messages in `stream` (stream info), `None` when NATS does not answer.
+pub async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> Option<u64> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), js.get_stream(stream))
+        .await
+        .ok()?
+        .ok()?;
+    let info = tokio::time::timeout(Duration::from_secs(2), s.info())
+        .await
+        .ok()?
+        .ok()?;
+    Some(info.state.messages)
+}
+
+/// Reads every message of `stream` with an ordered push consumer.
+pub async fn read_stream(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Stored> {
+    let total = stream_len(js, stream).await.expect("stream info");
+    let s = js.get_stream(stream).await.expect("get stream");
+    let consumer = s
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(total as usize);
+    while (out.len() as u64) < total {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("stream read stalled")
+            .expect("stream ended")
+            .expect("message");
+        let msg_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned())
+            .expect("Nats-Msg-Id header");
+        let ev: fpaas_event::Event = serde_json::from_slice(&msg.payload).expect("event json");
+        assert_eq!(msg_id, fpaas_event::msg_id(&ev), "msg id is the event's dedup id");
+        out.push(Stored {
+            msg_id,
+            key: event_key(&ev),
+            subject: msg.subject.to_string(),
+        });
+    }
+    out
+}
+
+/// Asserts the stream holds exactly the truth (oversize excluded): no missing, no extra, no duplicate.
+pub fn assert_exactly_once(stored: &[Stored], truth: &[fpaas_sim::TruthEvent]) {
+    let mut ids = BTreeSet::new();
+    let dups: Vec<&str> = stored
+        .iter()
+        .filter(|s| !ids.insert(s.msg_id.as_str()))
+        .map(|s| s.msg_id.as_str())
+        .take(5)
+        .collect();
+    assert!(dups.is_empty(), "duplicate msg ids in the stream, e.g. {dups:?}");
+    let want = truth_keys(truth);
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    for s in stored {
+        *got.entry(s.key.clone()).or_insert(0) += 1;
+    }
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
+    let want_total: usize = want.values().sum();
+    assert!(
+        missing.is_empty() && extra.is_empty() && want_total == stored.len(),
+        "stream has {} messages, truth {} events; missing e.g. {missing:?}; extra e.g. {extra:?}",
+        stored.len(),
+        want_total
+    );
+}
+
+/// Reads `name` from a Prometheus text page: the sum of every sample whose name and labels contain `filter`.
+pub fn prom_value(page: &str, name: &str, filter: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split([' ', '{'])
+                .next()
+                .is_some_and(|n| n == name)
+                && l.contains(filter)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A shuffler config for tests: fast cursor saves and retries, a small stream, no ops server.
+pub fn test_config(nats_url: &str, relay: &str, instance: &str) -> fpaas_ingest::ShufflerConfig {
+    fpaas_ingest::ShufflerConfig {
+        relay: relay.to_owned(),
+        instance: instance.to_owned(),
+        nats_url: nats_url.to_owned(),
+        stream: fpaas_bus::StreamSettings {
+            max_bytes: 256 * 1024 * 1024,
+            ..Default::default()
+        },
+        cursor_save_every_events: 100,
+        cursor_save_interval_ms: 100,
+        backoff_min_ms: 20,
+        backoff_max_ms: 500,
+        publish_timeout_ms: 3_000,
+        // From the relay's first event (a live start would miss what the simulator produced before).
+        start_cursor: Some(0),
+        metrics_listen: None,
+        ..Default::default()
+    }
+}
+
+/// The JSON cursor record stored for `instance`, read with a plain client.
+pub async fn stored_cursor(js: &async_nats::jetstream::Context, instance: &str) -> Option<i64> {
+    let kv = js.get_key_value("fpaas_cursors").await.ok()?;
+    let value = kv.get(instance).await.ok()??;
+    let v: serde_json::Value = serde_json::from_slice(&value).ok()?;
+    v.get("seq")?.as_i64()
+}

@@ -1,0 +1,94 @@
+//! nats-server stopped for 10 s mid-stream and started again: no event is lost, the shuffler never exits, and
+//! its memory stays bounded (acks in flight and pending frames never exceed their configured bounds — there is
+//! no retry queue; it stops reading the relay and resumes from the watermark).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fpaas_ingest::Shuffler;
+use fpaas_ops::Health;
+use fpaas_sim::{Sim, SimConfig};
+use fpaas_testkit::{NatsServer, eventually};
+use tokio_util::sync::CancellationToken;
+
+const MAX_ACKS: usize = 64;
+const MAX_FRAMES: usize = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_10s_mid_stream_loses_nothing() {
+    let mut nats = NatsServer::new();
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 11,
+        rate: Some(400.0),
+        limit: Some(6_000),
+        rare_boost: 50,
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let mut cfg = test_config(&nats.url(), &sim.url(), "outage");
+    cfg.max_acks_in_flight = MAX_ACKS;
+    cfg.max_pending_frames = MAX_FRAMES;
+    cfg.publish_timeout_ms = 2_000;
+    cfg.backoff_max_ms = 1_000;
+    let shuffler = Shuffler::new(cfg);
+    let stats = shuffler.stats();
+    let health = Health::new();
+    let shutdown = CancellationToken::new();
+    let mut task = tokio::spawn(shuffler.run(health.clone(), shutdown.clone()));
+
+    eventually(Duration::from_secs(10), || async {
+        stats.published.load(Ordering::Relaxed) >= 400
+    })
+    .await
+    .expect("publishing before the outage");
+
+    tokio::task::block_in_place(|| nats.stop());
+    let stopped = Instant::now();
+    // The outage: the shuffler keeps running, within its bounds, and its watermark does not move.
+    let mut watermark_during = None;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        assert!(!task.is_finished(), "the shuffler exited during the outage");
+        let s = stats.snapshot();
+        assert!(s.acks_in_flight <= MAX_ACKS as u64, "{s:?}");
+        if stopped.elapsed() > Duration::from_secs(6) {
+            // By now every in-flight ack has failed (2 s publish timeout, 5 s ack timeout): frozen.
+            match watermark_during {
+                None => watermark_during = Some(s.watermark_seq),
+                Some(w) => assert_eq!(w, s.watermark_seq, "watermark moved while NATS was down"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!health.is_ready(), "not ready while NATS is down");
+    tokio::task::block_in_place(|| nats.start());
+
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    eventually(Duration::from_secs(25), || async {
+        sim.produced() >= 6_000
+            && stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim.truth()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("not caught up after the outage: {e}; {:?}", stats.snapshot()));
+    eventually(Duration::from_secs(5), || async { health.is_ready() })
+        .await
+        .expect("ready again");
+
+    let s = stats.snapshot();
+    assert!(s.nats_outages >= 1, "the outage was noticed: {s:?}");
+    assert!(s.max_acks_in_flight_seen <= MAX_ACKS as u64, "{s:?}");
+    assert!(s.max_pending_frames_seen <= MAX_FRAMES as u64, "{s:?}");
+    assert!(!task.is_finished());
+    shutdown.cancel();
+    let done = tokio::time::timeout(Duration::from_secs(15), &mut task)
+        .await
+        .expect("stops in time")
+        .expect("join")
+        .expect("run ok");
+    assert_eq!(done.cursor_seq, sim.head_seq(), "{done:?}");
+    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+}

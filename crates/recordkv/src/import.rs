@@ -1,0 +1,1 @@
+//! `fpaas put-record` and `fpaas import-car`: writing records straight into the record KV.

@@ -1,0 +1,917 @@
+//! The deterministic event generator: a pool of repos, a simulated clock, the realistic operation mix of
+//! FACTS.md ("Measured"), fault injection, and the ground truth ([`TruthEvent`]) that tests compare the
+//! pipeline's output with. Same seed and config → byte-identical frames.
+//!
+//! Mix per commit op (out of 1,000): like 660, post 120, repost 100, follow 60, block 15, profile update 6,
+//! delete 39 (of a record the repo created earlier in the run, or seeded at start; likes dominate, so most
+//! deletes are unlikes). Per event: identity 0.06 %, account 0.02 %, sync 0.01 %, the rest commits with one
+//! op (92 %) or 2–5 ops.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use cid::Cid;
+use rand::seq::IndexedRandom;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::encode::{self, Block, ByteStr, EncodeError, RepoOp};
+use crate::records::{
+    AspectRatio, Blob, ByteSlice, Embed, External, Facet, Feature, Image, Post, Profile, ReplyRef,
+    StrongRef, SubjectDid, SubjectRef,
+};
+use crate::tid::{random_plc_did, tid};
+
+/// Start of the simulated clock: 2026-07-04T00:00:00Z in microseconds.
+pub const SIM_EPOCH_US: u64 = 1_783_123_200_000_000;
+/// Size of the record in an injected oversize commit (above the 1,000,000-byte record limit).
+pub const OVERSIZE_RECORD_BYTES: usize = 1_000_100;
+
+const MAX_RECORDS_PER_REPO: usize = 24;
+const RECENT_POSTS: usize = 2_048;
+
+/// Deterministic fault injection; every field is "every N events" and `None` (the default) is off.
+/// Injected garbage frames are extra frames that do not consume a seq; the oversize commit is a real event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultConfig {
+    /// Before every Nth event, send a frame of random bytes.
+    pub malformed_every: Option<u64>,
+    /// Before every Nth event, send a copy of that event's frame cut short.
+    pub truncated_every: Option<u64>,
+    /// Before every Nth event, send a well-formed frame with the unknown type `#foo`.
+    pub unknown_type_every: Option<u64>,
+    /// Make every Nth event a commit whose record is larger than 1,000,000 bytes (truth marks it `oversize`).
+    pub oversize_every: Option<u64>,
+}
+
+impl FaultConfig {
+    fn hits(every: Option<u64>, n: u64) -> bool {
+        every.is_some_and(|e| e > 0 && n.is_multiple_of(e))
+    }
+}
+
+/// What an op did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpAction {
+    /// A new record.
+    Create,
+    /// A replaced record.
+    Update,
+    /// A removed record.
+    Delete,
+}
+
+impl OpAction {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpAction::Create => "create",
+            OpAction::Update => "update",
+            OpAction::Delete => "delete",
+        }
+    }
+}
+
+/// Ground truth for one generated event (one entry per op of a commit), independent of the encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TruthEvent {
+    /// One op of a `#commit`.
+    Op {
+        /// Stream seq of the commit.
+        seq: i64,
+        /// Repo DID.
+        did: String,
+        /// Commit revision.
+        rev: String,
+        /// What happened.
+        action: OpAction,
+        /// Collection NSID.
+        collection: String,
+        /// Record key.
+        rkey: String,
+        /// Record CID (string form) for creates/updates.
+        cid: Option<String>,
+        /// The record exceeds 1,000,000 bytes: consumers must drop it.
+        oversize: bool,
+    },
+    /// An `#identity` event.
+    Identity {
+        /// Stream seq.
+        seq: i64,
+        /// The account.
+        did: String,
+        /// The handle sent.
+        handle: Option<String>,
+    },
+    /// An `#account` event.
+    Account {
+        /// Stream seq.
+        seq: i64,
+        /// The account.
+        did: String,
+        /// Whether it is active.
+        active: bool,
+        /// Status when inactive.
+        status: Option<String>,
+    },
+    /// A `#sync` event.
+    Sync {
+        /// Stream seq.
+        seq: i64,
+        /// The account.
+        did: String,
+        /// The repo's new revision.
+        rev: String,
+    },
+}
+
+impl TruthEvent {
+    /// The stream seq of the event this belongs to.
+    pub fn seq(&self) -> i64 {
+        match self {
+            TruthEvent::Op { seq, .. }
+            | TruthEvent::Identity { seq, .. }
+            | TruthEvent::Account { seq, .. }
+            | TruthEvent::Sync { seq, .. } => *seq,
+        }
+    }
+}
+
+/// One generated event: its seq, the frames to send (injected fault frames first, the real frame last),
+/// and its ground truth.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Stream seq of the real frame.
+    pub seq: i64,
+    /// Frames in send order; the last one is the event itself.
+    pub frames: Vec<Bytes>,
+    /// Ground truth (several entries for a multi-op commit).
+    pub truth: Vec<TruthEvent>,
+}
+
+struct Record {
+    collection: &'static str,
+    rkey: String,
+    cid: Cid,
+}
+
+struct Repo {
+    did: String,
+    handle: String,
+    clock_id: u16,
+    last_tid_us: u64,
+    rev: Option<String>,
+    data: Option<Cid>,
+    profile: Option<Cid>,
+    records: VecDeque<Record>,
+    active: bool,
+}
+
+#[derive(Clone)]
+struct PostRef {
+    uri: String,
+    cid: Cid,
+    root: Option<StrongRef>,
+}
+
+/// The generator. Create with [`Generator::new`], pull events with [`Generator::next_event`].
+pub struct Generator {
+    rng: ChaCha8Rng,
+    clock_us: u64,
+    next_seq: i64,
+    produced: u64,
+    repos: Vec<Repo>,
+    recent_posts: VecDeque<PostRef>,
+    faults: FaultConfig,
+    rare_boost: u32,
+}
+
+const WORDS: &[&str] = &[
+    "the", "firehose", "is", "flowing", "today", "and", "I", "love", "it", "café", "naïve", "über",
+    "日本語", "テスト", "🦋", "😀", "sky", "blue", "coffee", "morning", "news", "cat", "dog", "résumé",
+    "ok", "wow", "so", "much", "data", "🔥", "über-cool", "relay", "rust", "nats", "stream", "good",
+];
+const TAGS: &[&str] = &["art", "rust", "news", "bluesky", "photography", "日本", "café"];
+const LANGS: &[&[&str]] = &[
+    &["en"],
+    &["en"],
+    &["en"],
+    &["ja"],
+    &["pt"],
+    &["de"],
+    &["en", "es"],
+];
+const NAMES: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const STATUSES: &[&str] = &["takendown", "deactivated", "deleted", "suspended"];
+
+impl Generator {
+    /// A generator with `repos` accounts whose first event has seq `start_seq`.
+    pub fn new(seed: u64, repos: usize, start_seq: i64, faults: FaultConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let repos = (0..repos.max(1))
+            .map(|i| Self::new_repo(&mut rng, i, true))
+            .collect();
+        Self {
+            rng,
+            clock_us: SIM_EPOCH_US,
+            next_seq: start_seq,
+            produced: 0,
+            repos,
+            recent_posts: VecDeque::with_capacity(RECENT_POSTS),
+            faults,
+            rare_boost: 1,
+        }
+    }
+
+    /// Multiplies the rates of identity, account and sync events (1 = realistic, the default). Short test
+    /// runs use e.g. 50 so that the rare kinds appear.
+    pub fn with_rare_boost(mut self, boost: u32) -> Self {
+        self.rare_boost = boost.clamp(1, 1_000);
+        self
+    }
+
+    /// Seq the next event will get.
+    pub fn next_seq(&self) -> i64 {
+        self.next_seq
+    }
+
+    fn new_repo(rng: &mut ChaCha8Rng, i: usize, existing: bool) -> Repo {
+        let did = random_plc_did(rng);
+        let name = NAMES.choose(rng).copied().unwrap_or("user");
+        let handle = format!("{name}{i}-{}.bsky.social", &did[8..12]);
+        let mut h = [0u8; 32];
+        rng.fill_bytes(&mut h);
+        // Pre-existing repos already have a revision, an MST root and a profile.
+        let (rev, data, profile, last) = if existing {
+            let past = SIM_EPOCH_US - rng.random_range(1_000_000..86_400_000_000);
+            let clock = rng.random_range(0..1024);
+            (
+                Some(tid(past, clock)),
+                encode::cid_of(encode::DAG_CBOR, &h).ok(),
+                encode::cid_of(encode::DAG_CBOR, &h[..16]).ok(),
+                past,
+            )
+        } else {
+            (None, None, None, 0)
+        };
+        Repo {
+            did,
+            handle,
+            clock_id: rng.random_range(0..1024),
+            last_tid_us: last,
+            rev,
+            data,
+            profile,
+            records: VecDeque::new(),
+            active: true,
+        }
+    }
+
+    fn time_string(&self) -> String {
+        let secs = (self.clock_us / 1_000_000) as i64;
+        let nanos = ((self.clock_us % 1_000_000) * 1_000) as u32;
+        match chrono::DateTime::from_timestamp(secs, nanos) {
+            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            None => "2026-07-04T00:00:00.000Z".to_string(),
+        }
+    }
+
+    fn next_tid(&mut self, r: usize) -> String {
+        let repo = &mut self.repos[r];
+        let us = self.clock_us.max(repo.last_tid_us + 1);
+        repo.last_tid_us = us;
+        tid(us, repo.clock_id)
+    }
+
+    fn pick_active_repo(&mut self) -> Option<usize> {
+        for _ in 0..8 {
+            let r = self.rng.random_range(0..self.repos.len());
+            if self.repos[r].active {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// Generates the next event (and any fault frames injected before it).
+    pub fn next_event(&mut self) -> Result<Generated, EncodeError> {
+        self.produced += 1;
+        let n = self.produced;
+        self.clock_us += self.rng.random_range(0..5_000);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+
+        let (frame, truth) = if FaultConfig::hits(self.faults.oversize_every, n) {
+            let r = self.pick_active_repo().unwrap_or(0);
+            self.repos[r].active = true;
+            self.commit(seq, r, true)?
+        } else {
+            // Per million events: identity 600, account 200, sync 100 (times the boost).
+            let roll = self.rng.random_range(0..1_000_000u32) / self.rare_boost;
+            match (roll, self.pick_active_repo()) {
+                (0..600, _) => self.identity(seq)?,
+                (600..800, _) | (_, None) => self.account(seq)?,
+                (800..900, Some(r)) => self.sync(seq, r)?,
+                (_, Some(r)) => self.commit(seq, r, false)?,
+            }
+        };
+
+        let mut frames = Vec::with_capacity(1);
+        if FaultConfig::hits(self.faults.malformed_every, n) {
+            let len = self.rng.random_range(1..200);
+            let mut junk = vec![0u8; len];
+            self.rng.fill_bytes(&mut junk);
+            // 0xff (a CBOR "break" outside an indefinite item) is never a valid start of a header.
+            junk[0] = 0xff;
+            frames.push(Bytes::from(junk));
+        }
+        if FaultConfig::hits(self.faults.truncated_every, n) {
+            let cut = self.rng.random_range(1..frame.len().max(2));
+            frames.push(Bytes::copy_from_slice(&frame[..cut.min(frame.len() - 1)]));
+        }
+        if FaultConfig::hits(self.faults.unknown_type_every, n) {
+            #[derive(Serialize)]
+            struct Foo<'a> {
+                note: &'a str,
+            }
+            frames.push(Bytes::from(encode::message_frame(
+                "#foo",
+                &Foo {
+                    note: "unknown message type injected by fpaas-sim",
+                },
+            )?));
+        }
+        frames.push(Bytes::from(frame));
+        Ok(Generated { seq, frames, truth })
+    }
+
+    fn identity(&mut self, seq: i64) -> Result<(Vec<u8>, Vec<TruthEvent>), EncodeError> {
+        let r = self.rng.random_range(0..self.repos.len());
+        if self.rng.random_bool(0.5) {
+            let name = NAMES.choose(&mut self.rng).copied().unwrap_or("user");
+            let n: u32 = self.rng.random_range(0..100_000);
+            self.repos[r].handle = format!("{name}{n}.bsky.social");
+        }
+        let time = self.time_string();
+        let repo = &self.repos[r];
+        let frame = encode::message_frame(
+            "#identity",
+            &encode::IdentityBody {
+                seq,
+                did: &repo.did,
+                time: &time,
+                handle: Some(&repo.handle),
+            },
+        )?;
+        let truth = TruthEvent::Identity {
+            seq,
+            did: repo.did.clone(),
+            handle: Some(repo.handle.clone()),
+        };
+        Ok((frame, vec![truth]))
+    }
+
+    fn account(&mut self, seq: i64) -> Result<(Vec<u8>, Vec<TruthEvent>), EncodeError> {
+        let r = self.rng.random_range(0..self.repos.len());
+        let (active, status) = if self.repos[r].active {
+            (false, STATUSES.choose(&mut self.rng).copied())
+        } else {
+            (true, None)
+        };
+        self.repos[r].active = active;
+        let time = self.time_string();
+        let did = self.repos[r].did.clone();
+        let frame = encode::message_frame(
+            "#account",
+            &encode::AccountBody {
+                seq,
+                did: &did,
+                time: &time,
+                active,
+                status,
+            },
+        )?;
+        if status == Some("deleted") {
+            // The slot gets a brand-new account so the pool does not shrink.
+            self.repos[r] = Self::new_repo(&mut self.rng, r, false);
+        }
+        let truth = TruthEvent::Account {
+            seq,
+            did,
+            active,
+            status: status.map(str::to_string),
+        };
+        Ok((frame, vec![truth]))
+    }
+
+    fn sync(&mut self, seq: i64, r: usize) -> Result<(Vec<u8>, Vec<TruthEvent>), EncodeError> {
+        let rev = self.next_tid(r);
+        let time = self.time_string();
+        let data = match self.repos[r].data {
+            Some(d) => d,
+            None => encode::mst_node(&mut Vec::new())?.cid,
+        };
+        let repo = &mut self.repos[r];
+        let commit = encode::commit_block(&repo.did, &rev, data)?;
+        let car = encode::car(&[commit.cid], [&commit])?;
+        let frame = encode::message_frame(
+            "#sync",
+            &encode::SyncBody {
+                seq,
+                did: &repo.did,
+                blocks: ByteStr(&car),
+                rev: &rev,
+                time: &time,
+            },
+        )?;
+        repo.rev = Some(rev.clone());
+        repo.data = Some(data);
+        let truth = TruthEvent::Sync {
+            seq,
+            did: repo.did.clone(),
+            rev,
+        };
+        Ok((frame, vec![truth]))
+    }
+
+    fn strong_ref_to_post(&mut self) -> (StrongRef, Option<StrongRef>) {
+        if let Some(p) = self.pick_recent_post() {
+            return (
+                StrongRef {
+                    uri: p.uri,
+                    cid: p.cid.to_string(),
+                },
+                p.root,
+            );
+        }
+        // Nothing seen yet: point at a plausible post made before the simulation started.
+        let r = self.rng.random_range(0..self.repos.len());
+        let past = SIM_EPOCH_US - self.rng.random_range(1_000_000..3_600_000_000);
+        let rkey = tid(past, self.rng.random_range(0..1024));
+        let mut h = [0u8; 16];
+        self.rng.fill_bytes(&mut h);
+        let cid = encode::cid_of(encode::DAG_CBOR, &h).unwrap_or_default();
+        (
+            StrongRef {
+                uri: format!("at://{}/app.bsky.feed.post/{rkey}", self.repos[r].did),
+                cid: cid.to_string(),
+            },
+            None,
+        )
+    }
+
+    fn pick_recent_post(&mut self) -> Option<PostRef> {
+        if self.recent_posts.is_empty() {
+            return None;
+        }
+        // Bias towards recent posts.
+        let len = self.recent_posts.len();
+        let back = self.rng.random_range(0..len.min(256));
+        self.recent_posts.get(len - 1 - back).cloned()
+    }
+
+    fn post_text(&mut self, facets: &mut Vec<Facet>) -> String {
+        let mut text = String::with_capacity(160);
+        let words = self.rng.random_range(3..30);
+        for i in 0..words {
+            if i > 0 {
+                text.push(' ');
+            }
+            let start = text.len() as u64;
+            let feature = match self.rng.random_range(0..100u32) {
+                0..4 => {
+                    let r = self.rng.random_range(0..self.repos.len());
+                    text.push('@');
+                    text.push_str(&self.repos[r].handle);
+                    Some(Feature::Mention {
+                        did: self.repos[r].did.clone(),
+                    })
+                }
+                4..7 => {
+                    let n: u32 = self.rng.random_range(0..10_000);
+                    let uri = format!("https://example.com/article/{n}?ref=café");
+                    text.push_str(&uri[8..]);
+                    Some(Feature::Link { uri })
+                }
+                7..10 => {
+                    let tag = TAGS.choose(&mut self.rng).copied().unwrap_or("art");
+                    text.push('#');
+                    text.push_str(tag);
+                    Some(Feature::Tag {
+                        tag: tag.to_string(),
+                    })
+                }
+                _ => {
+                    text.push_str(WORDS.choose(&mut self.rng).copied().unwrap_or("ok"));
+                    None
+                }
+            };
+            if let Some(f) = feature {
+                facets.push(Facet {
+                    type_: "app.bsky.richtext.facet",
+                    index: ByteSlice {
+                        byte_start: start,
+                        byte_end: text.len() as u64,
+                    },
+                    features: vec![f],
+                });
+            }
+        }
+        text
+    }
+
+    fn make_post(&mut self, created_at: String) -> (Post, Option<StrongRef>) {
+        let mut facets = Vec::new();
+        let text = self.post_text(&mut facets);
+        let mut root_of_new = None;
+        let reply = if self.rng.random_bool(0.25) {
+            self.pick_recent_post().map(|p| {
+                let parent = StrongRef {
+                    uri: p.uri,
+                    cid: p.cid.to_string(),
+                };
+                let root = p.root.unwrap_or_else(|| parent.clone());
+                root_of_new = Some(root.clone());
+                ReplyRef { root, parent }
+            })
+        } else {
+            None
+        };
+        let embed = match self.rng.random_range(0..100u32) {
+            0..8 => {
+                let n = self.rng.random_range(1..=4);
+                let images = (0..n)
+                    .map(|i| {
+                        let mut h = [0u8; 32];
+                        self.rng.fill_bytes(&mut h);
+                        Image {
+                            alt: if i == 0 {
+                                "a photo 📷".to_string()
+                            } else {
+                                String::new()
+                            },
+                            image: Blob {
+                                type_: "blob",
+                                ref_: encode::cid_of(encode::RAW, &h).unwrap_or_default(),
+                                mime_type: "image/jpeg",
+                                size: self.rng.random_range(20_000..1_000_000),
+                            },
+                            aspect_ratio: AspectRatio {
+                                width: self.rng.random_range(300..4_000),
+                                height: self.rng.random_range(300..4_000),
+                            },
+                        }
+                    })
+                    .collect();
+                Some(Embed::Images { images })
+            }
+            8..13 => {
+                let n: u32 = self.rng.random_range(0..10_000);
+                Some(Embed::External {
+                    external: External {
+                        uri: format!("https://news.example.org/story/{n}"),
+                        title: format!("Story {n}: something happened"),
+                        description: "A longer description of the linked page.".to_string(),
+                    },
+                })
+            }
+            13..17 => self
+                .pick_recent_post()
+                .map(|p| Embed::Record {
+                    record: StrongRef {
+                        uri: p.uri,
+                        cid: p.cid.to_string(),
+                    },
+                }),
+            _ => None,
+        };
+        let langs = LANGS.choose(&mut self.rng).copied().unwrap_or(&["en"]).to_vec();
+        let post = Post {
+            type_: "app.bsky.feed.post",
+            text,
+            facets,
+            reply,
+            embed,
+            langs,
+            created_at,
+        };
+        (post, root_of_new)
+    }
+
+    fn commit(
+        &mut self,
+        seq: i64,
+        r: usize,
+        oversize: bool,
+    ) -> Result<(Vec<u8>, Vec<TruthEvent>), EncodeError> {
+        let n_ops = if oversize || self.rng.random_bool(0.92) {
+            1
+        } else {
+            self.rng.random_range(2..=5)
+        };
+        let time = self.time_string();
+        let did = self.repos[r].did.clone();
+        let existing = self.repos[r].records.len();
+        let mut deleted = 0usize;
+        let mut ops: Vec<RepoOp> = Vec::with_capacity(n_ops);
+        let mut truth = Vec::with_capacity(n_ops);
+        let mut blocks: Vec<Block> = Vec::with_capacity(n_ops + 2);
+        let mut mst_entries: Vec<(String, Cid)> = Vec::with_capacity(n_ops + 4);
+        let mut new_records: Vec<Record> = Vec::new();
+        let mut new_posts: Vec<PostRef> = Vec::new();
+
+        for _ in 0..n_ops {
+            let roll = if oversize {
+                1_000
+            } else {
+                self.rng.random_range(0..1_000u32)
+            };
+            // Deletes: of records that exist (created earlier in this run).
+            if roll < 39 && deleted < existing {
+                let idx = self.rng.random_range(0..existing - deleted);
+                if let Some(rec) = self.repos[r].records.remove(idx) {
+                    deleted += 1;
+                    ops.push(RepoOp {
+                        action: "delete",
+                        path: format!("{}/{}", rec.collection, rec.rkey),
+                        cid: None,
+                        prev: Some(rec.cid),
+                    });
+                    truth.push(TruthEvent::Op {
+                        seq,
+                        did: did.clone(),
+                        rev: String::new(),
+                        action: OpAction::Delete,
+                        collection: rec.collection.to_string(),
+                        rkey: rec.rkey,
+                        cid: None,
+                        oversize: false,
+                    });
+                    continue;
+                }
+            }
+            let created_at = time.clone();
+            if (39..45).contains(&roll)
+                && !ops.iter().any(|o| o.path == "app.bsky.actor.profile/self")
+            {
+                let n: u32 = self.rng.random_range(0..1_000);
+                let profile = Profile {
+                    type_: "app.bsky.actor.profile",
+                    display_name: format!("{} ✨ {n}", self.repos[r].handle),
+                    description: "Posting about rust, relays and café culture. 日本語もOK"
+                        .to_string(),
+                    created_at,
+                };
+                let block = Block::encode(&profile)?;
+                let prev = self.repos[r].profile.replace(block.cid);
+                ops.push(RepoOp {
+                    action: if prev.is_some() { "update" } else { "create" },
+                    path: "app.bsky.actor.profile/self".to_string(),
+                    cid: Some(block.cid),
+                    prev,
+                });
+                truth.push(TruthEvent::Op {
+                    seq,
+                    did: did.clone(),
+                    rev: String::new(),
+                    action: if prev.is_some() {
+                        OpAction::Update
+                    } else {
+                        OpAction::Create
+                    },
+                    collection: "app.bsky.actor.profile".to_string(),
+                    rkey: "self".to_string(),
+                    cid: Some(block.cid.to_string()),
+                    oversize: false,
+                });
+                mst_entries.push(("app.bsky.actor.profile/self".to_string(), block.cid));
+                blocks.push(block);
+                continue;
+            }
+            let rkey = self.next_tid(r);
+            let (collection, block) = match roll {
+                _ if oversize => {
+                    let post = Post {
+                        type_: "app.bsky.feed.post",
+                        text: "x".repeat(OVERSIZE_RECORD_BYTES),
+                        facets: vec![],
+                        reply: None,
+                        embed: None,
+                        langs: vec!["en"],
+                        created_at,
+                    };
+                    ("app.bsky.feed.post", Block::encode(&post)?)
+                }
+                0..45 | 45..705 => {
+                    let (subject, _) = self.strong_ref_to_post();
+                    let like = SubjectRef {
+                        type_: "app.bsky.feed.like",
+                        subject,
+                        created_at,
+                    };
+                    ("app.bsky.feed.like", Block::encode(&like)?)
+                }
+                705..825 => {
+                    let (post, root) = self.make_post(created_at);
+                    let block = Block::encode(&post)?;
+                    new_posts.push(PostRef {
+                        uri: format!("at://{did}/app.bsky.feed.post/{rkey}"),
+                        cid: block.cid,
+                        root,
+                    });
+                    ("app.bsky.feed.post", block)
+                }
+                825..925 => {
+                    let (subject, _) = self.strong_ref_to_post();
+                    let repost = SubjectRef {
+                        type_: "app.bsky.feed.repost",
+                        subject,
+                        created_at,
+                    };
+                    ("app.bsky.feed.repost", Block::encode(&repost)?)
+                }
+                _ => {
+                    let collection = if roll < 985 {
+                        "app.bsky.graph.follow"
+                    } else {
+                        "app.bsky.graph.block"
+                    };
+                    let o = self.rng.random_range(0..self.repos.len());
+                    let rec = SubjectDid {
+                        type_: collection,
+                        subject: self.repos[o].did.clone(),
+                        created_at,
+                    };
+                    (collection, Block::encode(&rec)?)
+                }
+            };
+            let path = format!("{collection}/{rkey}");
+            ops.push(RepoOp {
+                action: "create",
+                path: path.clone(),
+                cid: Some(block.cid),
+                prev: None,
+            });
+            truth.push(TruthEvent::Op {
+                seq,
+                did: did.clone(),
+                rev: String::new(),
+                action: OpAction::Create,
+                collection: collection.to_string(),
+                rkey: rkey.clone(),
+                cid: Some(block.cid.to_string()),
+                oversize,
+            });
+            mst_entries.push((path, block.cid));
+            new_records.push(Record {
+                collection,
+                rkey,
+                cid: block.cid,
+            });
+            blocks.push(block);
+        }
+
+        // The MST node: the touched keys plus a few untouched neighbours, like a leaf on the proof path.
+        let neighbours = self.repos[r].records.len().min(3);
+        for rec in self.repos[r].records.iter().rev().take(neighbours) {
+            mst_entries.push((format!("{}/{}", rec.collection, rec.rkey), rec.cid));
+        }
+        let mst = encode::mst_node(&mut mst_entries)?;
+        let rev = self.next_tid(r);
+        let repo = &mut self.repos[r];
+        let commit = encode::commit_block(&did, &rev, mst.cid)?;
+        let car = encode::car(
+            &[commit.cid],
+            std::iter::once(&commit).chain(std::iter::once(&mst)).chain(blocks.iter()),
+        )?;
+        let frame = encode::message_frame(
+            "#commit",
+            &encode::CommitBody {
+                seq,
+                rebase: false,
+                too_big: false,
+                repo: &did,
+                commit: commit.cid,
+                rev: &rev,
+                since: repo.rev.as_deref(),
+                blocks: ByteStr(&car),
+                ops: &ops,
+                blobs: &[],
+                prev_data: repo.data,
+                time: &time,
+            },
+        )?;
+        repo.rev = Some(rev.clone());
+        repo.data = Some(mst.cid);
+        if !oversize {
+            for rec in new_records {
+                if repo.records.len() >= MAX_RECORDS_PER_REPO {
+                    repo.records.pop_front();
+                }
+                repo.records.push_back(rec);
+            }
+        }
+        for p in new_posts {
+            if self.recent_posts.len() >= RECENT_POSTS {
+                self.recent_posts.pop_front();
+            }
+            self.recent_posts.push_back(p);
+        }
+        for t in &mut truth {
+            if let TruthEvent::Op { rev: r, .. } = t {
+                r.clone_from(&rev);
+            }
+        }
+        Ok((frame, truth))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_frames_and_truth() {
+        let faults = FaultConfig {
+            malformed_every: Some(7),
+            truncated_every: Some(11),
+            unknown_type_every: Some(13),
+            oversize_every: Some(500),
+        };
+        let mut a = Generator::new(42, 50, 1, faults.clone());
+        let mut b = Generator::new(42, 50, 1, faults);
+        let mut c = Generator::new(43, 50, 1, FaultConfig::default());
+        let mut differs = false;
+        for _ in 0..1_000 {
+            let x = a.next_event().expect("a");
+            let y = b.next_event().expect("b");
+            let z = c.next_event().expect("c");
+            assert_eq!(x.seq, y.seq);
+            assert_eq!(x.frames, y.frames);
+            assert_eq!(x.truth, y.truth);
+            differs |= x.frames.last() != z.frames.last();
+        }
+        assert!(differs, "a different seed must give different frames");
+    }
+
+    #[test]
+    fn mix_is_realistic() {
+        let mut g = Generator::new(7, 500, 100, FaultConfig::default());
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        let mut ops = 0usize;
+        let mut commits = 0usize;
+        let mut deletes = 0usize;
+        for i in 0..20_000 {
+            let e = g.next_event().expect("event");
+            assert_eq!(e.seq, 100 + i);
+            assert_eq!(e.frames.len(), 1);
+            if matches!(e.truth.first(), Some(TruthEvent::Op { .. })) {
+                commits += 1;
+            }
+            for t in e.truth {
+                if let TruthEvent::Op {
+                    action, collection, ..
+                } = t
+                {
+                    ops += 1;
+                    if action == OpAction::Delete {
+                        deletes += 1;
+                    } else {
+                        *counts.entry(collection).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let pct = |c: &str| counts.get(c).copied().unwrap_or(0) as f64 * 100.0 / ops as f64;
+        assert!((60.0..75.0).contains(&pct("app.bsky.feed.like")), "{counts:?}");
+        assert!((9.0..15.0).contains(&pct("app.bsky.feed.post")), "{counts:?}");
+        assert!((7.0..13.0).contains(&pct("app.bsky.feed.repost")), "{counts:?}");
+        assert!((4.0..8.0).contains(&pct("app.bsky.graph.follow")), "{counts:?}");
+        assert!(pct("app.bsky.graph.block") > 0.5);
+        assert!(pct("app.bsky.actor.profile") > 0.2);
+        let del = deletes as f64 * 100.0 / ops as f64;
+        assert!((2.0..6.0).contains(&del), "deletes {del}%");
+        assert!(ops > commits, "some commits have several ops");
+    }
+
+    #[test]
+    fn oversize_commit_is_marked_in_truth() {
+        let faults = FaultConfig {
+            oversize_every: Some(3),
+            ..FaultConfig::default()
+        };
+        let mut g = Generator::new(1, 10, 1, faults);
+        let _ = g.next_event().expect("1");
+        let _ = g.next_event().expect("2");
+        let e = g.next_event().expect("3");
+        assert!(e.frames[0].len() > OVERSIZE_RECORD_BYTES);
+        assert!(matches!(
+            e.truth.as_slice(),
+            [TruthEvent::Op { oversize: true, .. }]
+        ));
+    }
+}

@@ -1,0 +1,89 @@
+//! Waiting without sleeps: `eventually` polls a condition until it holds or a deadline passes, and
+//! `free_port` hands out loopback ports for servers started by tests.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A condition polled by [`eventually`] / [`eventually_some`] did not hold before the deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("condition did not hold within {timeout:?} ({attempts} attempts)")]
+pub struct Elapsed {
+    /// The deadline that passed.
+    pub timeout: Duration,
+    /// How often the condition was evaluated.
+    pub attempts: u32,
+}
+
+/// Polls `condition` until it returns `true` or `timeout` passes. The first check is immediate,
+/// then the pause between checks grows from 5 ms to 100 ms.
+///
+/// ```ignore
+/// eventually(Duration::from_secs(5), || async { stream_len().await == 10 }).await.expect("stream filled");
+/// ```
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> Result<(), Elapsed>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_some(timeout, || {
+        let fut = condition();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `probe` until it returns `Some(value)` (returned) or `timeout` passes; the probe is
+/// re-evaluated with the same backoff as [`eventually`]. A probe still running at the deadline is
+/// abandoned, so give NATS requests inside a probe a short timeout of their own (a request written
+/// to a connection that just died is lost and only fails at its timeout).
+pub async fn eventually_some<T, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, Elapsed>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Some(value)) = tokio::time::timeout(remaining, probe()).await {
+            return Ok(value);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Elapsed { timeout, attempts });
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+///
+/// # Panics
+/// When the OS refuses to bind a loopback socket (nothing a test could recover from).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
+    listener
+        .local_addr()
+        .expect("local address of a bound listener")
+        .port()
+}
+
+/// Sync polling for the process helpers: `true` once `condition` held before `timeout`.
+pub(crate) fn poll_blocking(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
