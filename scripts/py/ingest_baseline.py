@@ -3,7 +3,8 @@
 It reads a relay with the `atproto` SDK's firehose client, parses each frame and its CAR with the SDK, builds one
 Jetstream-style JSON event per record operation and publishes it to JetStream with `nats-py` (with a
 `Nats-Msg-Id`, a bounded number of publishes in flight). It stops after --events events or --seconds seconds
-and prints one JSON line: {"events": N, "seconds": S, "events_per_s": R}.
+and prints one JSON line: {"events": N, "errors": E, "seconds": S, "events_per_s": R}, where N counts acked
+publishes and S runs from the first frame to the last ack.
 
 Usage: python ingest_baseline.py --relay ws://127.0.0.1:PORT --nats nats://127.0.0.1:4222 --events 20000
 """
@@ -44,7 +45,7 @@ async def main() -> None:
     client = AsyncFirehoseSubscribeReposClient(base_uri=args.relay.rstrip("/") + "/xrpc")
     sem = asyncio.Semaphore(args.in_flight)
     pending = set()
-    state = {"events": 0, "start": None, "errors": 0}
+    state = {"events": 0, "start": None, "errors": 0, "stopping": False}
     deadline = time.monotonic() + args.seconds
 
     async def publish(subject: str, payload: bytes, msg_id: str) -> None:
@@ -56,6 +57,8 @@ async def main() -> None:
             sem.release()
 
     async def on_message(message: firehose_models.MessageFrame) -> None:
+        if state["stopping"]:
+            return
         if state["start"] is None:
             state["start"] = time.monotonic()
         commit = parse_subscribe_repos_message(message)
@@ -82,19 +85,30 @@ async def main() -> None:
             pending.add(task)
             task.add_done_callback(pending.discard)
             state["events"] += 1
-        if state["events"] >= args.events or time.monotonic() > deadline:
-            client.stop()
+        if state["events"] >= args.events and not state["stopping"]:
+            state["stopping"] = True
+            await client.stop()
 
+    async def watchdog() -> None:
+        # The deadline must fire even when no frame arrives (e.g. the relay went quiet).
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        state["stopping"] = True
+        await client.stop()
+
+    guard = asyncio.create_task(watchdog())
     await client.start(on_message)
+    guard.cancel()
     if pending:
         await asyncio.gather(*pending)
+    # Time from the first frame to the last ack.
     elapsed = time.monotonic() - (state["start"] or time.monotonic())
     await nc.drain()
+    acked = state["events"] - state["errors"]
     print(json.dumps({
-        "events": state["events"],
+        "events": acked,
         "errors": state["errors"],
         "seconds": round(elapsed, 3),
-        "events_per_s": round(state["events"] / elapsed, 1) if elapsed > 0 else 0.0,
+        "events_per_s": round(acked / elapsed, 1) if elapsed > 0 else 0.0,
     }))
 
 

@@ -24,7 +24,12 @@ impl ShufflerProc {
         let child = Command::new(env!("CARGO_BIN_EXE_fpaas"))
             .args(["shuffler", "--relay", relay, "--instance", instance])
             .args(["--nats-url", nats_url, "--metrics-listen", &ops])
-            .args(["--cursor-save-every", "100", "--cursor-save-interval-ms", "100"])
+            .args([
+                "--cursor-save-every",
+                "100",
+                "--cursor-save-interval-ms",
+                "100",
+            ])
             .args(["--backoff-min-ms", "20", "--backoff-max-ms", "500"])
             .args(["--max-bytes", "268435456", "--start-cursor", "0"])
             .env("RUST_LOG", "warn")
@@ -61,7 +66,9 @@ impl ShufflerProc {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = reqwest::get(format!("http://{}{path}", self.ops)).await.ok()?;
+        let resp = reqwest::get(format!("http://{}{path}", self.ops))
+            .await
+            .ok()?;
         let status = resp.status().as_u16();
         Some((status, resp.text().await.ok()?))
     }
@@ -107,7 +114,10 @@ async fn kill_9_mid_stream_several_times_keeps_every_event_exactly_once() {
         })
         .await
         .unwrap_or_else(|e| panic!("round {round}: no progress: {e}"));
-        assert!(sim.produced() < EVENTS, "round {round}: the kill must land mid-stream");
+        assert!(
+            sim.produced() < EVENTS,
+            "round {round}: the kill must land mid-stream"
+        );
         proc.kill_9();
         proc = ShufflerProc::spawn(&nats.url(), &sim.url(), "k");
     }
@@ -131,7 +141,10 @@ async fn kill_9_mid_stream_several_times_keeps_every_event_exactly_once() {
     assert!(page.contains("fpaas_shuffler_events_total"), "{page}");
     let (status, detailed) = proc.get("/health/detailed").await.expect("detailed");
     assert_eq!(status, 200);
-    assert!(detailed.contains("\"relay\"") && detailed.contains("\"stream\""), "{detailed}");
+    assert!(
+        detailed.contains("\"relay\"") && detailed.contains("\"stream\""),
+        "{detailed}"
+    );
     let head = sim.head_seq();
     eventually(Duration::from_secs(10), || async {
         stored_cursor(&js, "k").await == head
@@ -201,4 +214,74 @@ async fn two_shufflers_on_different_relays_no_duplicates_through_kill_and_restar
     assert!(b.terminate().await.success());
     assert_eq!(stored_cursor(&js, "ha-a").await, sim_a.head_seq());
     assert_eq!(stored_cursor(&js, "ha-b").await, sim_b.head_seq());
+}
+
+/// Resident memory of a process in KiB (Linux `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// nats-server stopped for 10 s while the relay could serve as fast as the shuffler reads: the process keeps
+/// running, stops reading (its RSS stays flat — no unbounded queue), and afterwards the stream is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_process_memory_stays_flat_and_nothing_is_lost() {
+    const EVENTS: u64 = 30_000;
+    let mut nats = NatsServer::new();
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 17,
+        rate: None, // as fast as the shuffler reads: an unbounded reader would swallow the rest during the outage
+        limit: Some(EVENTS),
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let js = jetstream(&nats.url()).await;
+    let mut proc = ShufflerProc::spawn(&nats.url(), &sim.url(), "mem");
+    let pid = proc.child.id();
+    eventually(Duration::from_secs(20), || async {
+        stream_len(&js, "FIREHOSE").await.unwrap_or(0) > 3_000
+    })
+    .await
+    .expect("publishing");
+    let before = rss_kib(pid).expect("rss");
+    tokio::task::block_in_place(|| nats.stop());
+    let produced_at_stop = sim.produced();
+    let stopped = std::time::Instant::now();
+    let mut peak = before;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        assert!(proc.is_running(), "the shuffler exited during the outage");
+        peak = peak.max(rss_kib(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let read_during = sim.produced() - produced_at_stop;
+    tokio::task::block_in_place(|| nats.start());
+    eprintln!(
+        "outage: rss before {before} KiB, peak {peak} KiB; events the relay produced during the outage: {read_during}"
+    );
+    assert!(
+        read_during < 5_000,
+        "the shuffler stopped reading the relay (read {read_during} events during the outage)"
+    );
+    assert!(
+        peak < before + 32 * 1024,
+        "memory bounded during the outage: {before} KiB → peak {peak} KiB"
+    );
+    let js = jetstream(&nats.url()).await;
+    eventually(Duration::from_secs(40), || async {
+        sim.produced() >= EVENTS
+            && stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim.truth()))
+    })
+    .await
+    .expect("complete after the outage");
+    assert!(proc.metric("fpaas_shuffler_nats_outages_total", "").await >= 1.0);
+    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+    assert!(proc.terminate().await.success());
 }

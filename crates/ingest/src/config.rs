@@ -157,7 +157,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        ShufflerConfig::default().validate().expect("defaults valid");
+        ShufflerConfig::default()
+            .validate()
+            .expect("defaults valid");
     }
 
     #[test]

@@ -113,12 +113,13 @@ impl CursorKv {
         js: &fpaas_bus::JetStream,
         settings: &fpaas_bus::KvSettings,
     ) -> Result<Self, IngestError> {
-        let store = fpaas_bus::ensure_kv(js, settings)
-            .await
-            .map_err(|source| IngestError::Bus {
-                what: "open cursor bucket",
-                source,
-            })?;
+        let store =
+            fpaas_bus::ensure_kv(js, settings)
+                .await
+                .map_err(|source| IngestError::Bus {
+                    what: "open cursor bucket",
+                    source,
+                })?;
         Ok(Self { store })
     }
 

@@ -64,7 +64,11 @@ pub fn subscribe_url(relay: &str, cursor: Option<i64>) -> Result<String, RelayEr
         return Err(bad("missing host"));
     }
     // Drop any query the user put on the URL: the cursor is ours to set.
-    let base = relay.split('?').next().unwrap_or(relay).trim_end_matches('/');
+    let base = relay
+        .split('?')
+        .next()
+        .unwrap_or(relay)
+        .trim_end_matches('/');
     let mut url = if base.ends_with(SUBSCRIBE_REPOS_PATH) {
         base.to_string()
     } else {

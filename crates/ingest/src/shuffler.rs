@@ -134,15 +134,12 @@ impl Shuffler {
         for c in [COMPONENT_NATS, COMPONENT_STREAM, COMPONENT_RELAY] {
             health.require(c);
         }
-        let client = fpaas_bus::connect(
-            &cfg.nats_url,
-            &format!("fpaas-shuffler-{}", cfg.instance),
-        )
-        .await
-        .map_err(|source| IngestError::Bus {
-            what: "connect",
-            source,
-        })?;
+        let client = fpaas_bus::connect(&cfg.nats_url, &format!("fpaas-shuffler-{}", cfg.instance))
+            .await
+            .map_err(|source| IngestError::Bus {
+                what: "connect",
+                source,
+            })?;
         let js = fpaas_bus::jetstream(client.clone(), cfg.max_acks_in_flight);
         let monitor_stop = CancellationToken::new();
         let monitor = tokio::spawn(nats_monitor(
@@ -169,26 +166,41 @@ async fn start_and_loop(
     let mut backoff = cfg.backoff();
     let timeout = cfg.publish_timeout();
     // 1. The stream: create or update, report drift. Retried until NATS answers.
-    let provisioned = retry("provision stream", &shutdown, &mut backoff, timeout, true, || {
-        provision_stream(&js, &cfg, &health)
-    })
+    let provisioned = retry(
+        "provision stream",
+        &shutdown,
+        &mut backoff,
+        timeout,
+        true,
+        || provision_stream(&js, &cfg, &health),
+    )
     .await?;
     if provisioned.is_none() {
         return Ok(stats.snapshot());
     }
     // 2. The cursor bucket, and where to resume.
     backoff.reset();
-    let Some(kv) = retry("open cursor bucket", &shutdown, &mut backoff, timeout, true, || {
-        CursorKv::open(&js, &cfg.cursor_kv)
-    })
+    let Some(kv) = retry(
+        "open cursor bucket",
+        &shutdown,
+        &mut backoff,
+        timeout,
+        true,
+        || CursorKv::open(&js, &cfg.cursor_kv),
+    )
     .await?
     else {
         return Ok(stats.snapshot());
     };
     backoff.reset();
-    let Some(stored) = retry("load cursors", &shutdown, &mut backoff, timeout, true, || {
-        kv.load_all()
-    })
+    let Some(stored) = retry(
+        "load cursors",
+        &shutdown,
+        &mut backoff,
+        timeout,
+        true,
+        || kv.load_all(),
+    )
     .await?
     else {
         return Ok(stats.snapshot());
@@ -367,8 +379,8 @@ impl Runner {
             }
             self.update_gauges();
             self.maybe_save(false);
-            let can_read = self.publisher.in_flight() < max_in_flight
-                && self.wm.pending_frames() < max_frames;
+            let can_read =
+                self.publisher.in_flight() < max_in_flight && self.wm.pending_frames() < max_frames;
             let busy = !self.publisher.is_idle();
             tokio::select! {
                 biased;
@@ -398,7 +410,7 @@ impl Runner {
     async fn on_frame(&mut self, bytes: Bytes, shutdown: &CancellationToken) -> Option<SessionEnd> {
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.m.frame_size.record(bytes.len() as f64);
-        let frame = match fpaas_proto::frame::decode_frame(&bytes) {
+        let frame = match fpaas_proto::frame::decode_frame_bytes(&bytes) {
             Ok(f) => f,
             Err(e) => {
                 metrics::frame("undecodable");
@@ -442,12 +454,7 @@ impl Runner {
                 return None;
             }
         };
-        metrics::frame(match &frame {
-            Frame::Commit(_) => "commit",
-            Frame::Identity(_) => "identity",
-            Frame::Account(_) => "account",
-            _ => "sync",
-        });
+        metrics::frame(frame.kind_label());
         let normalized = fpaas_event::normalize(&frame);
         drop(frame);
         for d in &normalized.dropped {
@@ -594,9 +601,14 @@ impl Runner {
         let cfg = self.cfg.clone();
         let health = self.health.clone();
         let started = Instant::now();
-        let res = retry("wait for nats", shutdown, &mut backoff, timeout, false, || {
-            provision_stream(&js, &cfg, &health)
-        })
+        let res = retry(
+            "wait for nats",
+            shutdown,
+            &mut backoff,
+            timeout,
+            false,
+            || provision_stream(&js, &cfg, &health),
+        )
         .await;
         match res {
             Ok(Some(())) => {
@@ -626,7 +638,9 @@ impl Runner {
         let pending = self.wm.pending_frames() as u64;
         self.m.acks_in_flight.set(in_flight as f64);
         self.m.pending_frames.set(pending as f64);
-        self.stats.acks_in_flight.store(in_flight, Ordering::Relaxed);
+        self.stats
+            .acks_in_flight
+            .store(in_flight, Ordering::Relaxed);
         self.stats
             .max_acks_in_flight_seen
             .fetch_max(in_flight, Ordering::Relaxed);
@@ -685,7 +699,10 @@ async fn provision_stream(
             tracing::warn!(stream = %cfg.stream.name, drift = ?report.drift, "stream settings drifted; updated to the configured ones")
         }
     }
-    health.up(COMPONENT_STREAM, format!("{} ({:?})", cfg.stream.name, report.action));
+    health.up(
+        COMPONENT_STREAM,
+        format!("{} ({:?})", cfg.stream.name, report.action),
+    );
     Ok(())
 }
 
@@ -694,7 +711,10 @@ fn is_fatal(e: &IngestError) -> bool {
     match e {
         IngestError::Config(_) => true,
         IngestError::Bus { source, .. } => {
-            matches!(source.kind(), BusErrorKind::StreamConfig | BusErrorKind::Connect)
+            matches!(
+                source.kind(),
+                BusErrorKind::StreamConfig | BusErrorKind::Connect
+            )
         }
         IngestError::Cursor { .. } => false,
     }

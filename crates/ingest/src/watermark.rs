@@ -153,9 +153,17 @@ mod tests {
         assert!(!w.ack(b));
         assert_eq!(w.watermark(), Some(10));
         assert!(!w.ack(a));
-        assert_eq!(w.watermark(), Some(10), "one of two publishes still outstanding");
+        assert_eq!(
+            w.watermark(),
+            Some(10),
+            "one of two publishes still outstanding"
+        );
         assert!(w.ack(a));
-        assert_eq!(w.watermark(), Some(13), "b and the empty c were waiting behind a");
+        assert_eq!(
+            w.watermark(),
+            Some(13),
+            "b and the empty c were waiting behind a"
+        );
         assert_eq!(w.pending_frames(), 0);
     }
 

@@ -73,7 +73,12 @@ async fn nats_down_10s_mid_stream_loses_nothing() {
             && stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim.truth()))
     })
     .await
-    .unwrap_or_else(|e| panic!("not caught up after the outage: {e}; {:?}", stats.snapshot()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "not caught up after the outage: {e}; {:?}",
+            stats.snapshot()
+        )
+    });
     eventually(Duration::from_secs(5), || async { health.is_ready() })
         .await
         .expect("ready again");

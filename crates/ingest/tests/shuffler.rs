@@ -58,7 +58,11 @@ async fn every_event_exactly_once_cursor_saved_and_resumed() {
     let truth = sim.truth();
     let stored = read_stream(&js, "FIREHOSE").await;
     assert_exactly_once(&stored, &truth);
-    assert!(stored.iter().all(|s| s.subject.starts_with("atproto.firehose.")));
+    assert!(
+        stored
+            .iter()
+            .all(|s| s.subject.starts_with("atproto.firehose."))
+    );
 
     // Restart: it resumes at the saved cursor, so only new events are published and nothing is replayed.
     let shuffler = Shuffler::new(cfg);
@@ -77,7 +81,10 @@ async fn every_event_exactly_once_cursor_saved_and_resumed() {
     .expect("new events published after the restart");
     shutdown.cancel();
     let done = task.await.expect("join").expect("run ok");
-    assert_eq!(done.duplicates, 0, "resumed exactly at the cursor: {done:?}");
+    assert_eq!(
+        done.duplicates, 0,
+        "resumed exactly at the cursor: {done:?}"
+    );
     assert_eq!(done.cursor_seq, sim.head_seq());
     assert_eq!(done.published, want - stored.len() as u64);
     let _ = stats;
@@ -121,11 +128,60 @@ async fn two_instances_same_relay_no_duplicates() {
     shutdown.cancel();
     let (ra, rb) = (ta.await.expect("join"), tb.await.expect("join"));
     let (ra, rb) = (ra.expect("a ok"), rb.expect("b ok"));
-    assert!(rb.duplicates > 0, "b published the same events as a: {rb:?}");
+    assert!(
+        rb.duplicates > 0,
+        "b published the same events as a: {rb:?}"
+    );
     assert!(
         rb.frames < 3_000,
         "b resumed from a's cursor instead of the beginning: {rb:?}"
     );
     assert_eq!(ra.cursor_seq, sim.head_seq());
     assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+}
+
+/// Throughput with the relay serving as fast as the shuffler reads (run in release for numbers:
+/// `FPAAS_SOAK=1 cargo test --release -p fpaas-ingest --test shuffler throughput -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --ignored (FPAAS_SOAK_EVENTS sets the size)"]
+async fn throughput() {
+    let events: u64 = std::env::var("FPAAS_SOAK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let nats = NatsServer::new();
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 1,
+        limit: Some(events),
+        window: events as usize,
+        record_truth: false,
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    // Pre-generate so that the measurement is the shuffler, not the generator.
+    sim.advance(events);
+    let mut cfg = test_config(&nats.url(), &sim.url(), "bench");
+    cfg.stream.max_bytes = 2 * 1024 * 1024 * 1024;
+    let shuffler = Shuffler::new(cfg);
+    let stats = shuffler.stats();
+    let shutdown = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(shuffler.run(Health::new(), shutdown.clone()));
+    eventually(Duration::from_secs(600), || async {
+        stats.watermark_seq.load(Ordering::Relaxed) >= sim.head_seq().unwrap_or(i64::MAX)
+    })
+    .await
+    .expect("caught up");
+    let secs = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let done = task.await.expect("join").expect("run ok");
+    eprintln!(
+        "throughput: {} frames, {} events published in {secs:.2} s = {:.0} events/s, {:.0} frames/s; max acks in flight {}, {done:?}",
+        done.frames,
+        done.published,
+        done.published as f64 / secs,
+        done.frames as f64 / secs,
+        done.max_acks_in_flight_seen
+    );
 }

@@ -27,14 +27,11 @@ async fn main() {
         .unwrap_or(50_000);
     let server = fpaas_testkit::NatsServer::new();
     let client = async_nats::connect(server.url()).await.expect("connect");
-    let port = server.monitor_port();
     let options = BenchOptions {
         records,
         ..Default::default()
     };
-    let report = run(&client, &options, Some(move || async move { rss(port) }))
-        .await
-        .expect("bench");
+    let report = run(&client, &options).await.expect("bench");
     for (k, v) in report.figures {
         println!("{k:<55} {v:>14.2}");
     }
@@ -42,17 +39,24 @@ async fn main() {
     drop(server);
 
     // Memory at rest: a fresh server, restarted empty, then filled with `n` records and restarted.
-    let n: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
     let mut server = fpaas_testkit::NatsServer::new();
     let client = async_nats::connect(server.url()).await.expect("connect");
-    fpaas_recordkv::bench::fill_bucket(&client, "empty", 1, 450).await.expect("fill");
+    fpaas_recordkv::bench::fill_bucket(&client, "empty", 1, 450)
+        .await
+        .expect("fill");
     drop(client);
     server.stop();
     server.start();
     let empty = rss(server.monitor_port()).unwrap_or(0);
     let client = async_nats::connect(server.url()).await.expect("connect");
     let started = std::time::Instant::now();
-    fpaas_recordkv::bench::fill_bucket(&client, "mem", n, 450).await.expect("fill");
+    fpaas_recordkv::bench::fill_bucket(&client, "mem", n, 450)
+        .await
+        .expect("fill");
     let fill_s = started.elapsed().as_secs_f64();
     let writing = rss(server.monitor_port()).unwrap_or(0);
     drop(client);
@@ -60,7 +64,19 @@ async fn main() {
     server.start();
     let rest = rss(server.monitor_port()).unwrap_or(0);
     println!("{:<55} {:>14.2}", "mem_records", n as f64);
-    println!("{:<55} {:>14.2}", "mem_fill_records_per_s", n as f64 / fill_s);
-    println!("{:<55} {:>14.2}", "server_rss_bytes_per_record_while_writing", writing.saturating_sub(empty) as f64 / n as f64);
-    println!("{:<55} {:>14.2}", "server_rss_bytes_per_record_at_rest", rest.saturating_sub(empty) as f64 / n as f64);
+    println!(
+        "{:<55} {:>14.2}",
+        "mem_fill_records_per_s",
+        n as f64 / fill_s
+    );
+    println!(
+        "{:<55} {:>14.2}",
+        "server_rss_bytes_per_record_while_writing",
+        writing.saturating_sub(empty) as f64 / n as f64
+    );
+    println!(
+        "{:<55} {:>14.2}",
+        "server_rss_bytes_per_record_at_rest",
+        rest.saturating_sub(empty) as f64 / n as f64
+    );
 }

@@ -129,11 +129,19 @@ pub fn decide(current: Option<&Current>, change: &Change) -> Decision {
             // A value we cannot read (written by someone else) is replaced.
             Err(_) => write,
         },
-        (EntryState::Deleted { rev: Some(existing) }, Change::Put { .. }) => compare(existing, write),
+        (
+            EntryState::Deleted {
+                rev: Some(existing),
+            },
+            Change::Put { .. },
+        ) => compare(existing, write),
         (EntryState::Deleted { rev: None }, Change::Put { .. }) => write,
-        (EntryState::Deleted { rev: Some(existing) }, Change::Delete { .. }) => {
-            compare(existing, Decision::Skip(Outcome::AlreadyDeleted))
-        }
+        (
+            EntryState::Deleted {
+                rev: Some(existing),
+            },
+            Change::Delete { .. },
+        ) => compare(existing, Decision::Skip(Outcome::AlreadyDeleted)),
         (EntryState::Deleted { rev: None }, Change::Delete { .. }) => {
             Decision::Skip(Outcome::AlreadyDeleted)
         }
@@ -248,16 +256,37 @@ mod tests {
         assert_eq!(decide(None, &put("b")), Write { expected: 0 });
         assert_eq!(decide(None, &del("b")), Write { expected: 0 });
         assert_eq!(decide(Some(&value("b")), &put("c")), Write { expected: 7 });
-        assert_eq!(decide(Some(&value("b")), &put("b")), Skip(Outcome::Duplicate));
+        assert_eq!(
+            decide(Some(&value("b")), &put("b")),
+            Skip(Outcome::Duplicate)
+        );
         assert_eq!(decide(Some(&value("b")), &put("a")), Skip(Outcome::Stale));
         assert_eq!(decide(Some(&value("b")), &del("c")), Write { expected: 7 });
         assert_eq!(decide(Some(&value("b")), &del("a")), Skip(Outcome::Stale));
-        assert_eq!(decide(Some(&marker(Some("b"))), &put("a")), Skip(Outcome::Stale));
-        assert_eq!(decide(Some(&marker(Some("b"))), &put("b")), Skip(Outcome::Duplicate));
-        assert_eq!(decide(Some(&marker(Some("b"))), &put("c")), Write { expected: 9 });
-        assert_eq!(decide(Some(&marker(Some("b"))), &del("c")), Skip(Outcome::AlreadyDeleted));
-        assert_eq!(decide(Some(&marker(None)), &put("a")), Write { expected: 9 });
-        assert_eq!(decide(Some(&marker(None)), &del("a")), Skip(Outcome::AlreadyDeleted));
+        assert_eq!(
+            decide(Some(&marker(Some("b"))), &put("a")),
+            Skip(Outcome::Stale)
+        );
+        assert_eq!(
+            decide(Some(&marker(Some("b"))), &put("b")),
+            Skip(Outcome::Duplicate)
+        );
+        assert_eq!(
+            decide(Some(&marker(Some("b"))), &put("c")),
+            Write { expected: 9 }
+        );
+        assert_eq!(
+            decide(Some(&marker(Some("b"))), &del("c")),
+            Skip(Outcome::AlreadyDeleted)
+        );
+        assert_eq!(
+            decide(Some(&marker(None)), &put("a")),
+            Write { expected: 9 }
+        );
+        assert_eq!(
+            decide(Some(&marker(None)), &del("a")),
+            Skip(Outcome::AlreadyDeleted)
+        );
         let garbage = Current {
             revision: 3,
             state: EntryState::Value(Bytes::from_static(b"not json")),

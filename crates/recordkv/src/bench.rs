@@ -1,5 +1,6 @@
 //! `fpaas bench record-kv`: records/s written by the builder, likes/s indexed, like-index queries/s,
-//! the cost of the two common watches under both key orders, and server memory per record. Runs
+//! the cost of the two common watches under both key orders ([`fill_bucket`] serves the server memory
+//! per record measurement, which needs server restarts and so is driven by the caller). Runs
 //! against a dedicated, empty nats-server (the caller starts it): it creates the `FIREHOSE` stream and
 //! the buckets it measures.
 
@@ -12,13 +13,13 @@ use fpaas_event::{CommitEvent, Event, Kind, Operation};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::RecordKvBuilder;
 use crate::config::{LikeIndexConfig, RecordKvConfig};
 use crate::error::Error;
 use crate::key::{RecordKey, encode_collection, encode_token};
 use crate::likes::{LIKE_COLLECTION, LikeIndex, LikeIndexer};
 use crate::store::{BucketOptions, Kv};
 use crate::value::tid_from_micros;
-use crate::RecordKvBuilder;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -121,7 +122,10 @@ fn event(i: usize, options: &BenchOptions) -> Event {
     }
 }
 
-async fn publish_all(js: &jetstream::Context, events: impl Iterator<Item = Event>) -> Result<usize, Error> {
+async fn publish_all(
+    js: &jetstream::Context,
+    events: impl Iterator<Item = Event>,
+) -> Result<usize, Error> {
     let mut acks = futures::stream::FuturesOrdered::new();
     let mut n = 0;
     for e in events {
@@ -133,10 +137,10 @@ async fn publish_all(js: &jetstream::Context, events: impl Iterator<Item = Event
             .await
             .map_err(|err| Error::nats("publish", err))?;
         acks.push_back(ack.into_future());
-        if acks.len() >= 1_024 {
-            if let Some(ack) = acks.next().await {
-                ack.map_err(|err| Error::nats("publish ack", err))?;
-            }
+        if acks.len() >= 1_024
+            && let Some(ack) = acks.next().await
+        {
+            ack.map_err(|err| Error::nats("publish ack", err))?;
         }
         n += 1;
     }
@@ -162,27 +166,24 @@ async fn wait_drained(js: &jetstream::Context, stream: &str, durable: &str) -> R
     let deadline = Instant::now() + Duration::from_secs(600);
     while backlog(js, stream, durable).await? > 0 {
         if Instant::now() > deadline {
-            return Err(Error::Config(format!("{durable} did not drain within 600 s")));
+            return Err(Error::Config(format!(
+                "{durable} did not drain within 600 s"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }
 
-/// Runs every measurement. `rss` reads the server's resident memory in bytes (e.g. from `/varz`);
-/// pass `None` to skip the memory figures.
+/// Runs the throughput, query and key-order measurements (memory per record needs server
+/// restarts: see [`fill_bucket`] and the caller).
 ///
 /// # Errors
 /// Any NATS failure.
-pub async fn run<F, Fut>(
+pub async fn run(
     client: &async_nats::Client,
     options: &BenchOptions,
-    rss: Option<F>,
-) -> Result<BenchReport, Error>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<u64>>,
-{
+) -> Result<BenchReport, Error> {
     let mut report = BenchReport::default();
     let js = fpaas_bus::jetstream(client.clone(), 1_024);
     fpaas_bus::ensure_stream(
@@ -199,11 +200,10 @@ where
     let started = Instant::now();
     let n = publish_all(&js, (0..options.records).map(|i| event(i, options))).await?;
     report.add("events_published", n as f64);
-    report.add("publish_events_per_s", n as f64 / started.elapsed().as_secs_f64());
-    let rss_before = match &rss {
-        Some(f) => f().await,
-        None => None,
-    };
+    report.add(
+        "publish_events_per_s",
+        n as f64 / started.elapsed().as_secs_f64(),
+    );
     let config = RecordKvConfig {
         batch_size: options.batch_size,
         concurrency: options.concurrency,
@@ -224,13 +224,6 @@ where
     let records = Kv::open(client, "record").await?;
     let (messages, bytes) = records.usage().await?;
     report.add("kv_bytes_per_record", bytes as f64 / messages.max(1) as f64);
-    if let (Some(f), Some(before)) = (&rss, rss_before)
-        && let Some(after) = f().await
-    {
-        let per = after.saturating_sub(before) as f64 / messages.max(1) as f64;
-        report.add("server_rss_bytes_per_record_while_writing", per);
-        report.add("server_rss_mb_per_million_records_while_writing", per);
-    }
 
     // 2. Like indexer: likes/s.
     let shutdown = CancellationToken::new();
@@ -258,7 +251,10 @@ where
     let index = LikeIndex::open(client, "likes").await?;
     let post_uri = |i: usize| {
         let post = i % options.posts.max(1);
-        format!("at://{}/app.bsky.feed.post/{post}", did(post % options.dids))
+        format!(
+            "at://{}/app.bsky.feed.post/{post}",
+            did(post % options.dids)
+        )
     };
     let mut likers_seen = 0usize;
     let started = Instant::now();
@@ -274,8 +270,14 @@ where
     for r in results {
         likers_seen += r?;
     }
-    report.add("get_likers_queries_per_s", options.queries as f64 / started.elapsed().as_secs_f64());
-    report.add("get_likers_mean_likers", likers_seen as f64 / options.queries.max(1) as f64);
+    report.add(
+        "get_likers_queries_per_s",
+        options.queries as f64 / started.elapsed().as_secs_f64(),
+    );
+    report.add(
+        "get_likers_mean_likers",
+        likers_seen as f64 / options.queries.max(1) as f64,
+    );
     let started = Instant::now();
     let counts: Vec<Result<u64, Error>> = futures::stream::iter(0..options.queries)
         .map(|i| {
@@ -289,7 +291,10 @@ where
     for c in counts {
         c?;
     }
-    report.add("count_likes_queries_per_s", options.queries as f64 / started.elapsed().as_secs_f64());
+    report.add(
+        "count_likes_queries_per_s",
+        options.queries as f64 / started.elapsed().as_secs_f64(),
+    );
     let started = Instant::now();
     let by: Vec<Result<usize, Error>> = futures::stream::iter(0..options.queries)
         .map(|i| {
@@ -303,7 +308,10 @@ where
     for b in by {
         b?;
     }
-    report.add("get_likes_by_queries_per_s", options.queries as f64 / started.elapsed().as_secs_f64());
+    report.add(
+        "get_likes_by_queries_per_s",
+        options.queries as f64 / started.elapsed().as_secs_f64(),
+    );
 
     // 4. Key order: the two common watches on collection-first and DID-first buckets.
     key_order(client, options, &mut report).await?;
@@ -355,10 +363,10 @@ async fn key_order(
                     .map_err(|e| Error::nats("publish", e))?
                     .into_future(),
             );
-            if acks.len() >= 1_024 {
-                if let Some(ack) = acks.next().await {
-                    ack.map_err(|e| Error::nats("publish ack", e))?;
-                }
+            if acks.len() >= 1_024
+                && let Some(ack) = acks.next().await
+            {
+                ack.map_err(|e| Error::nats("publish ack", e))?;
             }
         }
         while let Some(ack) = acks.next().await {
@@ -371,7 +379,11 @@ async fn key_order(
         } else {
             (format!("{like}.>"), format!("*.{one_did}.*"))
         };
-        let layout = if did_first { "did_first" } else { "collection_first" };
+        let layout = if did_first {
+            "did_first"
+        } else {
+            "collection_first"
+        };
         for (what, pattern) in [("collection", collection_pattern), ("did", did_pattern)] {
             // Best of 3: the first read also warms the server's subject index.
             let mut best = f64::MAX;
@@ -413,7 +425,11 @@ pub async fn fill_bucket(
     let dids = (n / 50).max(1);
     let mut acks = futures::stream::FuturesUnordered::new();
     for i in 0..n {
-        let key = RecordKey::new(COLLECTIONS[i % 4], did(i % dids), tid_from_micros(i as u64, 0));
+        let key = RecordKey::new(
+            COLLECTIONS[i % 4],
+            did(i % dids),
+            tid_from_micros(i as u64, 0),
+        );
         acks.push(
             js.publish(format!("$KV.{bucket}.{}", key.encode()?), value.clone())
                 .await

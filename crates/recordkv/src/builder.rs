@@ -113,8 +113,14 @@ enum Item {
         change: Change,
         redelivered: bool,
     },
-    AccountDeleted { did: String, rev: Option<String> },
-    Sync { did: String, rev: String },
+    AccountDeleted {
+        did: String,
+        rev: Option<String>,
+    },
+    Sync {
+        did: String,
+        rev: String,
+    },
     Skip(&'static str),
     Drop(&'static str),
 }
@@ -153,8 +159,8 @@ impl RecordKvBuilder {
             client,
             &BucketOptions {
                 bucket: format!("{}_accounts", config.bucket),
-                description: "fpaas record KV: deleted accounts (encoded DID -> {did, status, rev})"
-                    .into(),
+                description:
+                    "fpaas record KV: deleted accounts (encoded DID -> {did, status, rev})".into(),
                 replicas: config.replicas,
             },
         )
@@ -372,10 +378,7 @@ impl RecordKvBuilder {
         // Recorded first: if this is interrupted, the redelivered deletion repeats everything.
         let record = serde_json::json!({"did": did, "status": "deleted", "rev": rev});
         self.accounts
-            .put(
-                &encode_token(did, "did")?,
-                Bytes::from(record.to_string()),
-            )
+            .put(&encode_token(did, "did")?, Bytes::from(record.to_string()))
             .await?;
         self.remember_deletion(did, rev.unwrap_or(""));
         let live: Vec<(String, u64)> = self
@@ -395,12 +398,18 @@ impl RecordKvBuilder {
     }
 
     fn cached_deletion(&self, did: &str) -> Option<String> {
-        let cache = self.deleted_accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = self
+            .deleted_accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         cache.get(did).cloned()
     }
 
     fn remember_deletion(&self, did: &str, rev: &str) {
-        let mut cache = self.deleted_accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self
+            .deleted_accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         cache.insert(did.to_string(), rev.to_string());
     }
 

@@ -232,7 +232,8 @@ mod tests {
         };
         assert!(c.validate().is_err());
         assert!(serde_json::from_str::<RecordKvConfig>(r#"{"colections":[]}"#).is_err());
-        let c: RecordKvConfig = serde_json::from_str(r#"{"collections":["app.bsky.feed.like"]}"#).unwrap();
+        let c: RecordKvConfig =
+            serde_json::from_str(r#"{"collections":["app.bsky.feed.like"]}"#).unwrap();
         assert_eq!(c.batch_size, 500);
     }
 }

@@ -70,7 +70,8 @@ impl RecordKey {
     /// [`Error::InvalidInput`] when the key does not have three well-formed tokens.
     pub fn decode(key: &str) -> Result<Self, Error> {
         let mut parts = key.split('.');
-        let (Some(c), Some(d), Some(r), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(c), Some(d), Some(r), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Error::invalid("record key", key));
         };
@@ -104,7 +105,10 @@ impl RecordKey {
                 key.encode()?;
                 Ok(key)
             }
-            _ => Err(Error::invalid("AT-URI (at://<did>/<collection>/<rkey>)", uri)),
+            _ => Err(Error::invalid(
+                "AT-URI (at://<did>/<collection>/<rkey>)",
+                uri,
+            )),
         }
     }
 }
@@ -265,7 +269,10 @@ mod tests {
         assert!(rkeys.len() > 10);
         for rkey in rkeys {
             let enc = encode_token(&rkey, "rkey").unwrap();
-            assert!(!enc.contains('.') && valid_key_chars(&enc), "{rkey} -> {enc}");
+            assert!(
+                !enc.contains('.') && valid_key_chars(&enc),
+                "{rkey} -> {enc}"
+            );
             assert_eq!(decode_token(&enc).unwrap(), rkey);
         }
     }
@@ -276,7 +283,10 @@ mod tests {
         assert!(nsids.len() > 10);
         for nsid in nsids {
             let enc = encode_collection(&nsid).unwrap();
-            assert!(!enc.contains('.') && valid_key_chars(&enc), "{nsid} -> {enc}");
+            assert!(
+                !enc.contains('.') && valid_key_chars(&enc),
+                "{nsid} -> {enc}"
+            );
             assert_eq!(decode_collection(&enc).unwrap(), nsid);
         }
     }
@@ -304,7 +314,10 @@ mod tests {
     #[test]
     fn at_uris_parse() {
         let key = RecordKey::from_at_uri("at://did:plc:abc/app.bsky.feed.post/3kabc").unwrap();
-        assert_eq!(key, RecordKey::new("app.bsky.feed.post", "did:plc:abc", "3kabc"));
+        assert_eq!(
+            key,
+            RecordKey::new("app.bsky.feed.post", "did:plc:abc", "3kabc")
+        );
         assert_eq!(key.at_uri(), "at://did:plc:abc/app.bsky.feed.post/3kabc");
         for bad in [
             "",
@@ -321,8 +334,17 @@ mod tests {
     #[test]
     fn malformed_keys_are_errors_not_panics() {
         for bad in [
-            "", "a", "a.b", "a.b.c.d", "app_x.=.r", "app_x.=4.r", "app_x.=ZZ.r", "a..b.c", "app_x.d.=FF",
-            "app_x.d:x.r", "app__x.d.r",
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "app_x.=.r",
+            "app_x.=4.r",
+            "app_x.=ZZ.r",
+            "a..b.c",
+            "app_x.d.=FF",
+            "app_x.d:x.r",
+            "app__x.d.r",
         ] {
             assert!(RecordKey::decode(bad).is_err(), "{bad:?} accepted");
         }

@@ -35,18 +35,17 @@ where
         }
     }
     let f = &f;
-    let outputs: Vec<Vec<O>> = futures::stream::iter(chains.into_iter().map(
-        |(key, chain)| async move {
+    let outputs: Vec<Vec<O>> =
+        futures::stream::iter(chains.into_iter().map(|(key, chain)| async move {
             let mut out = Vec::with_capacity(chain.len());
             for item in chain {
                 out.push(f(key.clone(), item).await?);
             }
             Ok::<_, Error>(out)
-        },
-    ))
-    .buffered(concurrency.max(1))
-    .try_collect()
-    .await?;
+        }))
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await?;
     Ok(outputs.into_iter().flatten().collect())
 }
 

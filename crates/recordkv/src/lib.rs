@@ -25,7 +25,9 @@ pub mod value;
 
 pub use apply::{Change, Outcome};
 pub use builder::{BuildStats, RecordKvBuilder};
-pub use config::{DEFAULT_LIKES_BUCKET, DEFAULT_RECORD_BUCKET, DEFAULT_STREAM, LikeIndexConfig, RecordKvConfig};
+pub use config::{
+    DEFAULT_LIKES_BUCKET, DEFAULT_RECORD_BUCKET, DEFAULT_STREAM, LikeIndexConfig, RecordKvConfig,
+};
 pub use error::Error;
 pub use key::RecordKey;
 pub use likes::{IndexStats, LikeEntry, LikeIndex, LikeIndexer};

@@ -206,7 +206,8 @@ impl LikeIndexer {
             client,
             &BucketOptions {
                 bucket: config.bucket.clone(),
-                description: "fpaas like index: s.<subject>.<liker>.<rkey>, a.<liker>.<rkey>".into(),
+                description: "fpaas like index: s.<subject>.<liker>.<rkey>, a.<liker>.<rkey>"
+                    .into(),
                 replicas: config.replicas,
             },
         )
@@ -375,7 +376,10 @@ impl LikeIndexer {
             // Not a record we can read: whatever was indexed for this key is undone.
             return Ok((key.did, key.rkey, LikeChange::Unlike));
         };
-        let subject = value.record.pointer("/subject/uri").and_then(|v| v.as_str());
+        let subject = value
+            .record
+            .pointer("/subject/uri")
+            .and_then(|v| v.as_str());
         let Some(subject) = subject.filter(|s| !s.is_empty()) else {
             return Ok((key.did, key.rkey, LikeChange::Unlike));
         };
@@ -404,7 +408,12 @@ impl LikeIndexer {
 }
 
 /// Applies one like or unlike to the index (idempotent).
-async fn apply_like(index: &Kv, liker: &str, rkey: &str, change: LikeChange) -> Result<Applied, Error> {
+async fn apply_like(
+    index: &Kv,
+    liker: &str,
+    rkey: &str,
+    change: LikeChange,
+) -> Result<Applied, Error> {
     let a_key = actor_key(liker, rkey)?;
     let previous = match index.get(&a_key).await? {
         Some(bytes) => serde_json::from_slice::<LikeEntry>(&bytes).ok(),
@@ -416,7 +425,9 @@ async fn apply_like(index: &Kv, liker: &str, rkey: &str, change: LikeChange) -> 
                 && old.subject != entry.subject
             {
                 // An update that changed the subject: undo the old direction first.
-                index.remove(&subject_key(&old.subject, liker, rkey)?).await?;
+                index
+                    .remove(&subject_key(&old.subject, liker, rkey)?)
+                    .await?;
             }
             let value = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
             // The undo record first, so a crash between the two writes never leaves an `s.` entry
@@ -431,7 +442,9 @@ async fn apply_like(index: &Kv, liker: &str, rkey: &str, change: LikeChange) -> 
         }
         LikeChange::Unlike => match previous {
             Some(old) => {
-                index.remove(&subject_key(&old.subject, liker, rkey)?).await?;
+                index
+                    .remove(&subject_key(&old.subject, liker, rkey)?)
+                    .await?;
                 index.remove(&a_key).await?;
                 Ok(Applied::Removed)
             }

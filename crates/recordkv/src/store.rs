@@ -89,6 +89,9 @@ pub struct Kv {
     prefix: String,
 }
 
+/// Most keys read by one direct batch get before falling back to a consumer.
+const DIRECT_BATCH: usize = 1_000;
+
 /// Longest wait of one snapshot pull request (an empty answer ends the read).
 const SNAPSHOT_IDLE: Duration = Duration::from_secs(2);
 
@@ -152,12 +155,7 @@ impl Kv {
     /// [`Error::Nats`] on a server or connection failure.
     pub async fn current(&self, key: &str) -> Result<Option<Current>, Error> {
         let subject = format!("{}{key}", self.prefix);
-        match self
-            .store
-            .stream
-            .direct_get_last_for_subject(subject)
-            .await
-        {
+        match self.store.stream.direct_get_last_for_subject(subject).await {
             Ok(message) => Ok(Some(Current {
                 revision: message.sequence,
                 state: state_of(&message.headers, message.payload),
@@ -290,6 +288,11 @@ impl Kv {
         headers_only: bool,
         mut f: impl FnMut(SnapshotEntry),
     ) -> Result<u64, Error> {
+        if !headers_only && let Some(entries) = self.direct_batch(pattern).await? {
+            let n = entries.len() as u64;
+            entries.into_iter().for_each(f);
+            return Ok(n);
+        }
         let consumer = self
             .store
             .stream
@@ -310,7 +313,9 @@ impl Kv {
         // Pull exactly what is pending, in requests of up to 1,000; stop at `pending == 0` or when a
         // request comes back empty (entries removed after the consumer was created).
         'read: while seen < total {
-            let want = usize::try_from(total - seen).unwrap_or(usize::MAX).min(1_000);
+            let want = usize::try_from(total - seen)
+                .unwrap_or(usize::MAX)
+                .min(1_000);
             let mut batch = consumer
                 .fetch()
                 .max_messages(want)
@@ -350,12 +355,77 @@ impl Kv {
         Ok(seen)
     }
 
-    /// Number of subjects matching `pattern` (values and markers alike), from the pending count of
-    /// a last-per-subject consumer: one server round trip, no values transferred.
+    /// The latest entry of every key matching `pattern` in one direct batch get (ADR-31,
+    /// `multi_last`; nats-server 2.11+): no consumer is created, so a small read costs about one round
+    /// trip. Returns `None` when the answer does not fit in one batch ([`DIRECT_BATCH`] keys) or the
+    /// server does not answer the batch form; the caller then reads through a consumer.
+    async fn direct_batch(&self, pattern: &str) -> Result<Option<Vec<SnapshotEntry>>, Error> {
+        let client = self.js.client();
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::nats("direct get subscribe", e))?;
+        let request = serde_json::json!({
+            "multi_last": [format!("{}{pattern}", self.prefix)],
+            "batch": DIRECT_BATCH,
+        });
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.stream_name()),
+                inbox,
+                request.to_string().into(),
+            )
+            .await
+            .map_err(|e| Error::nats("direct get", e))?;
+        let mut out = Vec::new();
+        loop {
+            let Ok(Some(message)) = tokio::time::timeout(SNAPSHOT_IDLE, replies.next()).await
+            else {
+                return Ok(None);
+            };
+            let headers = message.headers.clone().unwrap_or_default();
+            let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+            match message.status.map(u16::from) {
+                None => {
+                    let Some(subject) = header("Nats-Subject") else {
+                        return Ok(None);
+                    };
+                    let key = subject
+                        .strip_prefix(&self.prefix)
+                        .unwrap_or_default()
+                        .to_string();
+                    let revision = header("Nats-Sequence")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    out.push(SnapshotEntry {
+                        key,
+                        revision,
+                        state: state_of(&headers, message.payload),
+                    });
+                }
+                // End of batch: complete only if nothing is left.
+                Some(204) => {
+                    let pending: u64 = header("Nats-Num-Pending")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(1);
+                    return Ok((pending == 0).then_some(out));
+                }
+                Some(404) => return Ok(Some(Vec::new())),
+                Some(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Number of subjects matching `pattern` (values and markers alike): one direct batch get when
+    /// there are at most [`DIRECT_BATCH`], else the pending count of a last-per-subject consumer.
     ///
     /// # Errors
     /// [`Error::Nats`] on a server or connection failure.
     pub async fn count(&self, pattern: &str) -> Result<u64, Error> {
+        if let Some(entries) = self.direct_batch(pattern).await? {
+            return Ok(entries.len() as u64);
+        }
         let consumer = self
             .store
             .stream
@@ -455,7 +525,10 @@ impl DurableReader {
     ///
     /// # Errors
     /// [`Error::Nats`] when the stream does not exist or the server refuses the consumer.
-    pub async fn ensure(client: &async_nats::Client, options: &ReaderOptions) -> Result<Self, Error> {
+    pub async fn ensure(
+        client: &async_nats::Client,
+        options: &ReaderOptions,
+    ) -> Result<Self, Error> {
         let js = jetstream::new(client.clone());
         let stream = js
             .get_stream(&options.stream)
@@ -557,10 +630,7 @@ impl Delivery {
     /// # Errors
     /// [`Error::Nats`] when the ack cannot be sent (it is then redelivered: harmless).
     pub async fn ack(&self) -> Result<(), Error> {
-        self.message
-            .ack()
-            .await
-            .map_err(|e| Error::nats("ack", e))
+        self.message.ack().await.map_err(|e| Error::nats("ack", e))
     }
 
     /// Terminates: the message is poison and will never be delivered again.

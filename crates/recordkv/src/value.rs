@@ -75,7 +75,10 @@ mod tests {
         assert!(!rev_newer(&a, &b));
         assert!(!rev_newer(&a, &a));
         // A real TID from the corpus commit, decoded back to a plausible 2025+ time.
-        assert!(rev_newer("3migo7fijwi2k", &tid_from_micros(1_600_000_000_000_000, 0)));
+        assert!(rev_newer(
+            "3migo7fijwi2k",
+            &tid_from_micros(1_600_000_000_000_000, 0)
+        ));
         assert!(rev_newer(&tid_now(), "3migo7fijwi2k"));
     }
 }

@@ -35,12 +35,25 @@ fn index_config() -> LikeIndexConfig {
 
 /// Compares the record KV with the model: same values, same delete markers.
 async fn assert_kv_matches(client: &async_nats::Client, model: &Model) {
-    let kv = Kv::open(client, "record").await.expect("open record bucket");
+    let kv = Kv::open(client, "record")
+        .await
+        .expect("open record bucket");
     let (values, deleted) = kv_content(&kv).await;
     let expected = model.values();
-    let missing: Vec<_> = expected.keys().filter(|k| !values.contains_key(*k)).take(5).collect();
-    let extra: Vec<_> = values.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !values.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = values
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
     for (key, value) in &expected {
         assert_eq!(&values[key], value, "value of {key}");
     }
@@ -60,7 +73,10 @@ async fn assert_index_matches(client: &async_nats::Client, model: &Model) {
     let index = LikeIndex::open(client, "likes").await.expect("open index");
     let by_subject = model.likes_by_subject();
     assert!(by_subject.len() > 3, "too few liked subjects to be a test");
-    assert!(by_subject.values().any(|s| s.len() > 3), "no popular subject");
+    assert!(
+        by_subject.values().any(|s| s.len() > 3),
+        "no popular subject"
+    );
     for (subject, expected) in &by_subject {
         let likers: BTreeSet<(String, String)> = index
             .likers(subject)
@@ -70,7 +86,10 @@ async fn assert_index_matches(client: &async_nats::Client, model: &Model) {
             .map(|l| (l.liker, l.rkey))
             .collect();
         assert_eq!(&likers, expected, "likers of {subject}");
-        assert_eq!(index.count(subject).await.expect("count"), expected.len() as u64);
+        assert_eq!(
+            index.count(subject).await.expect("count"),
+            expected.len() as u64
+        );
     }
     let by_actor = model.likes_by_actor();
     for did in model_dids(model) {
@@ -81,7 +100,11 @@ async fn assert_index_matches(client: &async_nats::Client, model: &Model) {
             .into_iter()
             .map(|l| (l.rkey, l.subject))
             .collect();
-        assert_eq!(got, by_actor.get(&did).cloned().unwrap_or_default(), "likes by {did}");
+        assert_eq!(
+            got,
+            by_actor.get(&did).cloned().unwrap_or_default(),
+            "likes by {did}"
+        );
     }
     // No leftovers: the index holds exactly two keys per live like.
     let kv = Kv::open(client, "likes").await.expect("open likes");
@@ -104,20 +127,37 @@ async fn kv_and_like_index_equal_the_model_of_the_events() {
     let (_server, client) = start().await;
     let mut generator = Gen::new(7, 24);
     let events = generator.events(3_000);
-    let count = |pred: &dyn Fn(&fpaas_event::Event) -> bool| events.iter().filter(|(e, _)| pred(e)).count();
+    let count =
+        |pred: &dyn Fn(&fpaas_event::Event) -> bool| events.iter().filter(|(e, _)| pred(e)).count();
     // The mix is what the test claims to cover.
     assert!(count(&|e| e.operation() == Some(fpaas_event::Operation::Update)) > 20);
-    assert!(count(&|e| e.commit.as_ref().is_some_and(|c| c.collection == LIKE && c.operation == fpaas_event::Operation::Delete)) > 100);
-    assert!(count(&|e| e.account.as_ref().is_some_and(|a| a.status.as_deref() == Some("deleted"))) >= 1);
+    assert!(
+        count(&|e| {
+            e.commit.as_ref().is_some_and(|c| {
+                c.collection == LIKE && c.operation == fpaas_event::Operation::Delete
+            })
+        }) > 100
+    );
+    assert!(
+        count(&|e| e
+            .account
+            .as_ref()
+            .is_some_and(|a| a.status.as_deref() == Some("deleted")))
+            >= 1
+    );
     assert!(events.iter().filter(|(_, replay)| *replay).count() > 20);
     publish(&client, &events).await;
     let mut model = Model::default();
     model.apply(&events, None, None);
 
     let shutdown = CancellationToken::new();
-    let builder = RecordKvBuilder::new(&client, kv_config()).await.expect("builder");
+    let builder = RecordKvBuilder::new(&client, kv_config())
+        .await
+        .expect("builder");
     let b = tokio::spawn(builder.run(shutdown.clone()));
-    let indexer = LikeIndexer::new(&client, index_config()).await.expect("indexer");
+    let indexer = LikeIndexer::new(&client, index_config())
+        .await
+        .expect("indexer");
     let i = tokio::spawn(indexer.run(shutdown.clone()));
     drained(&client, "FIREHOSE", "record-kv", DRAIN).await;
     assert_kv_matches(&client, &model).await;
@@ -135,9 +175,17 @@ async fn kv_and_like_index_equal_the_model_of_the_events() {
 
     shutdown.cancel();
     let stats = b.await.unwrap().unwrap();
-    assert!(stats.account_deletions >= 1 && stats.account_records_deleted > 0, "{stats:?}");
+    assert!(
+        stats.account_deletions >= 1 && stats.account_records_deleted > 0,
+        "{stats:?}"
+    );
     assert!(stats.syncs > 0, "{stats:?}");
-    assert!(stats.outcome(fpaas_recordkv::Outcome::Stale) + stats.outcome(fpaas_recordkv::Outcome::Duplicate) > 0, "{stats:?}");
+    assert!(
+        stats.outcome(fpaas_recordkv::Outcome::Stale)
+            + stats.outcome(fpaas_recordkv::Outcome::Duplicate)
+            > 0,
+        "{stats:?}"
+    );
     let istats = i.await.unwrap().unwrap();
     assert!(istats.removed > 50, "{istats:?}");
 }
@@ -157,16 +205,20 @@ async fn killing_and_restarting_builder_and_indexer_mid_stream_gives_the_same_re
     for round in 0..3u64 {
         // A separate connection per incarnation, so a kill also drops its subscriptions.
         let c = connect(&server).await;
-        let builder = RecordKvBuilder::new(&c, kv_config()).await.expect("builder");
+        let builder = RecordKvBuilder::new(&c, kv_config())
+            .await
+            .expect("builder");
         let indexer = LikeIndexer::new(&c, index_config()).await.expect("indexer");
         let shutdown = CancellationToken::new();
         let b = tokio::spawn(builder.run(shutdown.clone()));
         let i = tokio::spawn(indexer.run(shutdown.clone()));
         let before = backlog(&client, "FIREHOSE", "record-kv").await.min(total);
         let target = before.saturating_sub(total / 5 + round * 7);
-        fpaas_testkit::eventually(DRAIN, || async { backlog(&client, "FIREHOSE", "record-kv").await <= target })
-            .await
-            .expect("builder made progress");
+        fpaas_testkit::eventually(DRAIN, || async {
+            backlog(&client, "FIREHOSE", "record-kv").await <= target
+        })
+        .await
+        .expect("builder made progress");
         b.abort();
         i.abort();
         let _ = b.await;
@@ -175,8 +227,18 @@ async fn killing_and_restarting_builder_and_indexer_mid_stream_gives_the_same_re
     }
     // Restart and let it finish.
     let shutdown = CancellationToken::new();
-    let b = tokio::spawn(RecordKvBuilder::new(&client, kv_config()).await.unwrap().run(shutdown.clone()));
-    let i = tokio::spawn(LikeIndexer::new(&client, index_config()).await.unwrap().run(shutdown.clone()));
+    let b = tokio::spawn(
+        RecordKvBuilder::new(&client, kv_config())
+            .await
+            .unwrap()
+            .run(shutdown.clone()),
+    );
+    let i = tokio::spawn(
+        LikeIndexer::new(&client, index_config())
+            .await
+            .unwrap()
+            .run(shutdown.clone()),
+    );
     drained(&client, "FIREHOSE", "record-kv", DRAIN).await;
     assert_kv_matches(&client, &model).await;
     drained(&client, "KV_record", "like-indexer", DRAIN).await;
@@ -199,7 +261,12 @@ async fn collection_and_did_filters_keep_only_what_is_asked() {
         ..kv_config()
     };
     let shutdown = CancellationToken::new();
-    let b = tokio::spawn(RecordKvBuilder::new(&client, config).await.unwrap().run(shutdown.clone()));
+    let b = tokio::spawn(
+        RecordKvBuilder::new(&client, config)
+            .await
+            .unwrap()
+            .run(shutdown.clone()),
+    );
     drained(&client, "FIREHOSE", "record-kv", DRAIN).await;
     let mut model = Model::default();
     model.apply(&events, Some(&[LIKE, PROFILE]), Some(&dids));
@@ -207,7 +274,10 @@ async fn collection_and_did_filters_keep_only_what_is_asked() {
     assert_kv_matches(&client, &model).await;
     shutdown.cancel();
     let stats = b.await.unwrap().unwrap();
-    assert!(stats.skipped.get("did_filtered").copied().unwrap_or(0) > 100, "{stats:?}");
+    assert!(
+        stats.skipped.get("did_filtered").copied().unwrap_or(0) > 100,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +287,12 @@ async fn one_collection_can_be_watched_from_the_beginning_then_live() {
     let events = generator.events(800);
     publish(&client, &events).await;
     let shutdown = CancellationToken::new();
-    let b = tokio::spawn(RecordKvBuilder::new(&client, kv_config()).await.unwrap().run(shutdown.clone()));
+    let b = tokio::spawn(
+        RecordKvBuilder::new(&client, kv_config())
+            .await
+            .unwrap()
+            .run(shutdown.clone()),
+    );
     drained(&client, "FIREHOSE", "record-kv", DRAIN).await;
     let mut model = Model::default();
     model.apply(&events, None, None);
@@ -244,7 +319,16 @@ async fn one_collection_can_be_watched_from_the_beginning_then_live() {
     assert_eq!(seen, expected);
     // Live: one new like and one post arrive; only the like is seen.
     let mut live = Vec::new();
-    while live.iter().filter(|(e, _): &&(fpaas_event::Event, bool)| e.commit.as_ref().is_some_and(|c| c.collection == LIKE && c.operation == fpaas_event::Operation::Create)).count() == 0 {
+    while live
+        .iter()
+        .filter(|(e, _): &&(fpaas_event::Event, bool)| {
+            e.commit.as_ref().is_some_and(|c| {
+                c.collection == LIKE && c.operation == fpaas_event::Operation::Create
+            })
+        })
+        .count()
+        == 0
+    {
         live.push(generator.step());
     }
     publish(&client, &live).await;
@@ -252,7 +336,16 @@ async fn one_collection_can_be_watched_from_the_beginning_then_live() {
     let new_like = live
         .iter()
         .rev()
-        .find_map(|(e, _)| e.commit.as_ref().filter(|c| c.collection == LIKE && c.operation == fpaas_event::Operation::Create).map(|c| fpaas_recordkv::RecordKey::new(LIKE, &e.did, &c.rkey).encode().unwrap()))
+        .find_map(|(e, _)| {
+            e.commit
+                .as_ref()
+                .filter(|c| c.collection == LIKE && c.operation == fpaas_event::Operation::Create)
+                .map(|c| {
+                    fpaas_recordkv::RecordKey::new(LIKE, &e.did, &c.rkey)
+                        .encode()
+                        .unwrap()
+                })
+        })
         .unwrap();
     loop {
         let (key, state, current) = tokio::time::timeout(Duration::from_secs(5), watch.next())

@@ -191,11 +191,52 @@ pub struct Generator {
 }
 
 const WORDS: &[&str] = &[
-    "the", "firehose", "is", "flowing", "today", "and", "I", "love", "it", "café", "naïve", "über",
-    "日本語", "テスト", "🦋", "😀", "sky", "blue", "coffee", "morning", "news", "cat", "dog", "résumé",
-    "ok", "wow", "so", "much", "data", "🔥", "über-cool", "relay", "rust", "nats", "stream", "good",
+    "the",
+    "firehose",
+    "is",
+    "flowing",
+    "today",
+    "and",
+    "I",
+    "love",
+    "it",
+    "café",
+    "naïve",
+    "über",
+    "日本語",
+    "テスト",
+    "🦋",
+    "😀",
+    "sky",
+    "blue",
+    "coffee",
+    "morning",
+    "news",
+    "cat",
+    "dog",
+    "résumé",
+    "ok",
+    "wow",
+    "so",
+    "much",
+    "data",
+    "🔥",
+    "über-cool",
+    "relay",
+    "rust",
+    "nats",
+    "stream",
+    "good",
 ];
-const TAGS: &[&str] = &["art", "rust", "news", "bluesky", "photography", "日本", "café"];
+const TAGS: &[&str] = &[
+    "art",
+    "rust",
+    "news",
+    "bluesky",
+    "photography",
+    "日本",
+    "café",
+];
 const LANGS: &[&[&str]] = &[
     &["en"],
     &["en"],
@@ -205,7 +246,9 @@ const LANGS: &[&[&str]] = &[
     &["de"],
     &["en", "es"],
 ];
-const NAMES: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const NAMES: &[&str] = &[
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 const STATUSES: &[&str] = &["takendown", "deactivated", "deleted", "suspended"];
 
 impl Generator {
@@ -579,17 +622,19 @@ impl Generator {
                     },
                 })
             }
-            13..17 => self
-                .pick_recent_post()
-                .map(|p| Embed::Record {
-                    record: StrongRef {
-                        uri: p.uri,
-                        cid: p.cid.to_string(),
-                    },
-                }),
+            13..17 => self.pick_recent_post().map(|p| Embed::Record {
+                record: StrongRef {
+                    uri: p.uri,
+                    cid: p.cid.to_string(),
+                },
+            }),
             _ => None,
         };
-        let langs = LANGS.choose(&mut self.rng).copied().unwrap_or(&["en"]).to_vec();
+        let langs = LANGS
+            .choose(&mut self.rng)
+            .copied()
+            .unwrap_or(&["en"])
+            .to_vec();
         let post = Post {
             type_: "app.bsky.feed.post",
             text,
@@ -706,7 +751,8 @@ impl Generator {
                     };
                     ("app.bsky.feed.post", Block::encode(&post)?)
                 }
-                0..45 | 45..705 => {
+                // Rolls 0..45 land here when no delete or profile update was possible.
+                0..705 => {
                     let (subject, _) = self.strong_ref_to_post();
                     let like = SubjectRef {
                         type_: "app.bsky.feed.like",
@@ -786,25 +832,25 @@ impl Generator {
         let commit = encode::commit_block(&did, &rev, mst.cid)?;
         let car = encode::car(
             &[commit.cid],
-            std::iter::once(&commit).chain(std::iter::once(&mst)).chain(blocks.iter()),
+            std::iter::once(&commit)
+                .chain(std::iter::once(&mst))
+                .chain(blocks.iter()),
         )?;
-        let frame = encode::message_frame(
-            "#commit",
-            &encode::CommitBody {
-                seq,
-                rebase: false,
-                too_big: false,
-                repo: &did,
-                commit: commit.cid,
-                rev: &rev,
-                since: repo.rev.as_deref(),
-                blocks: ByteStr(&car),
-                ops: &ops,
-                blobs: &[],
-                prev_data: repo.data,
-                time: &time,
-            },
-        )?;
+        let frame = encode::CommitBody {
+            seq,
+            rebase: false,
+            too_big: false,
+            repo: &did,
+            commit: commit.cid,
+            rev: &rev,
+            since: repo.rev.as_deref(),
+            blocks: ByteStr(&car),
+            ops: &ops,
+            blobs: &[],
+            prev_data: repo.data,
+            time: &time,
+        }
+        .encode_frame()?;
         repo.rev = Some(rev.clone());
         repo.data = Some(mst.cid);
         if !oversize {
@@ -887,10 +933,22 @@ mod tests {
             }
         }
         let pct = |c: &str| counts.get(c).copied().unwrap_or(0) as f64 * 100.0 / ops as f64;
-        assert!((60.0..75.0).contains(&pct("app.bsky.feed.like")), "{counts:?}");
-        assert!((9.0..15.0).contains(&pct("app.bsky.feed.post")), "{counts:?}");
-        assert!((7.0..13.0).contains(&pct("app.bsky.feed.repost")), "{counts:?}");
-        assert!((4.0..8.0).contains(&pct("app.bsky.graph.follow")), "{counts:?}");
+        assert!(
+            (60.0..75.0).contains(&pct("app.bsky.feed.like")),
+            "{counts:?}"
+        );
+        assert!(
+            (9.0..15.0).contains(&pct("app.bsky.feed.post")),
+            "{counts:?}"
+        );
+        assert!(
+            (7.0..13.0).contains(&pct("app.bsky.feed.repost")),
+            "{counts:?}"
+        );
+        assert!(
+            (4.0..8.0).contains(&pct("app.bsky.graph.follow")),
+            "{counts:?}"
+        );
         assert!(pct("app.bsky.graph.block") > 0.5);
         assert!(pct("app.bsky.actor.profile") > 0.2);
         let del = deletes as f64 * 100.0 / ops as f64;

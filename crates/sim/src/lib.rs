@@ -17,5 +17,4 @@ pub mod tid;
 
 pub use capture::{CaptureError, CaptureReader, CaptureWriter, read_capture};
 pub use generate::{FaultConfig, Generated, Generator, OpAction, TruthEvent};
-
 pub use server::{SUBSCRIBE_PATH, Sim, SimConfig, SimError, frame_seq, serve};

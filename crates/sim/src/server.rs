@@ -67,7 +67,8 @@ pub struct SimConfig {
     /// Multiplies the rates of identity, account and sync events (1 = realistic). Tests use ~50 so that
     /// short runs contain them.
     pub rare_boost: u32,
-    /// Keep the ground truth of every generated event in memory ([`Sim::truth`]). Turn off for long runs.
+    /// Keep the ground truth of every generated event in memory ([`Sim::truth`]). Turn off for long runs
+    /// ([`serve`] always does).
     pub record_truth: bool,
 }
 
@@ -77,7 +78,7 @@ impl Default for SimConfig {
             seed: 0,
             rate: None,
             limit: None,
-            window: 100_000,
+            window: 50_000,
             faults: FaultConfig::default(),
             replay: None,
             repos: 5_000,
@@ -249,13 +250,10 @@ impl Shared {
                 reader: CaptureReader::open(path)?,
                 extras: Vec::new(),
             },
-            None => Source::Gen(Box::new(Generator::new(
-                cfg.seed,
-                cfg.repos,
-                cfg.start_seq,
-                cfg.faults.clone(),
-            )
-            .with_rare_boost(cfg.rare_boost))),
+            None => Source::Gen(Box::new(
+                Generator::new(cfg.seed, cfg.repos, cfg.start_seq, cfg.faults.clone())
+                    .with_rare_boost(cfg.rare_boost),
+            )),
         };
         let (head_tx, _) = watch::channel(None);
         Ok(Arc::new(Self {
@@ -294,12 +292,15 @@ impl Shared {
     }
 }
 
-/// Serves the simulator on `listener` until `shutdown` is cancelled.
+/// Serves the simulator on `listener` until `shutdown` is cancelled. Nobody can read the ground truth of
+/// a server started this way, so `record_truth` is ignored (off) to keep memory flat on long runs; use
+/// [`Sim::start`] when a test needs it.
 pub async fn serve(
     listener: TcpListener,
-    cfg: SimConfig,
+    mut cfg: SimConfig,
     shutdown: CancellationToken,
 ) -> Result<(), SimError> {
+    cfg.record_truth = false;
     let shared = Shared::new(cfg, shutdown)?;
     run(listener, shared).await
 }
@@ -339,10 +340,7 @@ async fn rate_producer(shared: Arc<Shared>, rate: f64) {
             let behind = due.saturating_sub(st.produced);
             // Cap a catch-up burst at one second's worth so a stalled box does not freeze the lock.
             let made = st.produce(&shared.cfg, behind.min(rate.ceil() as u64 + 1));
-            (
-                (made > 0).then_some(st.head),
-                !st.can_produce(&shared.cfg),
-            )
+            ((made > 0).then_some(st.head), !st.can_produce(&shared.cfg))
         };
         if let Some(h) = head {
             shared.publish_head(h);
@@ -388,7 +386,11 @@ async fn connection(socket: WebSocket, shared: Arc<Shared>, cursor: Option<i64>)
     debug!(reason, "client done");
 }
 
-async fn send_error_and_close(tx: &mut (impl SinkExt<Message> + Unpin), error: &str, message: &str) {
+async fn send_error_and_close(
+    tx: &mut (impl SinkExt<Message> + Unpin),
+    error: &str,
+    message: &str,
+) {
     if let Ok(frame) = encode::error_frame(error, message) {
         let _ = tx.send(Message::Binary(Bytes::from(frame))).await;
     }
@@ -562,10 +564,17 @@ fn going_away() -> Message {
 }
 
 /// A running simulator on 127.0.0.1, for tests and embedding.
+/// Dropping it stops the server (without waiting); [`Sim::shutdown`] stops it and waits.
 pub struct Sim {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    task: JoinHandle<Result<(), SimError>>,
+    task: Option<JoinHandle<Result<(), SimError>>>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
 }
 
 impl Sim {
@@ -575,7 +584,14 @@ impl Sim {
         let addr = listener.local_addr()?;
         let shared = Shared::new(cfg, CancellationToken::new())?;
         let task = tokio::spawn(run(listener, shared.clone()));
-        Ok((Sim { shared, addr, task }, addr))
+        Ok((
+            Sim {
+                shared,
+                addr,
+                task: Some(task),
+            },
+            addr,
+        ))
     }
 
     /// The listening address.
@@ -635,11 +651,14 @@ impl Sim {
     }
 
     /// Stops the server and waits for it.
-    pub async fn shutdown(self) -> Result<(), SimError> {
+    pub async fn shutdown(mut self) -> Result<(), SimError> {
         self.shared.shutdown.cancel();
-        match self.task.await {
-            Ok(r) => r,
-            Err(e) => Err(SimError::Io(std::io::Error::other(e))),
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(r) => r,
+                Err(e) => Err(SimError::Io(std::io::Error::other(e))),
+            },
+            None => Ok(()),
         }
     }
 }

@@ -87,12 +87,22 @@ async fn python_sdk_agrees_with_the_ground_truth() {
     assert_eq!(s["errors"], serde_json::json!([]), "{s}");
     assert_eq!(s["frames"], EVENTS);
     assert_eq!(s["commits"], commits.len() as u64, "{s}");
-    assert_eq!(s["ops"], count(&|t| matches!(t, TruthEvent::Op { .. })), "{s}");
+    assert_eq!(
+        s["ops"],
+        count(&|t| matches!(t, TruthEvent::Op { .. })),
+        "{s}"
+    );
     assert_eq!(s["creates"], count(&action(OpAction::Create)), "{s}");
     assert_eq!(s["updates"], count(&action(OpAction::Update)), "{s}");
     assert_eq!(s["deletes"], count(&action(OpAction::Delete)), "{s}");
-    assert_eq!(s["identity"], count(&|t| matches!(t, TruthEvent::Identity { .. })));
-    assert_eq!(s["account"], count(&|t| matches!(t, TruthEvent::Account { .. })));
+    assert_eq!(
+        s["identity"],
+        count(&|t| matches!(t, TruthEvent::Identity { .. }))
+    );
+    assert_eq!(
+        s["account"],
+        count(&|t| matches!(t, TruthEvent::Account { .. }))
+    );
     assert_eq!(s["sync"], count(&|t| matches!(t, TruthEvent::Sync { .. })));
     assert_eq!(s["seq_first"], 1);
     assert_eq!(s["seq_last"], EVENTS);

@@ -29,7 +29,11 @@ async fn same_seed_gives_identical_frames_over_the_socket() {
     let mut g = Generator::new(11, 200, 1, FaultConfig::default());
     for (i, f) in fa.iter().enumerate() {
         let ev = g.next_event().expect("gen");
-        assert_eq!(ev.frames.last().map(|b| b.to_vec()).as_ref(), Some(f), "frame {i}");
+        assert_eq!(
+            ev.frames.last().map(|b| b.to_vec()).as_ref(),
+            Some(f),
+            "frame {i}"
+        );
         assert_eq!(seq(f), Some(i as i64 + 1));
     }
     assert!(a.truth().len() >= 300);
@@ -182,16 +186,17 @@ async fn disconnect_all_kicks_clients_and_they_can_resume() {
     sim.disconnect_all();
     // Drain whatever was in flight, then the close.
     let mut last_seen = last;
-    loop {
-        match next(&mut ws).await {
-            Got::Frame(f) => last_seen = seq(&f).expect("seq"),
-            Got::Closed => break,
-        }
+    while let Got::Frame(f) = next(&mut ws).await {
+        last_seen = seq(&f).expect("seq");
     }
     eventually(Duration::from_secs(5), || sim.clients() == 0).await;
     let mut ws = connect(&sim.subscribe_url(Some(last_seen))).await;
     let got = read_n(&mut ws, 5).await;
-    assert_eq!(seq(&got[0]), Some(last_seen + 1), "resume right after the cursor");
+    assert_eq!(
+        seq(&got[0]),
+        Some(last_seen + 1),
+        "resume right after the cursor"
+    );
     sim.shutdown().await.expect("shutdown");
 }
 
@@ -209,15 +214,8 @@ async fn slow_consumer_gets_consumer_too_slow() {
     // Everything the client has not read yet falls out of the window at once.
     sim.advance(100);
     let mut saw_error = false;
-    loop {
-        match next(&mut ws).await {
-            Got::Frame(f) => {
-                if kind(&f).as_deref() == Some("error:ConsumerTooSlow") {
-                    saw_error = true;
-                }
-            }
-            Got::Closed => break,
-        }
+    while let Got::Frame(f) = next(&mut ws).await {
+        saw_error |= kind(&f).as_deref() == Some("error:ConsumerTooSlow");
     }
     assert!(saw_error);
     sim.shutdown().await.expect("shutdown");

@@ -1,11 +1,13 @@
 //! Dev-only test kit: real `nats-server` processes (single node and 3-node clusters), polling helpers
-//! (`eventually`), free loopback ports and the paths of the project-local tools.
+//! (`eventually`), free loopback ports, the paths of the project-local tools, and a relay-sim harness
+//! ([`relay`]).
 //!
 //! Nothing here ships in a release binary: crates use it as a `[dev-dependencies]` entry only.
 //! A missing tool is a loud panic with the install hint, never a silent skip.
 
 mod nats;
 mod paths;
+pub mod relay;
 mod wait;
 
 pub use nats::{NatsCluster, NatsServer, NatsServerOptions, TEST_MAX_PAYLOAD};

@@ -3,6 +3,9 @@
 //! its baseline in the same run and reports the ratio.
 
 mod decode;
+mod ingest;
+mod natsd;
+mod record_kv;
 
 use serde_json::{Map, Value};
 
@@ -19,6 +22,10 @@ pub struct Args {
 enum Bench {
     /// Frames/s and MB/s decoding (and normalizing) the corpus in a loop on one core.
     Decode(decode::Args),
+    /// Events/s from relay-sim through the shuffler into nats-server, beside raw-publish and Python baselines.
+    Ingest(ingest::Args),
+    /// Record KV: records/s written, likes/s indexed, like-index queries/s, watch cost by key order, memory per record.
+    RecordKv(record_kv::Args),
 }
 
 /// A benchmark's result: named figures, each key ending in its unit.
@@ -73,6 +80,8 @@ pub fn r2(x: f64) -> f64 {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let report = match args.bench {
         Bench::Decode(a) => tokio::task::spawn_blocking(move || decode::run(a)).await??,
+        Bench::Ingest(a) => ingest::run(a).await?,
+        Bench::RecordKv(a) => record_kv::run(a).await?,
     };
     report.print(args.json);
     Ok(())

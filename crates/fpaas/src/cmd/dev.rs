@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// nats-server binary (installed by scripts/setup-tools.sh).
-    #[arg(long, default_value = ".tools/venv/bin/nats-server", env = "FPAAS_NATS_SERVER")]
+    #[arg(
+        long,
+        default_value = ".tools/venv/bin/nats-server",
+        env = "FPAAS_NATS_SERVER"
+    )]
     nats_server: std::path::PathBuf,
     /// NATS client port.
     #[arg(long, default_value_t = 4222)]
@@ -52,15 +56,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.nats_server.display()
             )
         })?;
-    tracing::info!(port = args.nats_port, monitor = args.nats_monitor_port, "nats-server started");
+    tracing::info!(
+        port = args.nats_port,
+        monitor = args.nats_monitor_port,
+        "nats-server started"
+    );
 
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(&args.sim.listen)
         .await
         .with_context(|| format!("binding {}", args.sim.listen))?;
     let sim_addr = listener.local_addr()?;
-    let sim_task = tokio::spawn(fpaas_sim::serve(listener, args.sim.config(), shutdown.clone()));
-    tracing::info!("relay-sim: ws://{sim_addr}  (try: fpaas tail --relay ws://{sim_addr} --collection app.bsky.feed.post)");
+    let sim_task = tokio::spawn(fpaas_sim::serve(
+        listener,
+        args.sim.config(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        "relay-sim: ws://{sim_addr}  (try: fpaas tail --relay ws://{sim_addr} --collection app.bsky.feed.post)"
+    );
 
     let metrics = fpaas_ops::install_metrics();
     let health = fpaas_ops::Health::new();

@@ -1,9 +1,98 @@
-//! TODO(lead): placeholder until implemented; replaced before landing.
+//! `fpaas like-indexer`: flags (and an optional JSON `--config`, flags win) → [`LikeIndexConfig`], the ops
+//! HTTP server, and the like indexer from `fpaas-recordkv` until SIGTERM / Ctrl-C.
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context;
+use fpaas_recordkv::{LikeIndexConfig, LikeIndexer};
+use tokio_util::sync::CancellationToken;
 
-pub async fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// JSON file with `LikeIndexConfig` fields (see docs/record-kv.md); flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// NATS URL(s), comma separated.
+    #[arg(long, env = "FPAAS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Record KV bucket to read (default record).
+    #[arg(long)]
+    pub record_bucket: Option<String>,
+    /// Index bucket to write (default likes).
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Durable consumer name (default like-indexer).
+    #[arg(long)]
+    pub durable: Option<String>,
+    /// Messages per batch (default 500).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Index writes in flight (default 128).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Ops HTTP address (/metrics, /health, /ready); `none` disables.
+    #[arg(long, env = "FPAAS_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
+    pub metrics_listen: String,
 }
 
+impl Args {
+    /// The configuration: defaults, then the file, then the flags.
+    pub fn to_config(&self) -> anyhow::Result<LikeIndexConfig> {
+        let mut cfg: LikeIndexConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {} (JSON LikeIndexConfig)", path.display()))?
+            }
+            None => LikeIndexConfig::default(),
+        };
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        }
+        set(&mut cfg.record_bucket, &self.record_bucket);
+        set(&mut cfg.bucket, &self.bucket);
+        set(&mut cfg.durable, &self.durable);
+        set(&mut cfg.batch_size, &self.batch_size);
+        set(&mut cfg.concurrency, &self.concurrency);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = a.to_config()?;
+    if a.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    let (ops, ops_stop, _health) =
+        super::record_kv::start_ops(&a.metrics_listen, "like-indexer").await?;
+    let client = fpaas_bus::connect(&a.nats_url, "fpaas-like-indexer").await?;
+    let indexer = LikeIndexer::new(&client, cfg).await.context(
+        "starting the like indexer (does the record bucket exist? run `fpaas record-kv`)",
+    )?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("signal received; finishing the batch in progress");
+        signal.cancel();
+    });
+    let result = indexer.run(shutdown).await;
+    let _ = client.flush().await;
+    ops_stop.cancel();
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    let stats = result?;
+    tracing::info!(
+        indexed = stats.indexed,
+        removed = stats.removed,
+        "like-indexer finished"
+    );
+    Ok(())
+}

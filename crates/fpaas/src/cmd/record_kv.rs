@@ -1,9 +1,145 @@
-//! TODO(lead): placeholder until implemented; replaced before landing.
+//! `fpaas record-kv`: flags (and an optional JSON `--config` file, flags win) → [`RecordKvConfig`], the ops
+//! HTTP server on `--metrics-listen`, and the record KV builder from `fpaas-recordkv` until SIGTERM / Ctrl-C,
+//! which finishes and acks the batch in progress.
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context;
+use fpaas_recordkv::{RecordKvBuilder, RecordKvConfig};
+use tokio_util::sync::CancellationToken;
 
-pub async fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// JSON file with `RecordKvConfig` fields (see docs/record-kv.md); flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// NATS URL(s), comma separated.
+    #[arg(long, env = "FPAAS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Record KV bucket (default record).
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Firehose stream (default FIREHOSE).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Durable consumer name = the builder's cursor (default record-kv).
+    #[arg(long)]
+    pub durable: Option<String>,
+    /// Keep only this collection (NSID or prefix like app.bsky.feed.*); repeatable. Default: all.
+    #[arg(long = "collection")]
+    pub collections: Vec<String>,
+    /// Keep only this DID; repeatable. Default: all.
+    #[arg(long = "did")]
+    pub dids: Vec<String>,
+    /// Messages per batch (default 500).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// KV writes in flight (default 128).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Bucket replicas when created (default 1).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Ops HTTP address (/metrics, /health, /ready); `none` disables.
+    #[arg(long, env = "FPAAS_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
+    pub metrics_listen: String,
 }
 
+impl Args {
+    /// The configuration: defaults, then the file, then the flags.
+    pub fn to_config(&self) -> anyhow::Result<RecordKvConfig> {
+        let mut cfg: RecordKvConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {} (JSON RecordKvConfig)", path.display()))?
+            }
+            None => RecordKvConfig::default(),
+        };
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        }
+        set(&mut cfg.bucket, &self.bucket);
+        set(&mut cfg.stream, &self.stream);
+        set(&mut cfg.durable, &self.durable);
+        set(&mut cfg.batch_size, &self.batch_size);
+        set(&mut cfg.concurrency, &self.concurrency);
+        set(&mut cfg.replicas, &self.replicas);
+        if !self.collections.is_empty() {
+            cfg.collections = self.collections.clone();
+        }
+        if !self.dids.is_empty() {
+            cfg.dids = self.dids.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Starts the ops server unless `listen` is `none`; returns its task and stop token.
+pub(crate) async fn start_ops(
+    listen: &str,
+    component: &str,
+) -> anyhow::Result<(
+    Option<tokio::task::JoinHandle<()>>,
+    CancellationToken,
+    fpaas_ops::Health,
+)> {
+    let metrics = fpaas_ops::install_metrics();
+    let health = fpaas_ops::Health::new();
+    health.up(component, "running");
+    let stop = CancellationToken::new();
+    let task = match listen {
+        "" | "none" | "off" => None,
+        addr => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the ops server to {addr}"))?;
+            let router = fpaas_ops::router(metrics, health.clone());
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                let _ = fpaas_ops::serve(listener, router, stop).await;
+            }))
+        }
+    };
+    Ok((task, stop, health))
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = a.to_config()?;
+    if a.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    let (ops, ops_stop, _health) = start_ops(&a.metrics_listen, "record-kv").await?;
+    let client = fpaas_bus::connect(&a.nats_url, "fpaas-record-kv").await?;
+    let builder = RecordKvBuilder::new(&client, cfg).await.context(
+        "starting the record KV builder (does the stream exist? run the shuffler or `fpaas dev`)",
+    )?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("signal received; finishing the batch in progress");
+        signal.cancel();
+    });
+    let result = builder.run(shutdown).await;
+    let _ = client.flush().await;
+    ops_stop.cancel();
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
+    let stats = result?;
+    tracing::info!(
+        messages = stats.messages,
+        writes = stats.writes(),
+        account_deletions = stats.account_deletions,
+        syncs = stats.syncs,
+        "record-kv finished"
+    );
+    Ok(())
+}

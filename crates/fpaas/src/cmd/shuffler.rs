@@ -105,14 +105,20 @@ impl Args {
         set(&mut cfg.stream.name, &self.stream);
         set(&mut cfg.stream.replicas, &self.replicas);
         set(&mut cfg.stream.max_age_secs, &self.max_age_secs);
-        set(&mut cfg.stream.duplicate_window_secs, &self.duplicate_window_secs);
+        set(
+            &mut cfg.stream.duplicate_window_secs,
+            &self.duplicate_window_secs,
+        );
         set(&mut cfg.stream.max_msg_size, &self.max_msg_size);
         set(&mut cfg.stream.max_bytes, &self.max_bytes);
         set(&mut cfg.cursor_kv.bucket, &self.cursor_bucket);
         set(&mut cfg.max_acks_in_flight, &self.max_acks_in_flight);
         set(&mut cfg.max_pending_frames, &self.max_pending_frames);
         set(&mut cfg.cursor_save_every_events, &self.cursor_save_every);
-        set(&mut cfg.cursor_save_interval_ms, &self.cursor_save_interval_ms);
+        set(
+            &mut cfg.cursor_save_interval_ms,
+            &self.cursor_save_interval_ms,
+        );
         set(&mut cfg.idle_timeout_ms, &self.idle_timeout_ms);
         set(&mut cfg.connect_timeout_ms, &self.connect_timeout_ms);
         set(&mut cfg.publish_timeout_ms, &self.publish_timeout_ms);
@@ -149,7 +155,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding the ops server to {addr}"))?;
             let router = fpaas_ops::router(metrics, health.clone());
-            Some(tokio::spawn(fpaas_ops::serve(listener, router, ops_stop.clone())))
+            Some(tokio::spawn(fpaas_ops::serve(
+                listener,
+                router,
+                ops_stop.clone(),
+            )))
         }
         None => None,
     };

@@ -35,9 +35,7 @@ pub fn event_key(ev: &fpaas_event::Event) -> String {
 pub fn truth_key(t: &fpaas_sim::TruthEvent) -> Option<String> {
     use fpaas_sim::TruthEvent as T;
     Some(match t {
-        T::Op {
-            oversize: true, ..
-        } => return None,
+        T::Op { oversize: true, .. } => return None,
         T::Op {
             did,
             rev,
@@ -106,7 +104,11 @@ pub async fn read_stream(js: &async_nats::jetstream::Context, stream: &str) -> V
             .map(|v| v.as_str().to_owned())
             .expect("Nats-Msg-Id header");
         let ev: fpaas_event::Event = serde_json::from_slice(&msg.payload).expect("event json");
-        assert_eq!(msg_id, fpaas_event::msg_id(&ev), "msg id is the event's dedup id");
+        assert_eq!(
+            msg_id,
+            fpaas_event::msg_id(&ev),
+            "msg id is the event's dedup id"
+        );
         out.push(Stored {
             msg_id,
             key: event_key(&ev),
@@ -125,14 +127,25 @@ pub fn assert_exactly_once(stored: &[Stored], truth: &[fpaas_sim::TruthEvent]) {
         .map(|s| s.msg_id.as_str())
         .take(5)
         .collect();
-    assert!(dups.is_empty(), "duplicate msg ids in the stream, e.g. {dups:?}");
+    assert!(
+        dups.is_empty(),
+        "duplicate msg ids in the stream, e.g. {dups:?}"
+    );
     let want = truth_keys(truth);
     let mut got: BTreeMap<String, usize> = BTreeMap::new();
     for s in stored {
         *got.entry(s.key.clone()).or_insert(0) += 1;
     }
-    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
-    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
+    let missing: Vec<&String> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<&String> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
     let want_total: usize = want.values().sum();
     assert!(
         missing.is_empty() && extra.is_empty() && want_total == stored.len(),
@@ -146,12 +159,7 @@ pub fn assert_exactly_once(stored: &[Stored], truth: &[fpaas_sim::TruthEvent]) {
 pub fn prom_value(page: &str, name: &str, filter: &str) -> f64 {
     page.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.split([' ', '{'])
-                .next()
-                .is_some_and(|n| n == name)
-                && l.contains(filter)
-        })
+        .filter(|l| l.split([' ', '{']).next().is_some_and(|n| n == name) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

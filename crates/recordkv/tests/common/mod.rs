@@ -102,7 +102,9 @@ impl Gen {
                 6 => format!("did:web:localhost%3A{}", 8000 + i),
                 _ => {
                     let id: String = (0..24)
-                        .map(|_| b"abcdefghijklmnopqrstuvwxyz234567"[rng.random_range(0..32)] as char)
+                        .map(|_| {
+                            b"abcdefghijklmnopqrstuvwxyz234567"[rng.random_range(0..32)] as char
+                        })
                         .collect();
                     format!("did:plc:{id}")
                 }
@@ -156,7 +158,9 @@ impl Gen {
     ) -> Event {
         let rev = self.next_rev(did);
         let mut e = self.base(did, Kind::Commit);
-        let cid = record.as_ref().map(|_| format!("bafyrei{:x}{}", self.seq, &rev));
+        let cid = record
+            .as_ref()
+            .map(|_| format!("bafyrei{:x}{}", self.seq, &rev));
         e.commit = Some(CommitEvent {
             rev,
             operation: op,
@@ -208,7 +212,10 @@ impl Gen {
                     };
                     self.posts[i].clone()
                 } else {
-                    format!("at://did:plc:elsewhere/{POST}/{}", self.rng.random_range(0..50))
+                    format!(
+                        "at://did:plc:elsewhere/{POST}/{}",
+                        self.rng.random_range(0..50)
+                    )
                 };
                 let rkey = self.new_rkey(&did);
                 let rec = json!({"$type": LIKE, "createdAt": "2025-06-15T12:00:00Z",
@@ -248,12 +255,12 @@ impl Gen {
             650..=719 => {
                 // profile create/update (rkey "self"), or update of a post
                 let rec = json!({"$type": PROFILE, "displayName": format!("name {}", self.seq)});
-                let op = if self.live.contains_key(&(did.clone(), PROFILE)) {
-                    Operation::Update
-                } else {
-                    self.live
-                        .insert((did.clone(), PROFILE), vec!["self".into()]);
-                    Operation::Create
+                let op = match self.live.entry((did.clone(), PROFILE)) {
+                    std::collections::btree_map::Entry::Occupied(_) => Operation::Update,
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(vec!["self".into()]);
+                        Operation::Create
+                    }
                 };
                 self.commit(&did, op, PROFILE, "self".into(), Some(rec))
             }
@@ -346,7 +353,12 @@ pub enum ModelEntry {
 }
 
 impl Model {
-    pub fn apply(&mut self, events: &[(Event, bool)], collections: Option<&[&str]>, dids: Option<&[String]>) {
+    pub fn apply(
+        &mut self,
+        events: &[(Event, bool)],
+        collections: Option<&[&str]>,
+        dids: Option<&[String]>,
+    ) {
         for (event, _) in events {
             if let Some(dids) = dids
                 && !dids.contains(&event.did)
@@ -502,7 +514,9 @@ pub async fn backlog(client: &async_nats::Client, stream: &str, durable: &str) -
 
 /// Waits until the durable consumer has nothing pending or unacked.
 pub async fn drained(client: &async_nats::Client, stream: &str, durable: &str, timeout: Duration) {
-    fpaas_testkit::eventually(timeout, || async { backlog(client, stream, durable).await == 0 })
-        .await
-        .unwrap_or_else(|e| panic!("consumer {durable} on {stream} not drained: {e}"));
+    fpaas_testkit::eventually(timeout, || async {
+        backlog(client, stream, durable).await == 0
+    })
+    .await
+    .unwrap_or_else(|e| panic!("consumer {durable} on {stream} not drained: {e}"));
 }

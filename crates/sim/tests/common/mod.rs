@@ -97,7 +97,10 @@ pub fn seq(frame: &[u8]) -> Option<i64> {
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
