@@ -61,7 +61,10 @@ async fn injected_faults_are_counted_drops_and_the_stream_carries_on() {
         .count() as f64;
     assert!(oversize >= 1.0, "the sim injected oversize records");
     let page = prom.render();
-    for line in page.lines().filter(|l| l.starts_with("fpaas_shuffler_drops_total")) {
+    for line in page
+        .lines()
+        .filter(|l| l.starts_with("fpaas_shuffler_drops_total"))
+    {
         eprintln!("{line}");
     }
     let undecodable = prom_value(&page, "fpaas_shuffler_frames_total", "type=\"undecodable\"");

@@ -97,3 +97,54 @@ async fn nats_down_10s_mid_stream_loses_nothing() {
     assert_eq!(done.cursor_seq, sim.head_seq(), "{done:?}");
     assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
 }
+
+/// NATS not running when the shuffler starts: it keeps retrying (not ready, never exits) and starts shuffling
+/// from the beginning once NATS appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_before_nats_and_waits_for_it() {
+    let mut nats = NatsServer::new();
+    tokio::task::block_in_place(|| nats.stop());
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 4,
+        rate: Some(1e-6),
+        rare_boost: 50,
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    sim.advance(500);
+    let shuffler = Shuffler::new(test_config(&nats.url(), &sim.url(), "early"));
+    let stats = shuffler.stats();
+    let health = Health::new();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(shuffler.run(health.clone(), shutdown.clone()));
+    eventually(Duration::from_secs(5), || async {
+        health.status(fpaas_ingest::COMPONENT_NATS).is_some()
+    })
+    .await
+    .expect("components registered");
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(!task.is_finished(), "exited while NATS was unreachable");
+        assert!(!health.is_ready());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stats.frames.load(Ordering::Relaxed),
+        0,
+        "no relay reading before NATS"
+    );
+    tokio::task::block_in_place(|| nats.start());
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    eventually(Duration::from_secs(15), || async {
+        stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim.truth()))
+    })
+    .await
+    .expect("published once NATS is up");
+    eventually(Duration::from_secs(5), || async { health.is_ready() })
+        .await
+        .expect("ready");
+    shutdown.cancel();
+    task.await.expect("join").expect("run ok");
+    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+}

@@ -4,7 +4,10 @@
 use fpaas_proto::{Frame, decode_frame};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/corpus/frames.bin.zst");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/corpus/frames.bin.zst"
+    );
     let raw = zstd::decode_all(std::fs::read(path)?.as_slice())?;
     let mut rest = raw.as_slice();
     while let Some((len, tail)) = rest.split_first_chunk::<4>() {

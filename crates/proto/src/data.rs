@@ -88,7 +88,9 @@ pub fn cbor_to_json(cbor: &[u8]) -> Result<Value, DataError> {
     match serde_ipld_dagcbor::from_slice::<JsonValue>(cbor) {
         Ok(JsonValue(v)) => Ok(v),
         Err(serde_ipld_dagcbor::DecodeError::Msg(m)) if m == FLOAT_MSG => Err(DataError::Float),
-        Err(serde_ipld_dagcbor::DecodeError::Msg(m)) if m == INT_RANGE_MSG => Err(DataError::IntegerRange),
+        Err(serde_ipld_dagcbor::DecodeError::Msg(m)) if m == INT_RANGE_MSG => {
+            Err(DataError::IntegerRange)
+        }
         Err(e) => Err(DataError::Decode(e)),
     }
 }
@@ -138,7 +140,9 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
         }
     }
     fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Value, E> {
-        u64::try_from(v).map(|v| Value::Number(v.into())).map_err(|_| E::custom(INT_RANGE_MSG))
+        u64::try_from(v)
+            .map(|v| Value::Number(v.into()))
+            .map_err(|_| E::custom(INT_RANGE_MSG))
     }
     fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Value, E> {
         Err(E::custom(FLOAT_MSG))

@@ -22,7 +22,9 @@ use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use async_nats::jetstream::context::PublishAckFuture;
 use std::collections::HashSet;
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -148,8 +150,8 @@ async fn raw_publish(
     msgs: Vec<Prepared>,
     max_in_flight: usize,
 ) -> anyhow::Result<()> {
-    let mut in_flight: FuturesUnordered<async_nats::jetstream::context::PublishAckFuture> =
-        FuturesUnordered::new();
+    type AckFuture = <PublishAckFuture as IntoFuture>::IntoFuture;
+    let mut in_flight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
     for m in msgs {
         while in_flight.len() >= max_in_flight {
             if let Some(ack) = in_flight.next().await {
@@ -160,7 +162,7 @@ async fn raw_publish(
             .publish_with_headers(m.subject, m.headers, m.payload.into())
             .await
             .context("raw publish")?;
-        in_flight.push(ack);
+        in_flight.push(ack.into_future());
     }
     while let Some(ack) = in_flight.next().await {
         ack.context("raw publish ack")?;
@@ -294,7 +296,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         report.add("python_events_per_s", r2(py.rate()));
         report.add("ratio_vs_python", r2(shuf.rate() / py.rate().max(1e-9)));
     }
-    drop(client);
+    drop(js);
+    let _ = client.drain().await;
     drop(nats);
     Ok(report)
 }

@@ -9,6 +9,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
+// Its own group id: the flattened relay-sim flags are also a struct named `Args`, and clap rejects two groups
+// with the same name.
+#[group(id = "dev_args")]
 pub struct Args {
     /// nats-server binary (installed by scripts/setup-tools.sh).
     #[arg(

@@ -186,3 +186,39 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_then_validation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shuffler.json");
+        std::fs::write(
+            &path,
+            r#"{"instance": "from-file", "max_acks_in_flight": 64, "stream": {"replicas": 3}}"#,
+        )
+        .expect("write");
+        let args = Args {
+            config: Some(path.clone()),
+            instance: Some("from-flag".into()),
+            metrics_listen: Some("none".into()),
+            ..Default::default()
+        };
+        let cfg = args.to_config().expect("valid");
+        assert_eq!(cfg.instance, "from-flag", "flags override the file");
+        assert_eq!(cfg.max_acks_in_flight, 64, "file overrides the defaults");
+        assert_eq!(cfg.stream.replicas, 3);
+        assert_eq!(cfg.metrics_listen, None);
+        assert_eq!(cfg.relay, fpaas_ingest::DEFAULT_RELAY);
+
+        std::fs::write(&path, r#"{"instanse": "typo"}"#).expect("write");
+        assert!(args.to_config().is_err(), "unknown fields are rejected");
+        let bad = Args {
+            max_acks_in_flight: Some(0),
+            ..Default::default()
+        };
+        assert!(bad.to_config().is_err(), "validated");
+    }
+}
