@@ -78,6 +78,9 @@ mod tests {
     fn id_ignores_relay_seq_but_not_the_op() {
         assert_eq!(msg_id(&ev(1, "a")), msg_id(&ev(99, "a")));
         assert_ne!(msg_id(&ev(1, "a")), msg_id(&ev(1, "b")));
-        assert_eq!(msg_id(&ev(1, "a")), "c:did:plc:abc:3lrev:app.bsky.feed.like/a");
+        assert_eq!(
+            msg_id(&ev(1, "a")),
+            "c:did:plc:abc:3lrev:app.bsky.feed.like/a"
+        );
     }
 }

@@ -5,9 +5,7 @@
 //! ops still go through. `#identity`, `#account` and `#sync` yield one event each. `#info`, error frames and
 //! unknown frames yield no events: they are control information for the relay client, counted by the caller.
 
-use crate::model::{
-    AccountEvent, CommitEvent, Event, IdentityEvent, Kind, Operation, SyncEvent,
-};
+use crate::model::{AccountEvent, CommitEvent, Event, IdentityEvent, Kind, Operation, SyncEvent};
 use fpaas_proto::frame::{Action, Frame};
 
 /// Why an op or frame produced no event. The label is the metric label value.

@@ -76,7 +76,9 @@ fn push_token(s: &mut String, token: &str) {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubjectError {
     /// The collection pattern is not an NSID or an NSID prefix ending in `.*`.
-    #[error("invalid collection pattern {pattern:?}: expected an NSID like app.bsky.feed.like or a prefix like app.bsky.feed.*")]
+    #[error(
+        "invalid collection pattern {pattern:?}: expected an NSID like app.bsky.feed.like or a prefix like app.bsky.feed.*"
+    )]
     InvalidCollection {
         /// What the user gave.
         pattern: String,
@@ -203,7 +205,10 @@ mod tests {
     #[test]
     fn commit_subject_has_op_and_collection_tokens_only() {
         let e = commit(Operation::Create, "app.bsky.feed.like");
-        assert_eq!(subject(&e), "atproto.firehose.commit.create.app.bsky.feed.like");
+        assert_eq!(
+            subject(&e),
+            "atproto.firehose.commit.create.app.bsky.feed.like"
+        );
         assert!(!subject(&e).contains("did"));
     }
 
@@ -220,7 +225,9 @@ mod tests {
             status: Some("deleted".into()),
         });
         assert_eq!(subject(&e), "atproto.firehose.account.deleted");
-        e.account.as_mut().map(|a| a.status = Some("we.ird*".into()));
+        if let Some(a) = e.account.as_mut() {
+            a.status = Some("we.ird*".into());
+        }
         assert_eq!(subject(&e), "atproto.firehose.account.we_2eird_2a");
     }
 
@@ -228,9 +235,15 @@ mod tests {
     fn filters_match_like_the_server() {
         let like = subject(&commit(Operation::Create, "app.bsky.feed.like"));
         let follow = subject(&commit(Operation::Delete, "app.bsky.graph.follow"));
-        let exact = SubjectFilter::collection(None, "app.bsky.feed.like").unwrap().to_subject();
-        let prefix = SubjectFilter::collection(None, "app.bsky.feed.*").unwrap().to_subject();
-        let deletes = SubjectFilter::collection(Some(Operation::Delete), "*").unwrap().to_subject();
+        let exact = SubjectFilter::collection(None, "app.bsky.feed.like")
+            .unwrap()
+            .to_subject();
+        let prefix = SubjectFilter::collection(None, "app.bsky.feed.*")
+            .unwrap()
+            .to_subject();
+        let deletes = SubjectFilter::collection(Some(Operation::Delete), "*")
+            .unwrap()
+            .to_subject();
         assert_eq!(prefix, "atproto.firehose.commit.*.app.bsky.feed.>");
         assert!(subject_matches(&exact, &like));
         assert!(!subject_matches(&exact, &follow));
@@ -239,8 +252,14 @@ mod tests {
         assert!(subject_matches(&deletes, &follow));
         assert!(!subject_matches(&deletes, &like));
         assert!(subject_matches(&SubjectFilter::All.to_subject(), &like));
-        assert!(subject_matches(&SubjectFilter::Kind(Kind::Commit).to_subject(), &like));
-        assert!(!subject_matches(&SubjectFilter::Kind(Kind::Identity).to_subject(), &like));
+        assert!(subject_matches(
+            &SubjectFilter::Kind(Kind::Commit).to_subject(),
+            &like
+        ));
+        assert!(!subject_matches(
+            &SubjectFilter::Kind(Kind::Identity).to_subject(),
+            &like
+        ));
         // A prefix must not match a longer sibling segment.
         let feedx = subject(&commit(Operation::Create, "app.bsky.feedx.like"));
         assert!(!subject_matches(&prefix, &feedx));
@@ -248,8 +267,20 @@ mod tests {
 
     #[test]
     fn bad_collection_patterns_are_rejected() {
-        for p in ["", "app", "app.bsky", "app..like", "app.bsky.*.like", "app.b sky.x", "a.b.>", ".*"] {
-            assert!(SubjectFilter::collection(None, p).is_err(), "{p:?} accepted");
+        for p in [
+            "",
+            "app",
+            "app.bsky",
+            "app..like",
+            "app.bsky.*.like",
+            "app.b sky.x",
+            "a.b.>",
+            ".*",
+        ] {
+            assert!(
+                SubjectFilter::collection(None, p).is_err(),
+                "{p:?} accepted"
+            );
         }
         assert!(SubjectFilter::collection(None, "app.*").is_ok());
     }

@@ -32,7 +32,8 @@ fn frames() -> Vec<Vec<u8>> {
 #[test]
 fn corpus_normalizes_to_golden_ndjson_and_manifest_counts() {
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(corpus_dir().join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(corpus_dir().join("manifest.json")).unwrap())
+            .unwrap();
     let frames = frames();
     assert_eq!(frames.len() as u64, manifest["frames"].as_u64().unwrap());
 
@@ -53,7 +54,11 @@ fn corpus_normalizes_to_golden_ndjson_and_manifest_counts() {
             commit_frames += 1;
         }
         let n = normalize(&frame);
-        assert!(n.dropped.is_empty(), "frame {i} dropped ops: {:?}", n.dropped);
+        assert!(
+            n.dropped.is_empty(),
+            "frame {i} dropped ops: {:?}",
+            n.dropped
+        );
         for e in n.events {
             let key = match (e.kind, e.operation()) {
                 (Kind::Commit, Some(Operation::Create)) => "creates",

@@ -110,16 +110,33 @@ fn simulated_frames_normalize_to_ground_truth_and_faults_are_typed() {
         }
     }
     assert_eq!(got.len(), expected.len());
-    assert_eq!(got, expected, "normalized events differ from the simulator's truth");
+    assert_eq!(
+        got, expected,
+        "normalized events differ from the simulator's truth"
+    );
     // Every injected fault surfaced as a typed error or an ignored unknown frame, and nothing else failed.
     let error_total: u64 = errors.values().sum();
     assert_eq!(error_total, 5_000 / 97 + 5_000 / 89, "errors: {errors:?}");
     assert_eq!(unknown, 5_000 / 83);
     assert!(oversize_truth > 0);
-    assert_eq!(dropped.get("record_too_large").copied(), Some(oversize_truth), "{dropped:?}");
+    assert_eq!(
+        dropped.get("record_too_large").copied(),
+        Some(oversize_truth),
+        "{dropped:?}"
+    );
     assert_eq!(dropped.len(), 1, "unexpected drops: {dropped:?}");
     // The mix covers every kind and operation.
-    for needle in [" create ", " update ", " delete ", " identity ", " account ", " sync "] {
-        assert!(got.iter().any(|k| k.contains(needle)), "no {needle:?} events");
+    for needle in [
+        " create ",
+        " update ",
+        " delete ",
+        " identity ",
+        " account ",
+        " sync ",
+    ] {
+        assert!(
+            got.iter().any(|k| k.contains(needle)),
+            "no {needle:?} events"
+        );
     }
 }

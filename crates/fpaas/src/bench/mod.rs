@@ -6,6 +6,7 @@ mod decode;
 mod ingest;
 mod natsd;
 mod record_kv;
+mod storage;
 
 use serde_json::{Map, Value};
 
@@ -24,6 +25,8 @@ enum Bench {
     Decode(decode::Args),
     /// Events/s from relay-sim through the shuffler into nats-server, beside raw-publish and Python baselines.
     Ingest(ingest::Args),
+    /// Bytes per firehose message in a nats-server file store, uncompressed vs S2 (storage-estimate's defaults).
+    Storage(storage::Args),
     /// Record KV: records/s written, likes/s indexed, like-index queries/s, watch cost by key order, memory per record.
     RecordKv(record_kv::Args),
 }
@@ -81,6 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let report = match args.bench {
         Bench::Decode(a) => tokio::task::spawn_blocking(move || decode::run(a)).await??,
         Bench::Ingest(a) => ingest::run(a).await?,
+        Bench::Storage(a) => storage::run(a).await?,
         Bench::RecordKv(a) => record_kv::run(a).await?,
     };
     report.print(args.json);

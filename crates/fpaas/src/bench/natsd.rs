@@ -68,8 +68,7 @@ impl NatsChild {
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let client = fpaas_bus::connect(&self.url(), "fpaas-bench-probe").await?;
-        let js = async_nats::jetstream::new(client);
+        let mut js = None;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 bail!(
@@ -77,10 +76,17 @@ impl NatsChild {
                     self.log_tail()
                 );
             }
-            if tokio::time::timeout(Duration::from_millis(500), js.query_account())
-                .await
-                .is_ok_and(|r| r.is_ok())
+            // Connect the probe client only once the port accepts, so it logs no connection errors.
+            if js.is_none() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                let client = fpaas_bus::connect(&self.url(), "fpaas-bench-probe").await?;
+                js = Some(async_nats::jetstream::new(client));
+            }
+            if let Some(js) = &js
+                && tokio::time::timeout(Duration::from_millis(500), js.query_account())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
             {
+                let _ = js.client().drain().await;
                 return Ok(());
             }
             if Instant::now() > deadline {

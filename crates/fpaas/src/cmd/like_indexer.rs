@@ -39,25 +39,12 @@ pub struct Args {
 impl Args {
     /// The configuration: defaults, then the file, then the flags.
     pub fn to_config(&self) -> anyhow::Result<LikeIndexConfig> {
-        let mut cfg: LikeIndexConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("parsing {} (JSON LikeIndexConfig)", path.display()))?
-            }
-            None => LikeIndexConfig::default(),
-        };
-        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
-            if let Some(v) = flag {
-                *field = v.clone();
-            }
-        }
-        set(&mut cfg.record_bucket, &self.record_bucket);
-        set(&mut cfg.bucket, &self.bucket);
-        set(&mut cfg.durable, &self.durable);
-        set(&mut cfg.batch_size, &self.batch_size);
-        set(&mut cfg.concurrency, &self.concurrency);
+        let mut cfg: LikeIndexConfig = super::load_config(self.config.as_deref(), "LikeIndexConfig")?;
+        super::set(&mut cfg.record_bucket, &self.record_bucket);
+        super::set(&mut cfg.bucket, &self.bucket);
+        super::set(&mut cfg.durable, &self.durable);
+        super::set(&mut cfg.batch_size, &self.batch_size);
+        super::set(&mut cfg.concurrency, &self.concurrency);
         cfg.validate()?;
         Ok(cfg)
     }

@@ -12,6 +12,31 @@ pub mod shuffler;
 pub mod storage_estimate;
 pub mod tail;
 
+/// A command's configuration: `T::default()`, or the JSON file at `path` (unknown fields rejected by `T`'s
+/// `deny_unknown_fields`); the caller then lays its flags over it with [`set`].
+pub fn load_config<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&std::path::Path>,
+    what: &str,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    match path {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("parsing {} (JSON {what})", path.display()))
+        }
+        None => Ok(T::default()),
+    }
+}
+
+/// Override a config field with a flag, when the flag was given.
+pub fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+    if let Some(v) = flag {
+        *field = v.clone();
+    }
+}
+
 /// Resolves when the process receives Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -49,26 +49,13 @@ pub struct Args {
 impl Args {
     /// The configuration: defaults, then the file, then the flags.
     pub fn to_config(&self) -> anyhow::Result<RecordKvConfig> {
-        let mut cfg: RecordKvConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("parsing {} (JSON RecordKvConfig)", path.display()))?
-            }
-            None => RecordKvConfig::default(),
-        };
-        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
-            if let Some(v) = flag {
-                *field = v.clone();
-            }
-        }
-        set(&mut cfg.bucket, &self.bucket);
-        set(&mut cfg.stream, &self.stream);
-        set(&mut cfg.durable, &self.durable);
-        set(&mut cfg.batch_size, &self.batch_size);
-        set(&mut cfg.concurrency, &self.concurrency);
-        set(&mut cfg.replicas, &self.replicas);
+        let mut cfg: RecordKvConfig = super::load_config(self.config.as_deref(), "RecordKvConfig")?;
+        super::set(&mut cfg.bucket, &self.bucket);
+        super::set(&mut cfg.stream, &self.stream);
+        super::set(&mut cfg.durable, &self.durable);
+        super::set(&mut cfg.batch_size, &self.batch_size);
+        super::set(&mut cfg.concurrency, &self.concurrency);
+        super::set(&mut cfg.replicas, &self.replicas);
         if !self.collections.is_empty() {
             cfg.collections = self.collections.clone();
         }

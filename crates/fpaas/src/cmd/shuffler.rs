@@ -85,46 +85,33 @@ pub struct Args {
 impl Args {
     /// The configuration: defaults, then the file, then the flags.
     pub fn to_config(&self) -> anyhow::Result<ShufflerConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("parsing {} (JSON ShufflerConfig)", path.display()))?
-            }
-            None => ShufflerConfig::default(),
-        };
-        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
-            if let Some(v) = flag {
-                *field = v.clone();
-            }
-        }
-        set(&mut cfg.relay, &self.relay);
-        set(&mut cfg.instance, &self.instance);
-        set(&mut cfg.nats_url, &self.nats_url);
-        set(&mut cfg.stream.name, &self.stream);
-        set(&mut cfg.stream.replicas, &self.replicas);
-        set(&mut cfg.stream.max_age_secs, &self.max_age_secs);
-        set(
+        let mut cfg: ShufflerConfig = super::load_config(self.config.as_deref(), "ShufflerConfig")?;
+        super::set(&mut cfg.relay, &self.relay);
+        super::set(&mut cfg.instance, &self.instance);
+        super::set(&mut cfg.nats_url, &self.nats_url);
+        super::set(&mut cfg.stream.name, &self.stream);
+        super::set(&mut cfg.stream.replicas, &self.replicas);
+        super::set(&mut cfg.stream.max_age_secs, &self.max_age_secs);
+        super::set(
             &mut cfg.stream.duplicate_window_secs,
             &self.duplicate_window_secs,
         );
-        set(&mut cfg.stream.max_msg_size, &self.max_msg_size);
-        set(&mut cfg.stream.max_bytes, &self.max_bytes);
-        set(&mut cfg.cursor_kv.bucket, &self.cursor_bucket);
-        set(&mut cfg.max_acks_in_flight, &self.max_acks_in_flight);
-        set(&mut cfg.max_pending_frames, &self.max_pending_frames);
-        set(&mut cfg.cursor_save_every_events, &self.cursor_save_every);
-        set(
+        super::set(&mut cfg.stream.max_msg_size, &self.max_msg_size);
+        super::set(&mut cfg.stream.max_bytes, &self.max_bytes);
+        super::set(&mut cfg.cursor_kv.bucket, &self.cursor_bucket);
+        super::set(&mut cfg.max_acks_in_flight, &self.max_acks_in_flight);
+        super::set(&mut cfg.max_pending_frames, &self.max_pending_frames);
+        super::set(&mut cfg.cursor_save_every_events, &self.cursor_save_every);
+        super::set(
             &mut cfg.cursor_save_interval_ms,
             &self.cursor_save_interval_ms,
         );
-        set(&mut cfg.idle_timeout_ms, &self.idle_timeout_ms);
-        set(&mut cfg.connect_timeout_ms, &self.connect_timeout_ms);
-        set(&mut cfg.publish_timeout_ms, &self.publish_timeout_ms);
-        set(&mut cfg.drain_timeout_ms, &self.drain_timeout_ms);
-        set(&mut cfg.backoff_min_ms, &self.backoff_min_ms);
-        set(&mut cfg.backoff_max_ms, &self.backoff_max_ms);
+        super::set(&mut cfg.idle_timeout_ms, &self.idle_timeout_ms);
+        super::set(&mut cfg.connect_timeout_ms, &self.connect_timeout_ms);
+        super::set(&mut cfg.publish_timeout_ms, &self.publish_timeout_ms);
+        super::set(&mut cfg.drain_timeout_ms, &self.drain_timeout_ms);
+        super::set(&mut cfg.backoff_min_ms, &self.backoff_min_ms);
+        super::set(&mut cfg.backoff_max_ms, &self.backoff_max_ms);
         if self.start_cursor.is_some() {
             cfg.start_cursor = self.start_cursor;
         }
