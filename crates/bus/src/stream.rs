@@ -76,9 +76,12 @@ pub struct StreamSettings {
     /// Compression. Default `s2`.
     pub compression: Compression,
     /// Disk guard in bytes; the oldest messages are discarded when it is reached. `-1` disables
-    /// it. Default 32 GiB: today's average firehose is ~17 GB/day of JSON before compression, so
-    /// 32 GiB keeps the full 24 h at up to ~2× today's average rate. Must not exceed the server's
-    /// JetStream `max_file_store` (stream creation fails with "insufficient resources").
+    /// it. JetStream counts *uncompressed* record bytes (payload + subject + headers, ~880 B per
+    /// event measured) against it, so S2 does not stretch it. Default 32 GiB: the full 24 h at up to
+    /// ~1.27× today's average of 350 events/s (docs/storage.md); size it for your peaks with
+    /// `fpaas storage-estimate`. Not larger by default because the server reserves it against its
+    /// JetStream `max_file_store` (75% of free disk unless configured) and stream creation fails
+    /// with "insufficient resources" when it does not fit.
     pub max_bytes: i64,
     /// Largest accepted message in bytes (payload plus headers). Default 2 MiB; see the module doc
     /// for the `max_payload` policy.

@@ -20,9 +20,9 @@ use super::{Report, r2};
 use anyhow::{Context, bail};
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::context::PublishAckFuture;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use async_nats::jetstream::context::PublishAckFuture;
 use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -91,12 +91,8 @@ struct Workload {
 fn prepare(args: &Args, dir: &std::path::Path) -> anyhow::Result<Workload> {
     let capture = dir.join("frames.bin");
     let mut writer = fpaas_sim::CaptureWriter::create(&capture)?;
-    let mut generator = fpaas_sim::Generator::new(
-        args.seed,
-        10_000,
-        1,
-        fpaas_sim::FaultConfig::default(),
-    );
+    let mut generator =
+        fpaas_sim::Generator::new(args.seed, 10_000, 1, fpaas_sim::FaultConfig::default());
     let mut msgs = Vec::new();
     let mut ids = HashSet::new();
     let (mut commit_events, mut payload_bytes) = (0u64, 0u64);
@@ -191,7 +187,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let raw_msgs = work.msgs;
     raw_publish(&js, raw_msgs, args.acks_in_flight).await?;
     let raw = wait_for_messages(&js, STREAM, Some(expected), settle, timeout, || Ok(())).await?;
-    tracing::info!(messages = raw.messages, rate = raw.rate(), "raw publish done");
+    tracing::info!(
+        messages = raw.messages,
+        rate = raw.rate(),
+        "raw publish done"
+    );
 
     // Phase 2: the shuffler, a child process, reading the simulator.
     fresh_stream(&js).await?;
@@ -222,22 +222,28 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .spawn()
         .context("starting the shuffler child")?;
     let pid = shuffler.id().context("shuffler pid")?;
-    let measured = wait_for_messages(&js, STREAM, Some(expected), settle, timeout, || {
-        match shuffler.try_wait() {
-            Ok(Some(status)) => bail!(
-                "shuffler exited early ({status}):\n{}",
-                tail(&log_path, 20)
-            ),
+    let measured = wait_for_messages(
+        &js,
+        STREAM,
+        Some(expected),
+        settle,
+        timeout,
+        || match shuffler.try_wait() {
+            Ok(Some(status)) => bail!("shuffler exited early ({status}):\n{}", tail(&log_path, 20)),
             _ => Ok(()),
-        }
-    })
+        },
+    )
     .await;
     let rss = peak_rss_bytes(pid);
     let _ = shuffler.start_kill();
     let _ = shuffler.wait().await;
     let _ = sim.shutdown().await;
     let shuf = measured?;
-    tracing::info!(messages = shuf.messages, rate = shuf.rate(), "shuffler done");
+    tracing::info!(
+        messages = shuf.messages,
+        rate = shuf.rate(),
+        "shuffler done"
+    );
 
     report.add("events", shuf.messages);
     report.add("frames", args.events);

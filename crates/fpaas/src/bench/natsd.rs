@@ -29,10 +29,8 @@ impl NatsChild {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "fpaas-bench-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("fpaas-bench-{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(dir.join("jetstream"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let port = free_port()?;

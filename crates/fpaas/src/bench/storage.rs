@@ -170,13 +170,9 @@ fn vary(ev: &Event, rep: u64, scramble_text: bool) -> anyhow::Result<Event> {
 }
 
 /// The corpus's events, then varied repetitions, `n` in total.
-fn workload(
-    corpus: &Path,
-    n: usize,
-    scramble_text: bool,
-) -> anyhow::Result<(Vec<Prepared>, u64)> {
-    let frames = fpaas_sim::read_capture(corpus)
-        .with_context(|| format!("reading {}", corpus.display()))?;
+fn workload(corpus: &Path, n: usize, scramble_text: bool) -> anyhow::Result<(Vec<Prepared>, u64)> {
+    let frames =
+        fpaas_sim::read_capture(corpus).with_context(|| format!("reading {}", corpus.display()))?;
     let base: Vec<Event> = frames
         .iter()
         .filter_map(|f| fpaas_proto::decode_frame(f).ok())
@@ -186,7 +182,11 @@ fn workload(
     let mut out = Vec::with_capacity(n);
     let mut payload = 0u64;
     for i in 0..n {
-        let ev = vary(&base[i % base.len()], (i / base.len()) as u64, scramble_text)?;
+        let ev = vary(
+            &base[i % base.len()],
+            (i / base.len()) as u64,
+            scramble_text,
+        )?;
         let p = prepare(&ev);
         payload += p.payload.len() as u64;
         out.push(p);
@@ -303,10 +303,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut r = Report::new("storage");
     r.add("messages", none.messages);
     r.add("mean_payload_bytes", r2(mean_payload));
-    r.add(
-        "logical_bytes_per_msg",
-        r2(none.logical as f64 / count),
-    );
+    r.add("logical_bytes_per_msg", r2(none.logical as f64 / count));
     r.add(
         "overhead_bytes_per_msg",
         r2(none.logical as f64 / count - mean_payload),
@@ -315,7 +312,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     r.add("logical_s2_bytes", s2.logical);
     r.add("disk_none_bytes", none.dir_allocated);
     r.add("disk_s2_bytes", s2.dir_allocated);
-    r.add("disk_none_bytes_per_msg", r2(none.dir_apparent as f64 / count));
+    r.add(
+        "disk_none_bytes_per_msg",
+        r2(none.dir_apparent as f64 / count),
+    );
     r.add("disk_s2_bytes_per_msg", r2(s2.dir_apparent as f64 / count));
     r.add("blocks_none", none.blocks as u64);
     r.add("blocks_s2", s2.blocks as u64);

@@ -154,7 +154,7 @@ async fn http_get(url: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .with_context(|| format!("{url}: malformed HTTP response"))?;
     let status = head.lines().next().unwrap_or_default();
-    if !status.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if status.split_whitespace().nth(1) != Some("200") {
         bail!("{url}: {status}");
     }
     Ok(body.to_owned())
@@ -220,16 +220,18 @@ async fn scrape(url: &str, sample: Duration) -> anyhow::Result<Scraped> {
     })
 }
 
+/// A byte figure as a whole number for JSON.
+fn bytes(x: f64) -> serde_json::Value {
+    (x.round().max(0.0) as u64).into()
+}
+
 fn gb(bytes: f64) -> f64 {
     crate::bench::r2(bytes / 1e9)
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.replicas >= 1, "--replicas must be at least 1");
-    anyhow::ensure!(
-        a.compression_ratio > 0.0,
-        "--compression-ratio must be > 0"
-    );
+    anyhow::ensure!(a.compression_ratio > 0.0, "--compression-ratio must be > 0");
     let (source, scraped) = match &a.metrics_url {
         Some(url) => {
             let s = scrape(url, Duration::from_secs_f64(a.sample_seconds.max(0.1))).await?;
@@ -266,12 +268,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         ("retention_hours", r2(inputs.retention_hours).into()),
         ("replicas", inputs.replicas.into()),
         ("nodes", inputs.nodes.into()),
-        ("raw_bytes_per_day", e.raw_bytes_per_day.round().into()),
+        ("raw_bytes_per_day", bytes(e.raw_bytes_per_day)),
         ("raw_gb_per_day", gb(e.raw_bytes_per_day).into()),
-        ("logical_bytes_retained", e.logical_bytes_retained.round().into()),
-        ("stored_bytes_per_node", e.stored_bytes_per_node.round().into()),
+        ("logical_bytes_retained", bytes(e.logical_bytes_retained)),
+        ("stored_bytes_per_node", bytes(e.stored_bytes_per_node)),
         ("stored_gb_per_node", gb(e.stored_bytes_per_node).into()),
-        ("cluster_total_bytes", e.cluster_total_bytes.round().into()),
+        ("cluster_total_bytes", bytes(e.cluster_total_bytes)),
         ("cluster_total_gb", gb(e.cluster_total_bytes).into()),
     ];
     if let Some(m) = inputs.max_bytes {
@@ -284,10 +286,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         fig.push(("retention_hours_at_max_bytes", r2(h).into()));
     }
     if a.json {
-        let map: serde_json::Map<String, serde_json::Value> = fig
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        let map: serde_json::Map<String, serde_json::Value> =
+            fig.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         println!("{}", serde_json::Value::Object(map));
         return Ok(());
     }
@@ -355,8 +355,14 @@ mod tests {
             nodes: 3,
             ..inputs()
         });
-        assert!(close(three.stored_bytes_per_node, one.stored_bytes_per_node));
-        assert!(close(three.cluster_total_bytes, 3.0 * one.cluster_total_bytes));
+        assert!(close(
+            three.stored_bytes_per_node,
+            one.stored_bytes_per_node
+        ));
+        assert!(close(
+            three.cluster_total_bytes,
+            3.0 * one.cluster_total_bytes
+        ));
         // max_bytes is per stream (logical), unaffected by replication.
         assert_eq!(three.max_bytes_headroom, one.max_bytes_headroom);
         // Three replicas packed on one node.
@@ -365,7 +371,10 @@ mod tests {
             nodes: 1,
             ..inputs()
         });
-        assert!(close(packed.stored_bytes_per_node, 3.0 * one.stored_bytes_per_node));
+        assert!(close(
+            packed.stored_bytes_per_node,
+            3.0 * one.stored_bytes_per_node
+        ));
     }
 
     #[test]
@@ -375,12 +384,18 @@ mod tests {
             retention_hours: 48.0,
             ..inputs()
         });
-        assert!(close(double.stored_bytes_per_node, 2.0 * base.stored_bytes_per_node));
+        assert!(close(
+            double.stored_bytes_per_node,
+            2.0 * base.stored_bytes_per_node
+        ));
         let uncompressed = estimate(&Inputs {
             compression_ratio: 1.0,
             ..inputs()
         });
-        assert!(close(uncompressed.stored_bytes_per_node, base.logical_bytes_retained));
+        assert!(close(
+            uncompressed.stored_bytes_per_node,
+            base.logical_bytes_retained
+        ));
         let idle = estimate(&Inputs {
             events_per_s: 0.0,
             ..inputs()
@@ -406,7 +421,10 @@ mod tests {
                     fpaas_shuffler_message_size_bytes_count 100\n\
                     fpaas_shuffler_events_total{kind=\"commit\"} 90\n\
                     fpaas_shuffler_events_total{kind=\"sync\"} 10\n";
-        assert_eq!(metric_sum(text, "fpaas_shuffler_published_total"), Some(1200.0));
+        assert_eq!(
+            metric_sum(text, "fpaas_shuffler_published_total"),
+            Some(1200.0)
+        );
         assert_eq!(
             metric_sum(text, "fpaas_shuffler_message_size_bytes_sum"),
             Some(61234.5)
