@@ -80,7 +80,10 @@ fn main() -> std::process::ExitCode {
     // async-nats brings rustls's `ring` provider and other crates may bring `aws-lc-rs`; with two providers the
     // first wss:// connect panics unless one is installed explicitly (FACTS.md, "TLS pitfall").
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fpaas: cannot start the async runtime: {e}");

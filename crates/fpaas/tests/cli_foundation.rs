@@ -21,12 +21,17 @@ impl Drop for Child {
     }
 }
 
-
 /// Run `fpaas tail` against `port` with extra args; fails the test if it does not finish within 30 s.
 async fn tail(port: u16, extra: &[&str]) -> String {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fpaas"));
     cmd.current_dir(workspace_root())
-        .args(["tail", "--relay", &format!("ws://127.0.0.1:{port}"), "--cursor", "0"])
+        .args([
+            "tail",
+            "--relay",
+            &format!("ws://127.0.0.1:{port}"),
+            "--cursor",
+            "0",
+        ])
         .args(extra)
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
@@ -45,16 +50,21 @@ fn decode_of_corpus_equals_golden_ndjson() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "decode failed: {stderr}");
-    let golden = std::fs::read_to_string(workspace_root().join("testdata/corpus/events.ndjson")).unwrap();
+    let golden =
+        std::fs::read_to_string(workspace_root().join("testdata/corpus/events.ndjson")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), golden);
-    assert!(stderr.contains("decoded 150 frames, 152 events, 0 errors"), "{stderr}");
+    assert!(
+        stderr.contains("decoded 150 frames, 152 events, 0 errors"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn decode_counts_errors_of_a_corrupt_capture_and_keeps_going() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.bin");
-    let frames = fpaas_sim::read_capture(workspace_root().join("testdata/corpus/frames.bin.zst")).unwrap();
+    let frames =
+        fpaas_sim::read_capture(workspace_root().join("testdata/corpus/frames.bin.zst")).unwrap();
     let mut w = fpaas_sim::CaptureWriter::create(&path).unwrap();
     for (i, f) in frames.iter().enumerate() {
         if i % 10 == 3 {
@@ -73,7 +83,11 @@ fn decode_counts_errors_of_a_corrupt_capture_and_keeps_going() {
     assert!(stderr.contains(", 16 errors"), "{stderr}");
     let lines = String::from_utf8(out.stdout).unwrap().lines().count();
     assert!(lines > 100 && lines < 152, "{lines} events");
-    let strict = fpaas().args(["decode", "--strict"]).arg(&path).output().unwrap();
+    let strict = fpaas()
+        .args(["decode", "--strict"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!strict.status.success());
 }
 
@@ -85,7 +99,16 @@ async fn record_decode_replay_tail_round_trip() {
 
     // record: everything the simulator emits (no cursor = live from head, which is seq 0 before generation).
     let status = fpaas()
-        .args(["record", "--relay", &sim.url(), "--cursor", "0", "--limit", "600", "--out"])
+        .args([
+            "record",
+            "--relay",
+            &sim.url(),
+            "--cursor",
+            "0",
+            "--limit",
+            "600",
+            "--out",
+        ])
         .arg(&capture)
         .status()
         .unwrap();
@@ -94,8 +117,16 @@ async fn record_decode_replay_tail_round_trip() {
     let expected_events = relay::deliverable(&truth).len();
 
     // decode the capture.
-    let decoded = fpaas().args(["decode", "--strict"]).arg(&capture).output().unwrap();
-    assert!(decoded.status.success(), "{}", String::from_utf8_lossy(&decoded.stderr));
+    let decoded = fpaas()
+        .args(["decode", "--strict"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
     let decoded = String::from_utf8(decoded.stdout).unwrap();
     assert_eq!(decoded.lines().count(), expected_events);
 
@@ -103,7 +134,12 @@ async fn record_decode_replay_tail_round_trip() {
     let port = free_port();
     let _replay = Child(
         fpaas()
-            .args(["relay-sim", "--listen", &format!("127.0.0.1:{port}"), "--replay"])
+            .args([
+                "relay-sim",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--replay",
+            ])
             .arg(&capture)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -111,7 +147,9 @@ async fn record_decode_replay_tail_round_trip() {
             .unwrap(),
     );
     eventually(Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
     })
     .await
     .expect("replay relay listening");
@@ -125,13 +163,37 @@ async fn record_decode_replay_tail_round_trip() {
         .lines()
         .filter(|l| l.contains("\"collection\":\"app.bsky.feed.like\""))
         .count();
-    let filtered = tail(port, &["--collection", "app.bsky.feed.like", "--limit", &likes.to_string()]).await;
+    let filtered = tail(
+        port,
+        &[
+            "--collection",
+            "app.bsky.feed.like",
+            "--limit",
+            &likes.to_string(),
+        ],
+    )
+    .await;
     assert_eq!(filtered.lines().count(), likes);
-    assert!(filtered.lines().all(|l| l.contains("\"collection\":\"app.bsky.feed.like\"")));
-    let by_did_expected = decoded.lines().filter(|l| l.contains(&format!("\"did\":\"{did}\""))).count();
-    let by_did = tail(port, &["--did", &did, "--limit", &by_did_expected.to_string()]).await;
+    assert!(
+        filtered
+            .lines()
+            .all(|l| l.contains("\"collection\":\"app.bsky.feed.like\""))
+    );
+    let by_did_expected = decoded
+        .lines()
+        .filter(|l| l.contains(&format!("\"did\":\"{did}\"")))
+        .count();
+    let by_did = tail(
+        port,
+        &["--did", &did, "--limit", &by_did_expected.to_string()],
+    )
+    .await;
     assert_eq!(by_did.lines().count(), by_did_expected);
-    assert!(by_did.lines().all(|l| l.contains(&format!("\"did\":\"{did}\""))));
+    assert!(
+        by_did
+            .lines()
+            .all(|l| l.contains(&format!("\"did\":\"{did}\"")))
+    );
 }
 
 #[test]
@@ -140,9 +202,18 @@ fn bench_decode_prints_unit_keys() {
         .args(["bench", "decode", "--json", "--seconds", "0.2"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["frames_per_s", "mb_per_s", "events_per_s", "decode_frames_per_s"] {
+    for key in [
+        "frames_per_s",
+        "mb_per_s",
+        "events_per_s",
+        "decode_frames_per_s",
+    ] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
     assert_eq!(v["corpus_decode_errors"], 0);

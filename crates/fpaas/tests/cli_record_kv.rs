@@ -55,13 +55,19 @@ async fn import_put_index_query_reset() {
     assert_eq!(summary["records"], 23, "{summary}");
     assert_eq!(summary["did"], "did:plc:53iucmf5ldftgqyf2ac7hmhd");
 
-    let likers = ["did:plc:liker1aaaaaaaaaaaaaaaaaaaa", "did:plc:liker2bbbbbbbbbbbbbbbbbbbb"];
+    let likers = [
+        "did:plc:liker1aaaaaaaaaaaaaaaaaaaa",
+        "did:plc:liker2bbbbbbbbbbbbbbbbbbbb",
+    ];
     for (i, did) in likers.iter().enumerate() {
         let (uri, json) = like(&format!("3klike000000{i}"), did);
         ok(fpaas(&url).args(["put-record", &uri, &json]));
     }
     // Invalid input is a clear error, not a crash.
-    let bad = fpaas(&url).args(["put-record", "at://not-a-did/x/y", "{}"]).output().unwrap();
+    let bad = fpaas(&url)
+        .args(["put-record", "at://not-a-did/x/y", "{}"])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(!String::from_utf8_lossy(&bad.stderr).contains("panicked"));
 
@@ -77,7 +83,10 @@ async fn import_put_index_query_reset() {
     let count = eventually_some(Duration::from_secs(30), move || {
         let u = u.clone();
         async move {
-            let out = fpaas(&u).args(["get-likers", "--count", POST]).output().ok()?;
+            let out = fpaas(&u)
+                .args(["get-likers", "--count", POST])
+                .output()
+                .ok()?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             (v["count"] == 2).then_some(v)
         }
@@ -109,7 +118,10 @@ async fn import_put_index_query_reset() {
     assert_eq!(text.matches(POST).count(), 2, "{text}");
 
     ok(fpaas(&url).args(["reset", "--yes"]));
-    let after = fpaas(&url).args(["get-likers", "--count", POST]).output().unwrap();
+    let after = fpaas(&url)
+        .args(["get-likers", "--count", POST])
+        .output()
+        .unwrap();
     let gone = !after.status.success()
         || serde_json::from_slice::<serde_json::Value>(&after.stdout)
             .map(|v| v["count"] == 0)

@@ -41,7 +41,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let n = fpaas_event::normalize(&frame);
         for d in &n.dropped {
-            eprintln!("frame {i}: dropped {}: {} ({})", d.what, d.reason.0, d.detail);
+            eprintln!(
+                "frame {i}: dropped {}: {} ({})",
+                d.what, d.reason.0, d.detail
+            );
             *errors.entry(d.reason.0.to_string()).or_default() += 1;
         }
         for e in &n.events {

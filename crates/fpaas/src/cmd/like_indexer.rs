@@ -39,7 +39,8 @@ pub struct Args {
 impl Args {
     /// The configuration: defaults, then the file, then the flags.
     pub fn to_config(&self) -> anyhow::Result<LikeIndexConfig> {
-        let mut cfg: LikeIndexConfig = super::load_config(self.config.as_deref(), "LikeIndexConfig")?;
+        let mut cfg: LikeIndexConfig =
+            super::load_config(self.config.as_deref(), "LikeIndexConfig")?;
         super::set(&mut cfg.record_bucket, &self.record_bucket);
         super::set(&mut cfg.bucket, &self.bucket);
         super::set(&mut cfg.durable, &self.durable);

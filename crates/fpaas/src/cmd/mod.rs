@@ -21,8 +21,8 @@ pub fn load_config<T: serde::de::DeserializeOwned + Default>(
     use anyhow::Context;
     match path {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_str(&text)
                 .with_context(|| format!("parsing {} (JSON {what})", path.display()))
         }

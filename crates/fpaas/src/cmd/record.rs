@@ -27,7 +27,8 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut writer = fpaas_sim::capture::CaptureWriter::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut conn = RelayConnection::connect(&args.relay, args.cursor, Duration::from_secs(30)).await?;
+    let mut conn =
+        RelayConnection::connect(&args.relay, args.cursor, Duration::from_secs(30)).await?;
     tracing::info!(url = conn.url(), out = %args.out.display(), "recording");
     let deadline = args
         .seconds

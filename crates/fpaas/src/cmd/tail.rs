@@ -38,15 +38,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(250);
     let stdout = std::io::stdout();
     loop {
-        let mut conn = match RelayConnection::connect(&args.relay, cursor, Duration::from_secs(30)).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "connect failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
+        let mut conn =
+            match RelayConnection::connect(&args.relay, cursor, Duration::from_secs(30)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "connect failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
         backoff = Duration::from_millis(250);
         loop {
             let bytes = tokio::select! {
