@@ -419,6 +419,20 @@ impl NatsCluster {
                 );
             }
         }
+        // A meta leader alone is not enough: until it has heard from every peer, an R=n stream fails
+        // with "no suitable peers for placement". Ready means an R=n probe stream can be placed.
+        let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+        if running == self.nodes.len() && running > 1 {
+            let urls = self.urls();
+            let result = eventually(Duration::from_secs(30), || {
+                let urls = urls.clone();
+                async move { replicated_stream_placeable(&urls, running).await }
+            })
+            .await;
+            if let Err(err) = result {
+                panic!("cluster cannot place an R{running} stream: {err}");
+            }
+        }
     }
 
     fn node(&self, i: usize) -> &Node {
@@ -433,6 +447,32 @@ impl NatsCluster {
             .get_mut(i)
             .unwrap_or_else(|| panic!("no node {i} in a {len}-node cluster"))
     }
+}
+
+/// Create and delete an R=`replicas` file stream; true when the placement succeeded.
+async fn replicated_stream_placeable(urls: &[String], replicas: usize) -> bool {
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(1))
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(urls.first().map(String::as_str).unwrap_or_default());
+    let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect).await else {
+        return false;
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let name = "TESTKIT_PLACEMENT_PROBE";
+    let created = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: vec!["testkit.placement.probe".to_string()],
+            num_replicas: replicas,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    let created = created.is_ok();
+    let deleted = created && js.delete_stream(name).await.is_ok();
+    let _ = client.drain().await;
+    deleted
 }
 
 /// One connection attempt plus `$JS.API.INFO`; true when JetStream answered successfully.
