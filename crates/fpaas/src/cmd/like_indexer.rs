@@ -64,12 +64,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "starting the like indexer (does the record bucket exist? run `fpaas record-kv`)",
     )?;
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        tracing::info!("signal received; finishing the batch in progress");
-        signal.cancel();
-    });
+    super::cancel_on_signal(&shutdown, "finishing the batch in progress");
     let result = indexer.run(shutdown).await;
     let _ = client.flush().await;
     ops_stop.cancel();

@@ -37,6 +37,16 @@ pub fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
     }
 }
 
+/// Cancel `token` when the process receives Ctrl-C or SIGTERM, logging `what` happens next.
+pub fn cancel_on_signal(token: &tokio_util::sync::CancellationToken, what: &'static str) {
+    let token = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received; {what}");
+        token.cancel();
+    });
+}
+
 /// Resolves when the process receives Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -150,12 +150,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        tracing::info!("signal received; draining in-flight publishes and saving the cursor");
-        signal.cancel();
-    });
+    super::cancel_on_signal(
+        &shutdown,
+        "draining in-flight publishes and saving the cursor",
+    );
     let result = fpaas_ingest::run(cfg, health, shutdown).await;
     ops_stop.cancel();
     if let Some(ops) = ops {
