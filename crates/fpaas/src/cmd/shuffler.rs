@@ -26,7 +26,8 @@ pub struct Args {
     /// Stream name (default FIREHOSE).
     #[arg(long)]
     pub stream: Option<String>,
-    /// Stream replicas (1 single server, 3 cluster).
+    /// Replicas of the stream and of the cursor bucket (1 single server, 3 cluster): a replicated stream
+    /// with an unreplicated cursor would stop saving cursors when that one node is down.
     #[arg(long)]
     pub replicas: Option<usize>,
     /// Stream retention in seconds (default 86400).
@@ -91,6 +92,7 @@ impl Args {
         super::set(&mut cfg.nats_url, &self.nats_url);
         super::set(&mut cfg.stream.name, &self.stream);
         super::set(&mut cfg.stream.replicas, &self.replicas);
+        super::set(&mut cfg.cursor_kv.replicas, &self.replicas);
         super::set(&mut cfg.stream.max_age_secs, &self.max_age_secs);
         super::set(
             &mut cfg.stream.duplicate_window_secs,
@@ -195,6 +197,14 @@ mod tests {
         assert_eq!(cfg.instance, "from-flag", "flags override the file");
         assert_eq!(cfg.max_acks_in_flight, 64, "file overrides the defaults");
         assert_eq!(cfg.stream.replicas, 3);
+        // The file set only the stream's replicas; the flag sets both.
+        let flagged = Args {
+            replicas: Some(3),
+            ..Default::default()
+        }
+        .to_config()
+        .expect("valid");
+        assert_eq!(flagged.cursor_kv.replicas, 3);
         assert_eq!(cfg.metrics_listen, None);
         assert_eq!(cfg.relay, fpaas_ingest::DEFAULT_RELAY);
 
