@@ -65,17 +65,25 @@ pub fn expected_len(truth: &[fpaas_sim::TruthEvent]) -> u64 {
     truth_keys(truth).values().sum::<usize>() as u64
 }
 
-/// Number of messages in `stream` (stream info), `None` when NATS does not answer.
-pub async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> Option<u64> {
+/// Stream info of `stream`, `None` when NATS does not answer within 2 s.
+pub async fn stream_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Option<async_nats::jetstream::stream::Info> {
     let mut s = tokio::time::timeout(Duration::from_secs(2), js.get_stream(stream))
         .await
         .ok()?
         .ok()?;
-    let info = tokio::time::timeout(Duration::from_secs(2), s.info())
+    tokio::time::timeout(Duration::from_secs(2), s.info())
         .await
         .ok()?
-        .ok()?;
-    Some(info.state.messages)
+        .ok()
+        .cloned()
+}
+
+/// Number of messages in `stream` (stream info), `None` when NATS does not answer.
+pub async fn stream_len(js: &async_nats::jetstream::Context, stream: &str) -> Option<u64> {
+    Some(stream_info(js, stream).await?.state.messages)
 }
 
 /// Reads every message of `stream` with an ordered push consumer.
