@@ -29,6 +29,10 @@ pub enum BusErrorKind {
     InvalidKey,
     /// A stored value could not be decoded (our own data is corrupt).
     Corrupt,
+    /// The server cannot reserve the stream's `max_bytes` × replicas against its JetStream storage
+    /// (`max_file_store`, 75% of free disk unless configured; JetStream error 10047). Lower the
+    /// stream's `max_bytes` or raise the server's `max_file_store`; retrying cannot help.
+    InsufficientStorage,
     /// Any other JetStream API failure.
     Other,
 }
@@ -55,6 +59,7 @@ impl BusErrorKind {
             Self::Kv => "kv",
             Self::InvalidKey => "invalid_key",
             Self::Corrupt => "corrupt",
+            Self::InsufficientStorage => "insufficient_storage",
             Self::Other => "other",
         }
     }

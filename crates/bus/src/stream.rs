@@ -396,7 +396,23 @@ fn request_kind(err: &(dyn std::error::Error + 'static)) -> BusErrorKind {
     BusErrorKind::Other
 }
 
+/// JetStream's "insufficient storage resources available" (the stream's reservation does not fit).
+const INSUFFICIENT_STORAGE: ErrorCode = ErrorCode(10047);
+
 pub(crate) fn map_create_error(what: &str, err: CreateStreamError) -> BusError {
+    if let CreateStreamErrorKind::JetStream(e) = err.kind()
+        && e.error_code() == INSUFFICIENT_STORAGE
+    {
+        return BusError::with_source(
+            BusErrorKind::InsufficientStorage,
+            format!(
+                "{what}: the server cannot reserve max_bytes × replicas in its JetStream storage \
+                 (max_file_store, 75% of free disk unless configured): lower the stream's max_bytes \
+                 (--max-bytes) or raise max_file_store"
+            ),
+            err,
+        );
+    }
     let kind = match err.kind() {
         CreateStreamErrorKind::TimedOut => BusErrorKind::Timeout,
         CreateStreamErrorKind::JetStreamUnavailable => BusErrorKind::NoResponders,

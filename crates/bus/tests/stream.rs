@@ -1,5 +1,6 @@
 //! `ensure_stream` against a real nats-server: creation with the configured settings, idempotence,
-//! drift reporting and in-place updates, the storage-change error and the `max_payload` warning.
+//! drift reporting and in-place updates, the storage-change error, the `max_payload` warning and the
+//! typed error when `max_bytes` does not fit the server's JetStream storage.
 
 mod common;
 
@@ -106,4 +107,28 @@ async fn invalid_settings_and_small_max_payload_are_reported() {
     bad.duplicate_window_secs = bad.max_age_secs + 1;
     let err = ensure_stream(&js, &bad).await.expect_err("invalid");
     assert_eq!(err.kind(), BusErrorKind::StreamConfig);
+}
+
+#[tokio::test]
+async fn max_bytes_larger_than_the_server_store_is_a_typed_error() {
+    let server = NatsServer::with_options(NatsServerOptions {
+        max_file_store: "64MB".to_owned(),
+        ..Default::default()
+    });
+    let js = common::js_with_timeout(&server.url()).await;
+
+    let mut too_big = common::settings("BIG", "big.>");
+    too_big.max_bytes = 1 << 30;
+    let err = ensure_stream(&js, &too_big)
+        .await
+        .expect_err("1 GiB in 64 MB");
+    assert_eq!(err.kind(), BusErrorKind::InsufficientStorage, "{err}");
+    assert!(!err.kind().is_retryable());
+    assert!(err.to_string().contains("max_file_store"), "{err}");
+
+    // The same stream with a guard that fits is created.
+    let mut fits = too_big.clone();
+    fits.max_bytes = 32 << 20;
+    let report = ensure_stream(&js, &fits).await.expect("32 MiB in 64 MB");
+    assert_eq!(report.action, StreamAction::Created);
 }

@@ -713,7 +713,9 @@ fn is_fatal(e: &IngestError) -> bool {
         IngestError::Bus { source, .. } => {
             matches!(
                 source.kind(),
-                BusErrorKind::StreamConfig | BusErrorKind::Connect
+                BusErrorKind::StreamConfig
+                    | BusErrorKind::InsufficientStorage
+                    | BusErrorKind::Connect
             )
         }
         IngestError::Cursor { .. } => false,

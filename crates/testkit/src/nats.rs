@@ -29,11 +29,20 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// (1,000,000 bytes of CBOR) record plus headers.
 pub const TEST_MAX_PAYLOAD: u64 = 4 * 1024 * 1024;
 
+/// JetStream `max_file_store` of test servers. Explicit, so that a stream's `max_bytes` reservation
+/// (the shuffler's default is 32 GiB) never depends on the free disk of the machine running the tests:
+/// unset, the server takes 75% of free disk and refuses to create such a stream on a small disk
+/// (JetStream error 10047). Tests write far less than this.
+pub const TEST_MAX_FILE_STORE: &str = "1TB";
+
 /// Options of a test server.
 #[derive(Debug, Clone)]
 pub struct NatsServerOptions {
     /// `max_payload` in bytes; `None` keeps the server default (1 MiB).
     pub max_payload: Option<u64>,
+    /// JetStream `max_file_store` (nats-server size syntax, e.g. `"64MB"`); default
+    /// [`TEST_MAX_FILE_STORE`].
+    pub max_file_store: String,
     /// Extra nats-server config text appended verbatim to the generated config file.
     pub extra_config: String,
 }
@@ -42,6 +51,7 @@ impl Default for NatsServerOptions {
     fn default() -> Self {
         Self {
             max_payload: Some(TEST_MAX_PAYLOAD),
+            max_file_store: TEST_MAX_FILE_STORE.to_owned(),
             extra_config: String::new(),
         }
     }
@@ -95,8 +105,9 @@ impl Node {
         }
         let _ = writeln!(
             conf,
-            "jetstream {{\n  store_dir: \"{}\"\n}}",
-            self.store_dir().display()
+            "jetstream {{\n  store_dir: \"{}\"\n  max_file_store: {}\n}}",
+            self.store_dir().display(),
+            options.max_file_store
         );
         if let Some(cluster) = cluster {
             conf.push_str(cluster);

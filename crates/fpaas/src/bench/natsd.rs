@@ -15,11 +15,39 @@ pub const POLL: Duration = Duration::from_millis(10);
 /// A stream whose count does not move for this long while more messages are expected has stalled.
 const STALL: Duration = Duration::from_secs(15);
 
+/// JetStream `max_file_store` of bench servers: explicit, so that stream reservations (the shuffler's default
+/// `max_bytes` is 32 GiB) do not depend on the machine's free disk (unset, the server takes 75% of it and
+/// refuses a larger stream with error 10047). The benches write far less.
+pub const MAX_FILE_STORE: &str = "1TB";
+
 /// A nats-server child process with JetStream, bound to 127.0.0.1 only.
 pub struct NatsChild {
     child: Child,
     dir: PathBuf,
     port: u16,
+    bin: PathBuf,
+}
+
+/// Spawns `bin -c dir/server.conf`, appending its output to `dir/server.log`.
+fn spawn(bin: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
+    Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("server.conf"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting nats-server {} (install it with `bash scripts/setup-tools.sh`, or pass \
+                 --nats-server / set FPAAS_NATS_SERVER)",
+                bin.display()
+            )
+        })
 }
 
 impl NatsChild {
@@ -36,32 +64,42 @@ impl NatsChild {
         let port = free_port()?;
         let conf = format!(
             "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 4MB\n\
-             jetstream {{\n  store_dir: \"{}\"\n}}\n",
+             jetstream {{\n  store_dir: \"{}\"\n  max_file_store: {MAX_FILE_STORE}\n}}\n",
             dir.join("jetstream").display()
         );
         std::fs::write(dir.join("server.conf"), conf)?;
-        let log = std::fs::File::create(dir.join("server.log"))?;
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(dir.join("server.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn();
-        let child = match child {
+        let child = match spawn(bin, &dir) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                bail!(
-                    "starting nats-server {}: {e} (install it with `bash scripts/setup-tools.sh`, or pass \
-                     --nats-server / set FPAAS_NATS_SERVER)",
-                    bin.display()
-                );
+                return Err(e);
             }
         };
-        let mut me = Self { child, dir, port };
+        let mut me = Self {
+            child,
+            dir,
+            port,
+            bin: bin.to_path_buf(),
+        };
         me.wait_ready().await?;
         Ok(me)
+    }
+
+    /// Stops the server gracefully (SIGTERM, so JetStream flushes) and starts it again on the same port and
+    /// store, waiting until JetStream answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        self.child = spawn(&self.bin, &self.dir)?;
+        self.wait_ready().await
+    }
+
+    /// Current resident set size of the server process, in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        proc_status_kb(self.child.id(), "VmRSS:").map(|kb| kb * 1024)
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -141,10 +179,14 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Peak resident set size (`VmHWM`) of process `pid`, in bytes (Linux `/proc`); `None` elsewhere.
 pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    proc_status_kb(pid, "VmHWM:").map(|kb| kb * 1024)
+}
+
+/// A kB figure (`field` such as `VmRSS:`) from `/proc/PID/status`.
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Sizes of the regular files under `dir`: (apparent bytes, allocated bytes as `du` counts them).

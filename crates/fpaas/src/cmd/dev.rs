@@ -35,6 +35,11 @@ pub struct Args {
     /// Shuffler instance name (its key in the cursor bucket).
     #[arg(long, default_value = "dev")]
     instance: String,
+    /// The stream's `max_bytes` disk guard (logical bytes; oldest messages are discarded beyond it).
+    /// Smaller than the shuffler's 32 GiB production default so that the local stack starts on a laptop's
+    /// disk: JetStream reserves it against 75% of free disk and refuses a stream that does not fit.
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    stream_max_bytes: i64,
     #[command(flatten)]
     sim: super::relay_sim::Args,
 }
@@ -95,6 +100,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         instance: args.instance.clone(),
         nats_url: format!("nats://127.0.0.1:{}", args.nats_port),
         metrics_listen: None,
+        stream: fpaas_bus::StreamSettings {
+            max_bytes: args.stream_max_bytes,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let shuffler = fpaas_ingest::Shuffler::new(cfg);

@@ -1,0 +1,87 @@
+//! The other benches end to end on small workloads, as a user runs them (`fpaas bench NAME --json`): each
+//! prints one JSON object whose figures are present and positive. `record-kv` and `storage` start their own
+//! nats-server child; `decode` reads the committed corpus.
+
+use std::process::Command;
+
+/// Runs `fpaas bench <args> --json` from the workspace root and parses its one JSON object.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_fpaas"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env("FPAAS_NATS_SERVER", fpaas_testkit::nats_server_bin())
+        .current_dir(fpaas_testkit::workspace_root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run fpaas bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench {args:?} failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+}
+
+fn positive(v: &serde_json::Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing: {v}"));
+    assert!(x > 0.0, "{key} = {x}: {v}");
+    x
+}
+
+#[test]
+fn bench_record_kv_json_has_positive_figures() {
+    let v = bench_json(&[
+        "record-kv",
+        "--records",
+        "2000",
+        "--queries",
+        "50",
+        "--layout-keys",
+        "1000",
+        "--mem-records",
+        "2000",
+    ]);
+    assert_eq!(v["bench"], "record-kv");
+    for key in [
+        "records_per_s",
+        "likes_indexed_per_s",
+        "get_likers_queries_per_s",
+        "get_likes_by_queries_per_s",
+        "server_rss_bytes_per_record_while_writing",
+    ] {
+        positive(&v, key);
+    }
+    assert_eq!(positive(&v, "records_written"), 2000.0, "{v}");
+    assert_eq!(v["mem_records"], 2000, "{v}");
+}
+
+#[test]
+fn bench_decode_json_has_positive_figures() {
+    let v = bench_json(&["decode", "--seconds", "1"]);
+    assert_eq!(v["bench"], "decode");
+    positive(&v, "frames_per_s");
+    positive(&v, "decode_frames_per_s");
+    assert_eq!(v["corpus_frames"], 150, "{v}");
+    assert_eq!(v["corpus_decode_errors"], 0, "{v}");
+}
+
+#[test]
+fn bench_storage_json_has_positive_figures() {
+    let v = bench_json(&["storage", "--messages", "3000"]);
+    assert_eq!(v["bench"], "storage");
+    assert_eq!(v["messages"], 3000, "{v}");
+    for key in [
+        "logical_bytes_per_msg",
+        "mean_payload_bytes",
+        "overhead_bytes_per_msg",
+        "disk_s2_bytes_per_msg",
+    ] {
+        positive(&v, key);
+    }
+    // Logical bytes are payload plus per-message overhead (subject, headers, record framing).
+    let logical = v["logical_bytes_per_msg"].as_f64().expect("logical");
+    let payload = v["mean_payload_bytes"].as_f64().expect("payload");
+    assert!(logical > payload, "{v}");
+}
