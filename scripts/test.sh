@@ -7,4 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-tools.sh
 export FPAAS_NATS_SERVER="$PWD/.tools/venv/bin/nats-server"
 export FPAAS_PYTHON="$PWD/.tools/venv/bin/python"
+if [[ "${FPAAS_SOAK:-0}" == 1 && $# -eq 0 ]]; then
+  # The soak runs are #[ignore]d measurements and long fault schedules; FPAAS_SOAK_EVENTS sizes them.
+  set -- -- --include-ignored
+fi
 cargo test --workspace --locked "$@"

@@ -285,3 +285,83 @@ async fn nats_outage_process_memory_stays_flat_and_nothing_is_lost() {
     assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
     assert!(proc.terminate().await.success());
 }
+
+/// Soak (opt-in: `FPAAS_SOAK=1 bash scripts/test.sh`, size with `FPAAS_SOAK_EVENTS`): an HA pair of shuffler
+/// processes on two relays serving the same events, through a seeded schedule of faults — kill -9 of either
+/// shuffler (restarted at once) and nats-server stopped for 2–4 s — every 2–4 s until the relays have served
+/// everything. Afterwards the stream holds every event exactly once, both processes exit gracefully and both
+/// cursors stand at their relay's head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: run with FPAAS_SOAK=1 bash scripts/test.sh (FPAAS_SOAK_EVENTS sets the size)"]
+async fn soak_ha_pair_through_kills_and_nats_outages() {
+    let events: u64 = std::env::var("FPAAS_SOAK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60_000);
+    let mut nats = NatsServer::new();
+    let sim_cfg = |start_seq| SimConfig {
+        seed: 99,
+        rate: Some(1_500.0),
+        limit: Some(events),
+        rare_boost: 10,
+        start_seq,
+        ..Default::default()
+    };
+    let (sim_a, _) = Sim::start(sim_cfg(1)).await.expect("sim a");
+    let (sim_b, _) = Sim::start(sim_cfg(SEQ_MOD + 1)).await.expect("sim b");
+    let mut a = ShufflerProc::spawn(&nats.url(), &sim_a.url(), "soak-a");
+    let mut b = ShufflerProc::spawn(&nats.url(), &sim_b.url(), "soak-b");
+
+    // A small LCG: the fault schedule is the same on every run.
+    let mut state: u64 = 0x5eed;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % n
+    };
+    let (mut kills, mut outages) = (0u32, 0u32);
+    while sim_a.produced() < events || sim_b.produced() < events {
+        tokio::time::sleep(Duration::from_millis(2_000 + next(2_000))).await;
+        match next(3) {
+            0 => {
+                a.kill_9();
+                a = ShufflerProc::spawn(&nats.url(), &sim_a.url(), "soak-a");
+                kills += 1;
+            }
+            1 => {
+                b.kill_9();
+                b = ShufflerProc::spawn(&nats.url(), &sim_b.url(), "soak-b");
+                kills += 1;
+            }
+            _ => {
+                tokio::task::block_in_place(|| nats.stop());
+                tokio::time::sleep(Duration::from_millis(2_000 + next(2_000))).await;
+                assert!(
+                    a.is_running() && b.is_running(),
+                    "a shuffler exited during an outage"
+                );
+                tokio::task::block_in_place(|| nats.start());
+                outages += 1;
+            }
+        }
+    }
+    eprintln!("soak: {events} events per relay, {kills} kills, {outages} nats outages");
+    let js = jetstream(&nats.url()).await;
+    let expected = expected_len(&sim_a.truth());
+    eventually(Duration::from_secs(120), || async {
+        stream_len(&js, "FIREHOSE").await == Some(expected)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("stream complete after the soak: {e}"));
+    assert_eq!(truth_keys(&sim_a.truth()), truth_keys(&sim_b.truth()));
+    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim_a.truth());
+    let (head_a, head_b) = (sim_a.head_seq(), sim_b.head_seq());
+    eventually(Duration::from_secs(30), || async {
+        stored_cursor(&js, "soak-a").await == head_a && stored_cursor(&js, "soak-b").await == head_b
+    })
+    .await
+    .expect("both cursors reach their relay's head");
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+}
