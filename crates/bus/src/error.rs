@@ -33,6 +33,10 @@ pub enum BusErrorKind {
     /// (`max_file_store`, 75% of free disk unless configured; JetStream error 10047). Lower the
     /// stream's `max_bytes` or raise the server's `max_file_store`; retrying cannot help.
     InsufficientStorage,
+    /// A KV bucket's stream cannot be made to accept per-message TTLs (`allow_msg_ttl`, the
+    /// `Nats-TTL` header; nats-server 2.11+): the server is older or refused the update. Upgrade
+    /// the server, or stop asking for TTLs on that bucket; retrying cannot help.
+    MessageTtl,
     /// Any other JetStream API failure.
     Other,
 }
@@ -60,6 +64,7 @@ impl BusErrorKind {
             Self::InvalidKey => "invalid_key",
             Self::Corrupt => "corrupt",
             Self::InsufficientStorage => "insufficient_storage",
+            Self::MessageTtl => "message_ttl",
             Self::Other => "other",
         }
     }

@@ -368,7 +368,7 @@ fn payload_warnings(js: &jetstream::Context, settings: &StreamSettings) -> Vec<S
     }
 }
 
-fn map_get_error(err: async_nats::jetstream::context::GetStreamError) -> BusError {
+pub(crate) fn map_get_error(err: async_nats::jetstream::context::GetStreamError) -> BusError {
     let kind = match err.kind() {
         GetStreamErrorKind::Request => request_kind(&err),
         GetStreamErrorKind::EmptyName | GetStreamErrorKind::InvalidStreamName => {

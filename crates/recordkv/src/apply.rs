@@ -14,6 +14,12 @@
 //! Account deletions write markers whose rev is the TID of the account event's time, so records from
 //! before the deletion stay deleted even if their events are ever delivered again.
 //!
+//! Markers expire (`RecordKvConfig::delete_marker_ttl_secs`): an expired marker is "none", so the
+//! protection lasts as long as the marker, which is why its TTL must outlive every older event that
+//! could still be delivered. A marker the server writes on expiry (only on a bucket with
+//! `subject_delete_marker_ttl`, which we never set) is a "marker without rev". Deleted accounts stay
+//! blocked after their markers expire: the builder checks the `<bucket>_accounts` side bucket.
+//!
 //! Every write is conditional on the KV revision that was read, so two writers (or a redelivery racing
 //! a live write) can never make an older revision win; a conflict re-reads and decides again.
 

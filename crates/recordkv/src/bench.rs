@@ -336,6 +336,7 @@ async fn key_order(
                 bucket: bucket.into(),
                 description: "fpaas bench: key order".into(),
                 replicas: 1,
+                delete_marker_ttl: None,
             },
         )
         .await?;
@@ -417,6 +418,7 @@ pub async fn fill_bucket(
             bucket: bucket.into(),
             description: "fpaas bench: memory per record".into(),
             replicas: 1,
+            delete_marker_ttl: None,
         },
     )
     .await?;

@@ -11,6 +11,9 @@
 //! Within a batch, writes run concurrently across keys and in order per key ([`crate::keyed`]); an
 //! account deletion is a barrier (everything before it is written first, everything after it later).
 //! `#sync` events are logged and counted and leave the records as they are (`docs/record-kv.md`).
+//!
+//! Delete markers carry `Nats-TTL` ([`RecordKvConfig::delete_marker_ttl_secs`], 7 days by default,
+//! at least the firehose retention; 0 = forever), so the bucket does not grow forever with deletes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -139,19 +142,49 @@ pub struct RecordKvBuilder {
 }
 
 impl RecordKvBuilder {
-    /// Validates the config, creates the bucket if missing and creates (or updates) the durable
-    /// consumer on the stream. The stream must exist (the shuffler or `bus` creates it).
+    /// Validates the config, creates the bucket if missing (making it accept per-message TTLs when
+    /// delete markers expire) and creates (or updates) the durable consumer on the stream. The
+    /// stream must exist (the shuffler or `bus` creates it).
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad config, [`Error::Nats`] when the server refuses.
+    /// [`Error::Config`] for a bad config, [`Error::MarkerTtlUnsupported`] when markers are to
+    /// expire on a server without per-message TTLs, [`Error::Nats`] when the server refuses.
     pub async fn new(client: &async_nats::Client, config: RecordKvConfig) -> Result<Self, Error> {
         let filters = config.validate()?;
+        let marker_ttl = config.delete_marker_ttl();
+        Self::start(client, config, filters, marker_ttl).await
+    }
+
+    /// Like [`RecordKvBuilder::new`], but delete markers expire after `marker_ttl` (any duration
+    /// of at least 1 s, or `None` for never) instead of `config.delete_marker_ttl_secs`, and
+    /// nothing checks it against the firehose retention. For tests of expiry, which cannot wait
+    /// a day; everything else uses `new`, whose check is what makes expiry safe.
+    ///
+    /// # Errors
+    /// As [`RecordKvBuilder::new`].
+    #[doc(hidden)]
+    pub async fn with_marker_ttl(
+        client: &async_nats::Client,
+        config: RecordKvConfig,
+        marker_ttl: Option<Duration>,
+    ) -> Result<Self, Error> {
+        let filters = config.filters()?;
+        Self::start(client, config, filters, marker_ttl).await
+    }
+
+    async fn start(
+        client: &async_nats::Client,
+        config: RecordKvConfig,
+        filters: Vec<String>,
+        marker_ttl: Option<Duration>,
+    ) -> Result<Self, Error> {
         let kv = Kv::open_or_create(
             client,
             &BucketOptions {
                 bucket: config.bucket.clone(),
                 description: "fpaas record KV: <collection>.<did>.<rkey> -> record JSON".into(),
                 replicas: config.replicas,
+                delete_marker_ttl: marker_ttl,
             },
         )
         .await?;
@@ -162,6 +195,7 @@ impl RecordKvBuilder {
                 description:
                     "fpaas record KV: deleted accounts (encoded DID -> {did, status, rev})".into(),
                 replicas: config.replicas,
+                delete_marker_ttl: None,
             },
         )
         .await?;
@@ -176,6 +210,23 @@ impl RecordKvBuilder {
             },
         )
         .await?;
+        match marker_ttl {
+            None => info!("delete markers never expire"),
+            Some(ttl) => {
+                let retention = reader.stream_max_age();
+                if retention.is_zero() || retention > ttl {
+                    warn!(
+                        ?ttl,
+                        ?retention,
+                        "delete markers expire before the firehose stream drops the events older \
+                         than them: a redelivered old create could bring a deleted record back; \
+                         raise delete_marker_ttl_secs above the stream's max_age"
+                    );
+                } else {
+                    info!(?ttl, "delete markers expire");
+                }
+            }
+        }
         let dids = config.dids.iter().cloned().collect();
         let mut deleted = HashMap::new();
         for entry in accounts.snapshot(">", false).await? {

@@ -15,6 +15,11 @@ pub const DEFAULT_RECORD_BUCKET: &str = "record";
 pub const DEFAULT_LIKES_BUCKET: &str = "likes";
 /// Default firehose stream name.
 pub const DEFAULT_STREAM: &str = "FIREHOSE";
+/// Default [`RecordKvConfig::delete_marker_ttl_secs`]: 7 days.
+pub const DEFAULT_DELETE_MARKER_TTL_SECS: u64 = 7 * 86_400;
+/// Smallest nonzero [`RecordKvConfig::delete_marker_ttl_secs`]: the firehose stream's retention
+/// (24 h, `fpaas_bus::StreamSettings` default `max_age`).
+pub const MIN_DELETE_MARKER_TTL_SECS: u64 = 86_400;
 
 /// Settings of `fpaas record-kv`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +46,18 @@ pub struct RecordKvConfig {
     pub ack_wait_ms: u64,
     /// Replicas of the KV bucket when it is created (1 for a single server, 3 in a cluster).
     pub replicas: usize,
+    /// How long a delete marker stays in the bucket, in seconds (7 days, 604800); 0 = forever.
+    /// When nonzero it must be at least 86400, the firehose stream's 24 h retention. A marker only
+    /// has to outlive the older events of its key that could still be delivered: they were all
+    /// published before the delete that wrote the marker, so once the marker has outlived the
+    /// stream's retention none is left to resurrect the record, and the key disappears with its
+    /// server memory. Events a relay replays (up to 24–72 h back) are published again after the
+    /// marker, so covering them takes retention plus replay window (~4 days): hence 7 days. Raise
+    /// it when the stream keeps events longer. The like indexer must not lag this builder by more
+    /// than this, or it misses the unlikes whose markers expired; an `import-car` of an export
+    /// older than a marker can bring its record back (`docs/record-kv.md`, "Delete markers
+    /// expire").
+    pub delete_marker_ttl_secs: u64,
 }
 
 impl Default for RecordKvConfig {
@@ -55,6 +72,7 @@ impl Default for RecordKvConfig {
             concurrency: 128,
             ack_wait_ms: 30_000,
             replicas: 1,
+            delete_marker_ttl_secs: DEFAULT_DELETE_MARKER_TTL_SECS,
         }
     }
 }
@@ -64,8 +82,21 @@ impl RecordKvConfig {
     /// commits), plus `atproto.firehose.account.deleted` and `atproto.firehose.sync`.
     ///
     /// # Errors
-    /// [`Error::Config`] for an out-of-range number or a bad collection pattern.
+    /// [`Error::Config`] for an out-of-range number (including a delete marker TTL below the
+    /// firehose retention, see [`delete_marker_ttl`]) or a bad collection pattern.
     pub fn validate(&self) -> Result<Vec<String>, Error> {
+        delete_marker_ttl(self.delete_marker_ttl_secs)?;
+        self.filters()
+    }
+
+    /// [`RecordKvConfig::delete_marker_ttl_secs`] as a duration (`None` = markers never expire),
+    /// unchecked: [`RecordKvConfig::validate`] checks it.
+    pub fn delete_marker_ttl(&self) -> Option<Duration> {
+        (self.delete_marker_ttl_secs > 0).then(|| Duration::from_secs(self.delete_marker_ttl_secs))
+    }
+
+    /// Everything [`RecordKvConfig::validate`] checks except the delete marker TTL.
+    pub(crate) fn filters(&self) -> Result<Vec<String>, Error> {
         check_common(
             &self.bucket,
             &self.durable,
@@ -148,6 +179,25 @@ impl LikeIndexConfig {
     /// [`LikeIndexConfig::ack_wait_ms`] as a duration.
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms)
+    }
+}
+
+/// A delete marker TTL in seconds as a duration: `None` for 0 (markers never expire), else at
+/// least [`MIN_DELETE_MARKER_TTL_SECS`] (see [`RecordKvConfig::delete_marker_ttl_secs`] for why).
+/// Shared by `fpaas record-kv` and `fpaas import-car --prune`.
+///
+/// # Errors
+/// [`Error::Config`] for a nonzero TTL below [`MIN_DELETE_MARKER_TTL_SECS`].
+pub fn delete_marker_ttl(secs: u64) -> Result<Option<Duration>, Error> {
+    match secs {
+        0 => Ok(None),
+        secs if secs < MIN_DELETE_MARKER_TTL_SECS => Err(Error::Config(format!(
+            "delete_marker_ttl_secs {secs} is below {MIN_DELETE_MARKER_TTL_SECS} (the firehose \
+             stream's 24 h retention): a marker that expires while an older create of its record \
+             can still be delivered lets that create bring the deleted record back; use at least \
+             {MIN_DELETE_MARKER_TTL_SECS}, or 0 to keep markers forever"
+        ))),
+        secs => Ok(Some(Duration::from_secs(secs))),
     }
 }
 
@@ -235,5 +285,40 @@ mod tests {
         let c: RecordKvConfig =
             serde_json::from_str(r#"{"collections":["app.bsky.feed.like"]}"#).unwrap();
         assert_eq!(c.batch_size, 500);
+    }
+
+    #[test]
+    fn delete_marker_ttl_is_zero_or_at_least_the_firehose_retention() {
+        let c = RecordKvConfig::default();
+        assert_eq!(c.delete_marker_ttl_secs, 604_800);
+        assert_eq!(c.delete_marker_ttl(), Some(Duration::from_secs(604_800)));
+        c.validate().expect("default valid");
+        for ok in [0, 86_400, 86_401, 30 * 86_400] {
+            let c = RecordKvConfig {
+                delete_marker_ttl_secs: ok,
+                ..Default::default()
+            };
+            c.validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let off = RecordKvConfig {
+            delete_marker_ttl_secs: 0,
+            ..Default::default()
+        };
+        assert_eq!(off.delete_marker_ttl(), None);
+        for bad in [1, 60, 3_600, 86_399] {
+            let c = RecordKvConfig {
+                delete_marker_ttl_secs: bad,
+                ..Default::default()
+            };
+            let err = c.validate().expect_err("below the retention");
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("86400") && m.contains("0 to keep")),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(delete_marker_ttl(0).unwrap(), None);
+        assert!(delete_marker_ttl(86_399).is_err());
+        let c: RecordKvConfig = serde_json::from_str(r#"{"delete_marker_ttl_secs":0}"#).unwrap();
+        assert_eq!(c.delete_marker_ttl(), None);
     }
 }

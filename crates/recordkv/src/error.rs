@@ -34,6 +34,19 @@ pub enum Error {
         /// How often it was tried.
         attempts: u32,
     },
+    /// Delete markers are to expire but the bucket's stream cannot accept per-message TTLs.
+    #[error(
+        "bucket {bucket} cannot expire delete markers: its stream does not accept per-message TTLs \
+         (nats-server 2.11+ needed); upgrade nats-server, or set delete_marker_ttl_secs to 0 \
+         (`--delete-marker-ttl-secs 0`) to keep markers forever as before"
+    )]
+    MarkerTtlUnsupported {
+        /// The KV bucket.
+        bucket: String,
+        /// The bus error (kind `message_ttl`).
+        #[source]
+        source: fpaas_bus::BusError,
+    },
     /// A repository export could not be read.
     #[error("repository export: {0}")]
     Car(String),

@@ -2,7 +2,9 @@
 //!
 //! - [`builder`]: `fpaas record-kv` — a durable consumer on the `FIREHOSE` stream writes the current value
 //!   of every record into the KV bucket `record`, key `<collection>.<did>.<rkey>` ([`key`]), value
-//!   [`RecordValue`] JSON; deletes are delete markers, `#account` `deleted` removes the DID's records.
+//!   [`RecordValue`] JSON; deletes are delete markers (expiring after
+//!   [`RecordKvConfig::delete_marker_ttl_secs`], 7 days by default), `#account` `deleted` removes the
+//!   DID's records.
 //! - [`apply`]: the revision rules that make re-applying, redelivery and imports safe.
 //! - [`likes`]: `fpaas like-indexer` (likes-by-subject, likes-by-actor, unlikes undone) and its queries.
 //! - [`import`]: `fpaas import-car` (every record of a `getRepo` CAR via its MST) and `put-record`.

@@ -209,6 +209,7 @@ impl LikeIndexer {
                 description: "fpaas like index: s.<subject>.<liker>.<rkey>, a.<liker>.<rkey>"
                     .into(),
                 replicas: config.replicas,
+                delete_marker_ttl: None,
             },
         )
         .await?;

@@ -1,7 +1,15 @@
 //! The one module of this crate that uses async-nats types: KV bucket provisioning, reads of the
-//! current entry with its headers, compare-and-set puts and delete markers, marker-free removal,
-//! last-per-subject snapshots of a key pattern, and the durable pull consumers the builder and the
-//! indexer read from.
+//! current entry with its headers, compare-and-set puts and delete markers (expiring ones with a
+//! `Nats-TTL` header when the handle has a marker TTL), marker-free removal, last-per-subject
+//! snapshots of a key pattern, and the durable pull consumers the builder and the indexer read from.
+//!
+//! A marker is recognised by `KV-Operation: DEL` / `PURGE`, or by `Nats-Marker-Reason`: the marker
+//! the server itself writes when an entry expires on a stream with `subject_delete_marker_ttl`. We
+//! never enable that (an expired marker's subject just disappears), but a bucket configured so by
+//! someone else must not turn such a marker into an empty value: it reads as a marker without
+//! `Fpaas-Rev` ([`EntryState::Deleted`] with `rev: None`), which lets any later put through (as
+//! "no entry" does) and makes a delete `already_deleted` — the same outcomes as after the original
+//! marker expired without a trace.
 //!
 //! Everything outside this module sees [`Kv`], [`Current`], [`SnapshotEntry`], [`DurableReader`] and
 //! [`Delivery`], so a change of client API stays here.
@@ -9,6 +17,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header::{NATS_MARKER_REASON, NATS_MESSAGE_TTL};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::DirectGetErrorKind;
@@ -77,6 +86,11 @@ pub struct BucketOptions {
     pub description: String,
     /// Replicas.
     pub replicas: usize,
+    /// How long the delete markers written through this handle stay (`Nats-TTL`, whole seconds,
+    /// at least 1 s); `None` = forever. `Some` makes the bucket accept per-message TTLs
+    /// (`fpaas_bus::KvSettings::allow_msg_ttl`). Any duration is taken here: the safety check
+    /// (at least the firehose retention) is [`crate::RecordKvConfig::validate`]'s.
+    pub delete_marker_ttl: Option<Duration>,
 }
 
 /// Handle on one KV bucket.
@@ -87,6 +101,8 @@ pub struct Kv {
     bucket: String,
     /// `$KV.<bucket>.`
     prefix: String,
+    /// `Nats-TTL` of the delete markers written through this handle (`None` = they never expire).
+    marker_ttl: Option<Duration>,
 }
 
 /// Most keys read by one direct batch get before falling back to a consumer.
@@ -97,23 +113,44 @@ const SNAPSHOT_IDLE: Duration = Duration::from_secs(2);
 
 impl Kv {
     /// Opens the bucket, creating it (history 1, file storage) when missing (`fpaas_bus::ensure_kv`).
+    /// With a [`BucketOptions::delete_marker_ttl`] the bucket is made to accept per-message TTLs
+    /// (once on, they stay on) and this handle's delete markers carry `Nats-TTL`.
     ///
     /// # Errors
-    /// [`Error::Nats`] when the server refuses or cannot be reached.
+    /// [`Error::Config`] for a marker TTL under 1 s, [`Error::MarkerTtlUnsupported`] when the
+    /// bucket cannot accept TTLs, [`Error::Nats`] when the server refuses or cannot be reached.
     pub async fn open_or_create(
         client: &async_nats::Client,
         options: &BucketOptions,
     ) -> Result<Self, Error> {
+        if options
+            .delete_marker_ttl
+            .is_some_and(|ttl| ttl < Duration::from_secs(1))
+        {
+            return Err(Error::Config(format!(
+                "delete marker TTL {:?} below the server's minimum of 1 s",
+                options.delete_marker_ttl
+            )));
+        }
         let js = jetstream::new(client.clone());
         let settings = fpaas_bus::KvSettings {
             description: options.description.clone(),
             replicas: options.replicas.max(1),
+            allow_msg_ttl: options.delete_marker_ttl.is_some(),
             ..fpaas_bus::KvSettings::bucket(&options.bucket)
         };
         let store = fpaas_bus::ensure_kv(&js, &settings)
             .await
-            .map_err(|e| Error::nats("ensure kv bucket", e))?;
-        Ok(Self::from_store(js, store, &options.bucket))
+            .map_err(|e| match e.kind() {
+                fpaas_bus::BusErrorKind::MessageTtl => Error::MarkerTtlUnsupported {
+                    bucket: options.bucket.clone(),
+                    source: e,
+                },
+                _ => Error::nats("ensure kv bucket", e),
+            })?;
+        let mut kv = Self::from_store(js, store, &options.bucket);
+        kv.marker_ttl = options.delete_marker_ttl;
+        Ok(kv)
     }
 
     /// Opens an existing bucket.
@@ -135,7 +172,14 @@ impl Kv {
             store,
             bucket: bucket.to_string(),
             prefix: format!("$KV.{bucket}."),
+            marker_ttl: None,
         }
+    }
+
+    /// How long the delete markers written through this handle stay (`None` = forever; always
+    /// `None` for [`Kv::open`]).
+    pub fn delete_marker_ttl(&self) -> Option<Duration> {
+        self.marker_ttl
     }
 
     /// The bucket name.
@@ -194,8 +238,8 @@ impl Kv {
         self.publish(key, headers, value).await
     }
 
-    /// Writes a delete marker (carrying `Fpaas-Rev` when `rev` is given) only if the key's latest
-    /// revision is `expected`.
+    /// Writes a delete marker (carrying `Fpaas-Rev` when `rev` is given, and `Nats-TTL` when this
+    /// handle has a marker TTL) only if the key's latest revision is `expected`.
     ///
     /// # Errors
     /// [`Error::Nats`] on a server or connection failure.
@@ -210,6 +254,9 @@ impl Kv {
         headers.insert(EXPECTED_LAST_SUBJECT_SEQ, expected.to_string());
         if let Some(rev) = rev {
             headers.insert(HEADER_REV, rev);
+        }
+        if let Some(ttl) = self.marker_ttl {
+            headers.insert(NATS_MESSAGE_TTL, ttl.as_secs().to_string());
         }
         self.publish(key, headers, Bytes::new()).await
     }
@@ -489,12 +536,21 @@ impl Kv {
     }
 }
 
+/// A KV delete or purge marker, or a marker the server wrote (see the module docs).
+fn is_marker(headers: &HeaderMap) -> bool {
+    matches!(
+        headers.get(KV_OPERATION).map(|v| v.as_str()),
+        Some("DEL") | Some("PURGE")
+    ) || headers.get(NATS_MARKER_REASON).is_some()
+}
+
 fn state_of(headers: &HeaderMap, payload: Bytes) -> EntryState {
-    match headers.get(KV_OPERATION).map(|v| v.as_str()) {
-        Some("DEL") | Some("PURGE") => EntryState::Deleted {
+    if is_marker(headers) {
+        EntryState::Deleted {
             rev: headers.get(HEADER_REV).map(|v| v.as_str().to_string()),
-        },
-        _ => EntryState::Value(payload),
+        }
+    } else {
+        EntryState::Value(payload)
     }
 }
 
@@ -502,6 +558,8 @@ fn state_of(headers: &HeaderMap, payload: Bytes) -> EntryState {
 #[derive(Debug)]
 pub struct DurableReader {
     consumer: jetstream::consumer::Consumer<pull::Config>,
+    /// `max_age` of the stream read (0 = no age limit).
+    stream_max_age: Duration,
 }
 
 /// Settings of a [`DurableReader`].
@@ -534,6 +592,7 @@ impl DurableReader {
             .get_stream(&options.stream)
             .await
             .map_err(|e| Error::nats("get stream", e))?;
+        let stream_max_age = stream.cached_info().config.max_age;
         let (filter_subject, filter_subjects) = match options.filters.as_slice() {
             [one] => (one.clone(), Vec::new()),
             many => (String::new(), many.to_vec()),
@@ -553,7 +612,16 @@ impl DurableReader {
             })
             .await
             .map_err(|e| Error::nats("create durable consumer", e))?;
-        Ok(Self { consumer })
+        Ok(Self {
+            consumer,
+            stream_max_age,
+        })
+    }
+
+    /// The retention (`max_age`) of the stream read, as it was when the reader was created;
+    /// zero when the stream has no age limit.
+    pub fn stream_max_age(&self) -> Duration {
+        self.stream_max_age
     }
 
     /// Fetches up to `max` messages, waiting at most `wait` for the first.
@@ -581,10 +649,7 @@ impl DurableReader {
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
                 did: header(fpaas_event::HEADER_DID),
-                kv_deleted: matches!(
-                    headers.get(KV_OPERATION).map(|v| v.as_str()),
-                    Some("DEL") | Some("PURGE")
-                ),
+                kv_deleted: is_marker(&headers),
                 message,
             });
         }

@@ -29,6 +29,7 @@ async fn bucket(server: &NatsServer) -> Kv {
             bucket: "record".into(),
             description: String::new(),
             replicas: 1,
+            delete_marker_ttl: None,
         },
     )
     .await

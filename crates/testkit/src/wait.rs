@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A condition polled by [`eventually`] / [`eventually_some`] did not hold before the deadline.
@@ -60,11 +61,34 @@ where
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+/// First port [`free_port`] hands out: below Linux's default ephemeral range (32768–60999).
+const PORT_BASE: u32 = 20_000;
+/// Number of ports [`free_port`] cycles through (20000–31999).
+const PORT_SPAN: u32 = 12_000;
+/// Picks handed out by this process so far.
+static PICKS: AtomicU32 = AtomicU32::new(0);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts (and may restart
+/// on the same port).
+///
+/// The port comes from 20000–31999, below the kernel's ephemeral range, so no outgoing connection
+/// (the tests make thousands) can take it between this pick and the server's bind — with port 0
+/// that race made a nats-server fail to start now and then. A process-wide counter keeps two picks
+/// of one test process apart; the starting point is derived from the process id so concurrent test
+/// processes start far apart; a port that does not bind is skipped.
 ///
 /// # Panics
 /// When the OS refuses to bind a loopback socket (nothing a test could recover from).
 pub fn free_port() -> u16 {
+    let start = std::process::id().wrapping_mul(2_654_435_761) % PORT_SPAN;
+    for _ in 0..PORT_SPAN {
+        let n = PICKS.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(PORT_BASE + (start + n) % PORT_SPAN).expect("port range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    // Every port of the range is taken: fall back to one the kernel picks.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
     listener
         .local_addr()

@@ -107,5 +107,14 @@ async fn eventually_returns_and_times_out() {
 fn paths_and_ports() {
     assert!(workspace_root().join("Cargo.toml").is_file());
     assert!(python().is_file());
-    assert_ne!(free_port(), 0);
+    // Ports come from below the ephemeral range, distinct within the process, and bindable.
+    let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    for port in &ports {
+        assert!((20_000..32_000).contains(port), "{port}");
+    }
+    for port in &ports {
+        std::net::TcpListener::bind(("127.0.0.1", *port)).expect("a picked port binds");
+    }
 }

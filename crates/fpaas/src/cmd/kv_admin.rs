@@ -26,7 +26,13 @@ pub struct PutRecordArgs {
     pub bucket: String,
 }
 
-async fn open_bucket(url: &str, bucket: &str, who: &str) -> anyhow::Result<Kv> {
+/// Opens the record bucket; its delete markers (import pruning) expire after `marker_ttl`.
+async fn open_bucket(
+    url: &str,
+    bucket: &str,
+    who: &str,
+    marker_ttl: Option<std::time::Duration>,
+) -> anyhow::Result<Kv> {
     let client = fpaas_bus::connect(url, who).await?;
     Ok(Kv::open_or_create(
         &client,
@@ -34,6 +40,7 @@ async fn open_bucket(url: &str, bucket: &str, who: &str) -> anyhow::Result<Kv> {
             bucket: bucket.to_string(),
             description: "fpaas record KV: <collection>.<did>.<rkey> -> record JSON".into(),
             replicas: 1,
+            delete_marker_ttl: marker_ttl,
         },
     )
     .await?)
@@ -47,7 +54,7 @@ pub async fn put_record(a: PutRecordArgs) -> anyhow::Result<()> {
     };
     let record: serde_json::Value =
         serde_json::from_str(&text).context("the record is not JSON")?;
-    let kv = open_bucket(&a.nats_url, &a.bucket, "fpaas-put-record").await?;
+    let kv = open_bucket(&a.nats_url, &a.bucket, "fpaas-put-record", None).await?;
     let (value, outcome) = put(&kv, &a.uri, record, a.rev).await?;
     eprintln!("{}: {}", value.uri, outcome.as_str());
     println!("{}", serde_json::to_string(&value)?);
@@ -73,11 +80,16 @@ pub struct ImportCarArgs {
     /// KV writes in flight.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
+    /// Seconds the delete markers of `--prune` stay (like `fpaas record-kv`'s); 0 = forever, else
+    /// at least 86400.
+    #[arg(long, default_value_t = fpaas_recordkv::config::DEFAULT_DELETE_MARKER_TTL_SECS)]
+    pub delete_marker_ttl_secs: u64,
 }
 
 pub async fn import_car(a: ImportCarArgs) -> anyhow::Result<()> {
+    let marker_ttl = fpaas_recordkv::config::delete_marker_ttl(a.delete_marker_ttl_secs)?;
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let kv = open_bucket(&a.nats_url, &a.bucket, "fpaas-import-car").await?;
+    let kv = open_bucket(&a.nats_url, &a.bucket, "fpaas-import-car", marker_ttl).await?;
     let collections = a.collections.clone();
     let keep = move |c: &str| collections.iter().any(|k| k == c);
     let filter: Option<&dyn Fn(&str) -> bool> = if a.collections.is_empty() {

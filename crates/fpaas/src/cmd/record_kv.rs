@@ -41,6 +41,10 @@ pub struct Args {
     /// Bucket replicas when created (default 1).
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// Seconds a delete marker stays before it expires (default 604800 = 7 days); 0 = forever.
+    /// At least 86400 (the firehose stream's retention), see docs/record-kv.md.
+    #[arg(long)]
+    pub delete_marker_ttl_secs: Option<u64>,
     /// Ops HTTP address (/metrics, /health, /ready); `none` disables.
     #[arg(long, env = "FPAAS_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
     pub metrics_listen: String,
@@ -56,6 +60,10 @@ impl Args {
         super::set(&mut cfg.batch_size, &self.batch_size);
         super::set(&mut cfg.concurrency, &self.concurrency);
         super::set(&mut cfg.replicas, &self.replicas);
+        super::set(
+            &mut cfg.delete_marker_ttl_secs,
+            &self.delete_marker_ttl_secs,
+        );
         if !self.collections.is_empty() {
             cfg.collections = self.collections.clone();
         }
@@ -124,4 +132,29 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "record-kv finished"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_marker_ttl_flag_is_mapped_and_checked() {
+        let cfg = Args::default().to_config().expect("defaults");
+        assert_eq!(cfg.delete_marker_ttl_secs, 604_800);
+        let args = |secs| Args {
+            delete_marker_ttl_secs: Some(secs),
+            ..Default::default()
+        };
+        assert_eq!(args(0).to_config().expect("0").delete_marker_ttl_secs, 0);
+        assert_eq!(
+            args(172_800)
+                .to_config()
+                .expect("2 days")
+                .delete_marker_ttl_secs,
+            172_800
+        );
+        let err = args(3_600).to_config().expect_err("below the retention");
+        assert!(err.to_string().contains("86400"), "{err}");
+    }
 }
