@@ -1,6 +1,7 @@
-//! The other benches end to end on small workloads, as a user runs them (`fpaas bench NAME --json`): each
-//! prints one JSON object whose figures are present and positive. `record-kv` and `storage` start their own
-//! nats-server child; `decode` reads the committed corpus.
+//! Every bench end to end on a small workload, as a user runs it (`fpaas bench NAME --json`): each prints one
+//! JSON object whose figures are present and positive. `ingest` (with the relay simulator, the raw-publish
+//! baseline and the shuffler as a child process), `record-kv` and `storage` start their own nats-server child;
+//! `decode` reads the committed corpus.
 
 use std::process::Command;
 
@@ -28,6 +29,26 @@ fn positive(v: &serde_json::Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} missing: {v}"));
     assert!(x > 0.0, "{key} = {x}: {v}");
     x
+}
+
+#[test]
+fn bench_ingest_json_has_positive_figures() {
+    let v = bench_json(&["ingest", "--events", "3000", "--skip-python"]);
+    assert_eq!(v["bench"], "ingest");
+    for key in [
+        "events",
+        "events_per_s",
+        "raw_publish_events_per_s",
+        "ratio_vs_baseline",
+        "rss_mb",
+    ] {
+        positive(&v, key);
+    }
+    assert!(v["events"].as_u64().expect("events") >= 3000, "{v}");
+    assert!(
+        v.get("python_events_per_s").is_none(),
+        "python skipped: {v}"
+    );
 }
 
 #[test]

@@ -294,10 +294,7 @@ async fn nats_outage_process_memory_stays_flat_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: run with FPAAS_SOAK=1 bash scripts/test.sh (FPAAS_SOAK_EVENTS sets the size)"]
 async fn soak_ha_pair_through_kills_and_nats_outages() {
-    let events: u64 = std::env::var("FPAAS_SOAK_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60_000);
+    let events = soak_events(60_000);
     let mut nats = NatsServer::new();
     let sim_cfg = |start_seq| SimConfig {
         seed: 99,

@@ -145,10 +145,7 @@ async fn two_instances_same_relay_no_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run with --ignored (FPAAS_SOAK_EVENTS sets the size)"]
 async fn throughput() {
-    let events: u64 = std::env::var("FPAAS_SOAK_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let events = soak_events(100_000);
     let nats = NatsServer::new();
     let (sim, _) = Sim::start(SimConfig {
         seed: 1,

@@ -18,6 +18,14 @@ pub struct Stored {
     pub subject: String,
 }
 
+/// Size of a soak or measurement run: `FPAAS_SOAK_EVENTS` when set to a number, else `default`.
+pub fn soak_events(default: u64) -> u64 {
+    std::env::var("FPAAS_SOAK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Seqs are compared modulo this, so that a second simulated relay started at `SEQ_MOD + 1` (same seed, same
 /// events, different numbering) maps onto the first.
 pub const SEQ_MOD: i64 = 1_000_000;
