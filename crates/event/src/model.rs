@@ -6,6 +6,8 @@
 //! originated, not when we received it) in microseconds since the Unix epoch, so the JSON of an event is a pure
 //! function of the frame: replays and a second shuffler produce byte-identical messages.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// What an event is about.
@@ -97,10 +99,81 @@ pub struct CommitEvent {
     pub rkey: String,
     /// The record as ATProto JSON (`$link`, `$bytes`); absent on delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub record: Option<serde_json::Value>,
+    pub record: Option<RecordJson>,
     /// The record's CID; absent on delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+}
+
+/// A record as ATProto JSON text: always a JSON object, at most [`fpaas_proto::MAX_RECORD_DEPTH`] deep.
+///
+/// Kept as text, not as a `serde_json::Value` tree: the shuffler converts each record block once, straight to
+/// bytes, and copies those bytes into the message (a tree of a hostile record can be ~700 times larger than
+/// its CBOR). Cheap to clone (shared). Serializes as the raw JSON object it holds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordJson(Arc<str>);
+
+impl RecordJson {
+    /// Wraps text this crate produced with `fpaas_proto::cbor_json` (valid JSON object by construction).
+    pub(crate) fn from_converted(text: String) -> Self {
+        Self(Arc::from(text))
+    }
+
+    /// Parses and wraps JSON text, which must be an object.
+    ///
+    /// # Errors
+    /// Invalid JSON or not an object.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text)?;
+        Self::from_raw(&raw)
+    }
+
+    fn from_raw(raw: &serde_json::value::RawValue) -> Result<Self, serde_json::Error> {
+        let text = raw.get();
+        if !text.starts_with('{') {
+            return Err(serde::de::Error::custom("a record must be a JSON object"));
+        }
+        Ok(Self(Arc::from(text)))
+    }
+
+    /// The JSON of a value (compact).
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        Self(Arc::from(value.to_string()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The record as a `serde_json::Value`.
+    ///
+    /// # Errors
+    /// Only if the text is not JSON, which [`RecordJson`]'s constructors rule out.
+    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for RecordJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RecordJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw = serde_json::value::RawValue::from_string(self.0.to_string())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(deserializer)?;
+        Self::from_raw(&raw).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Identity change of a DID.
@@ -128,7 +201,8 @@ pub struct AccountEvent {
     pub seq: i64,
     /// Event time (RFC 3339).
     pub time: String,
-    /// `takendown`, `suspended`, `deleted`, `deactivated`, `desynchronized`, `throttled`, … when not active.
+    /// `takendown`, `suspended`, `deleted`, `deactivated`, `desynchronized`, `throttled`, or `other` for any
+    /// other value a relay sent (mapped, so that no free text reaches subjects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
 }
@@ -149,9 +223,120 @@ impl Event {
         self.commit.as_ref().map(|c| c.operation)
     }
 
-    /// Serialize as compact JSON (the NATS message payload and the NDJSON line).
+    /// Serialize as compact JSON (the NATS message payload and the NDJSON line): the same bytes as
+    /// `serde_json::to_vec(self)`, written by hand so the record text is copied, not re-parsed.
     pub fn to_json_vec(&self) -> Vec<u8> {
-        // Serializing these plain structs and a serde_json::Value cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let record_len = self
+            .commit
+            .as_ref()
+            .and_then(|c| c.record.as_ref())
+            .map_or(0, |r| r.as_str().len());
+        let mut out = Vec::with_capacity(256 + record_len);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the compact JSON of the event to `out` (see [`Event::to_json_vec`]).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut w = JsonWriter { out, first: true };
+        w.open();
+        w.str_field("did", &self.did);
+        w.int_field("time_us", self.time_us);
+        w.str_field("kind", self.kind.as_str());
+        w.int_field("seq", self.seq);
+        w.str_field("time", &self.time);
+        if let Some(c) = &self.commit {
+            w.key("commit");
+            w.open();
+            w.str_field("rev", &c.rev);
+            w.str_field("operation", c.operation.as_str());
+            w.str_field("collection", &c.collection);
+            w.str_field("rkey", &c.rkey);
+            if let Some(r) = &c.record {
+                w.key("record");
+                w.out.extend_from_slice(r.as_str().as_bytes());
+            }
+            if let Some(cid) = &c.cid {
+                w.str_field("cid", cid);
+            }
+            w.close();
+        }
+        if let Some(i) = &self.identity {
+            w.key("identity");
+            w.open();
+            w.str_field("did", &i.did);
+            if let Some(h) = &i.handle {
+                w.str_field("handle", h);
+            }
+            w.int_field("seq", i.seq);
+            w.str_field("time", &i.time);
+            w.close();
+        }
+        if let Some(a) = &self.account {
+            w.key("account");
+            w.open();
+            w.key("active");
+            w.out
+                .extend_from_slice(if a.active { b"true" } else { b"false" });
+            w.str_field("did", &a.did);
+            w.int_field("seq", a.seq);
+            w.str_field("time", &a.time);
+            if let Some(s) = &a.status {
+                w.str_field("status", s);
+            }
+            w.close();
+        }
+        if let Some(s) = &self.sync {
+            w.key("sync");
+            w.open();
+            w.str_field("rev", &s.rev);
+            if let Some(c) = &s.commit {
+                w.str_field("commit", c);
+            }
+            w.close();
+        }
+        w.close();
+    }
+}
+
+/// A minimal compact JSON writer for [`Event::write_json`]; strings are escaped by `serde_json`.
+struct JsonWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl JsonWriter<'_> {
+    fn open(&mut self) {
+        self.out.push(b'{');
+        self.first = true;
+    }
+
+    fn close(&mut self) {
+        self.out.push(b'}');
+        self.first = false;
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.string(k);
+        self.out.push(b':');
+    }
+
+    fn string(&mut self, s: &str) {
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.out, s);
+    }
+
+    fn str_field(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.string(v);
+    }
+
+    fn int_field(&mut self, k: &str, v: i64) {
+        self.key(k);
+        self.out.extend_from_slice(v.to_string().as_bytes());
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use fpaas_sim::{Sim, SimConfig};
-use fpaas_testkit::{NatsServer, eventually, eventually_some, free_port};
+use fpaas_testkit::{NatsServer, eventually, eventually_some, free_port, workspace_root};
 
 /// A running `fpaas shuffler` child process and its ops address.
 struct ShufflerProc {
@@ -361,4 +361,153 @@ async fn soak_ha_pair_through_kills_and_nats_outages() {
     .expect("both cursors reach their relay's head");
     assert!(a.terminate().await.success());
     assert!(b.terminate().await.success());
+}
+
+/// Peak resident memory of a live process in MB (`VmHWM` from `/proc/<pid>/status`).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+/// The hostile suite (`testdata/hostile/`, see `crates/sim/src/hostile.rs`) served by relay-sim between the real
+/// corpus frames, through the real shuffler process: it stays up and small, drops every hostile frame or op with
+/// its label, maps what must be mapped, passes them with its cursor, and stores every good event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_between_good_ones_are_dropped_with_their_labels_and_nothing_else_is_lost() {
+    let dir = workspace_root().join("testdata/hostile");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let mixed_path = dir.join("mixed.bin.zst");
+    let last_seq = fpaas_sim::read_capture(&mixed_path)
+        .expect("mixed capture")
+        .iter()
+        .filter_map(|f| fpaas_sim::frame_seq(f))
+        .max()
+        .expect("seqs");
+
+    // Expected: the golden corpus events with their seqs renumbered as in the mixed capture, plus the events of
+    // the cases that must be accepted; drops per label.
+    let corpus: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("testdata/corpus/manifest.json"))
+            .expect("corpus manifest"),
+    )
+    .expect("corpus manifest json");
+    let seq_first = corpus["seq_first"].as_i64().expect("seq_first");
+    let mut want_good: Vec<serde_json::Value> =
+        std::fs::read_to_string(workspace_root().join("testdata/corpus/events.ndjson"))
+            .expect("golden")
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).expect("golden line");
+                let seq = fpaas_sim::hostile::mixed_good_seq(
+                    (v["seq"].as_i64().expect("seq") - seq_first) as usize,
+                );
+                v["seq"] = seq.into();
+                for k in ["identity", "account"] {
+                    if v.get(k).is_some() {
+                        v[k]["seq"] = seq.into();
+                    }
+                }
+                v
+            })
+            .collect();
+    let mut want_drops: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut accepted = 0u64;
+    let mut accepted_subjects = Vec::new();
+    for case in manifest["cases"].as_array().expect("cases") {
+        let expect = &case["expect"];
+        match expect["expect"].as_str() {
+            Some("dropped") => {
+                *want_drops
+                    .entry(expect["label"].as_str().expect("label").to_owned())
+                    .or_default() += expect["count"].as_f64().expect("count");
+            }
+            Some("events") => {
+                let n = expect["count"].as_u64().expect("count");
+                accepted += n;
+                if let Some(s) = expect["subject"].as_str() {
+                    accepted_subjects.extend(std::iter::repeat_n(s.to_owned(), n as usize));
+                }
+            }
+            other => panic!("unknown expectation {other:?}"),
+        }
+    }
+    assert!(
+        want_drops.len() >= 15,
+        "the suite covers many labels: {want_drops:?}"
+    );
+
+    let nats = NatsServer::new();
+    let (sim, _) = Sim::start(SimConfig {
+        replay: Some(mixed_path),
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let js = jetstream(&nats.url()).await;
+    let mut proc = ShufflerProc::spawn(&nats.url(), &sim.url(), "hostile");
+    let want_len = want_good.len() as u64 + accepted;
+    eventually(Duration::from_secs(60), || async {
+        proc.metric("fpaas_shuffler_watermark_seq", "").await >= last_seq as f64
+            && stream_len(&js, "FIREHOSE").await == Some(want_len)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the cursor passes every hostile frame and the stream holds {want_len} events: {e}; stream has {:?}",
+            futures::executor::block_on(stream_len(&js, "FIREHOSE"))
+        )
+    });
+    assert!(proc.is_running(), "the shuffler is still up");
+    let rss = peak_rss_mb(proc.child.id());
+    assert!(rss < 200.0, "peak RSS {rss:.0} MB");
+    eprintln!("hostile suite: shuffler peak RSS {rss:.1} MB");
+
+    // Every drop counted under its own label.
+    let page = proc.get("/metrics").await.expect("metrics").1;
+    for (label, count) in &want_drops {
+        let got = prom_value(
+            &page,
+            "fpaas_shuffler_drops_total",
+            &format!("reason=\"{label}\""),
+        );
+        assert_eq!(got, *count, "drops labelled {label}");
+    }
+
+    // Every good event exactly once, byte for byte the golden JSON (seq renumbered); the accepted hostile events
+    // with their subjects; every event parseable by serde_json with its default depth limit.
+    let stored = read_stream(&js, "FIREHOSE").await;
+    let mut ids = std::collections::BTreeSet::new();
+    assert!(
+        stored.iter().all(|s| ids.insert(s.msg_id.clone())),
+        "unique msg ids"
+    );
+    let mut got_good = Vec::new();
+    let mut got_subjects = Vec::new();
+    for s in &stored {
+        let v: serde_json::Value = serde_json::from_slice(&s.payload).expect("event parses");
+        if let Some(i) = want_good.iter().position(|w| *w == v) {
+            got_good.push(want_good.swap_remove(i));
+        } else {
+            got_subjects.push(s.subject.clone());
+        }
+    }
+    assert!(
+        want_good.is_empty(),
+        "good events missing: {:?}",
+        &want_good[..want_good.len().min(2)]
+    );
+    got_subjects.sort();
+    accepted_subjects.sort();
+    assert_eq!(
+        got_subjects, accepted_subjects,
+        "the accepted hostile events"
+    );
 }

@@ -40,6 +40,9 @@ pub enum CarError {
     /// A section length is zero or smaller than its CID.
     #[error("invalid CAR block section length")]
     SectionLength,
+    /// More blocks than the caller allows ([`Car::parse_bytes_limited`]).
+    #[error("more than {0} blocks")]
+    TooManyBlocks(usize),
 }
 
 /// A parsed CAR v1 file. Cheap to clone (block bytes are shared).
@@ -94,8 +97,16 @@ impl Car {
         Car::parse_bytes(Bytes::copy_from_slice(bytes))
     }
 
-    /// Parses CAR bytes without copying; blocks are slices of `data`.
+    /// Parses CAR bytes without copying; blocks are slices of `data`. No bound on the block count (a whole
+    /// repository export can hold millions); for untrusted frames use [`Car::parse_bytes_limited`].
     pub fn parse_bytes(data: Bytes) -> Result<Car, CarError> {
+        Car::parse_bytes_limited(data, usize::MAX)
+    }
+
+    /// Like [`Car::parse_bytes`], but fails with [`CarError::TooManyBlocks`] as soon as the CAR holds more than
+    /// `max_blocks` blocks: each block costs an index entry (~100 bytes) however small its section, so the
+    /// count, not the byte size, is what bounds the memory of a parse.
+    pub fn parse_bytes_limited(data: Bytes, max_blocks: usize) -> Result<Car, CarError> {
         let total = data.len();
         let (header_len, rest) = read_varint(&data, "header length")?;
         let header_bytes = rest
@@ -122,6 +133,9 @@ impl Car {
             let end = total - after_len.len() + section.len();
             if section.is_empty() || start > end {
                 return Err(CarError::SectionLength);
+            }
+            if blocks.len() >= max_blocks {
+                return Err(CarError::TooManyBlocks(max_blocks));
             }
             blocks.push((cid, start..end));
             rest = after_len

@@ -4,7 +4,7 @@
 //! padding>"}`, blobs stay plain maps. Floats are not part of the data model and are rejected in
 //! both directions (an integral JSON number like `123.0` is read as the integer `123`).
 //! [`json_to_cbor`] also enforces the data model's object rules (`$type`, `$link`, `$bytes`, blob
-//! shape); [`cbor_to_json`] is lenient about those so real-world records pass through unchanged.
+//! shape); [`cbor_to_json`] applies the strict DAG-CBOR rules of [`crate::cbor_json`].
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,8 @@ use multihash::Multihash;
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
+use crate::cbor_json::{JsonLimits, RecordError, record_to_json_string};
+
 /// Multicodec code for DAG-CBOR.
 pub const DAG_CBOR: u64 = 0x71;
 /// Multicodec code for raw bytes (blob CIDs).
@@ -23,10 +25,9 @@ pub const RAW: u64 = 0x55;
 /// Multihash code for sha2-256.
 pub const SHA2_256: u64 = 0x12;
 
-/// Maximum nesting depth accepted when converting JSON (CBOR depth is bounded by the decoder).
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting accepted in either direction (see [`crate::cbor_json::MAX_RECORD_DEPTH`]).
+pub use crate::cbor_json::MAX_RECORD_DEPTH as MAX_DEPTH;
 
-const B64_ENCODE: GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
 const B64_DECODE: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
@@ -35,9 +36,9 @@ const B64_DECODE: GeneralPurpose = GeneralPurpose::new(
 /// Why a value is not valid in the ATProto data model.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    /// The bytes are not valid (strict) DAG-CBOR.
-    #[error("invalid DAG-CBOR")]
-    Decode(#[source] serde_ipld_dagcbor::DecodeError<std::convert::Infallible>),
+    /// The bytes are not an acceptable DAG-CBOR record (strict DAG-CBOR, data model, bounds).
+    #[error("invalid record: {0}")]
+    Record(#[source] RecordError),
     /// Encoding to DAG-CBOR failed.
     #[error("DAG-CBOR encoding failed: {0}")]
     Encode(String),
@@ -80,168 +81,15 @@ pub fn cid_with_codec(codec: u64, bytes: &[u8]) -> Cid {
     Cid::new_v1(codec, hash)
 }
 
-/// Decodes one DAG-CBOR value into its ATProto JSON form.
+/// Decodes one DAG-CBOR record block into its ATProto JSON form, with the strict rules and bounds of
+/// [`crate::cbor_json`] (top level must be a map; at most [`JsonLimits::default`] bytes of JSON).
 ///
-/// Decodes straight into [`serde_json::Value`] (no intermediate IPLD tree): records are decoded
-/// on the hot path, once per create/update op.
+/// # Errors
+/// [`DataError::Record`] with the stable reason.
 pub fn cbor_to_json(cbor: &[u8]) -> Result<Value, DataError> {
-    match serde_ipld_dagcbor::from_slice::<JsonValue>(cbor) {
-        Ok(JsonValue(v)) => Ok(v),
-        Err(serde_ipld_dagcbor::DecodeError::Msg(m)) if m == FLOAT_MSG => Err(DataError::Float),
-        Err(serde_ipld_dagcbor::DecodeError::Msg(m)) if m == INT_RANGE_MSG => {
-            Err(DataError::IntegerRange)
-        }
-        Err(e) => Err(DataError::Decode(e)),
-    }
-}
-
-const FLOAT_MSG: &str = "floats are not allowed in the ATProto data model";
-const INT_RANGE_MSG: &str = "integer out of 64-bit range";
-
-/// A JSON value deserialized from DAG-CBOR with the ATProto `$link` / `$bytes` mapping.
-struct JsonValue(Value);
-
-impl<'de> serde::Deserialize<'de> for JsonValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(JsonVisitor).map(JsonValue)
-    }
-}
-
-fn bytes_json(b: &[u8]) -> Value {
-    let mut m = Map::new();
-    m.insert("$bytes".to_owned(), Value::String(B64_ENCODE.encode(b)));
-    Value::Object(m)
-}
-
-struct JsonVisitor;
-
-impl<'de> serde::de::Visitor<'de> for JsonVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an ATProto data model value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Value, E> {
-        if let Ok(v) = i64::try_from(v) {
-            Ok(Value::Number(v.into()))
-        } else if let Ok(v) = u64::try_from(v) {
-            Ok(Value::Number(v.into()))
-        } else {
-            Err(E::custom(INT_RANGE_MSG))
-        }
-    }
-    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Value, E> {
-        u64::try_from(v)
-            .map(|v| Value::Number(v.into()))
-            .map_err(|_| E::custom(INT_RANGE_MSG))
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Value, E> {
-        Err(E::custom(FLOAT_MSG))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
-        Ok(bytes_json(v))
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(JsonVisitor)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        // Bounded pre-allocation: the length prefix is untrusted.
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(JsonValue(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some((k, JsonValue(v))) = map.next_entry::<String, JsonValue>()? {
-            out.insert(k, v);
-        }
-        Ok(Value::Object(out))
-    }
-    /// serde_ipld_dagcbor presents a CID (tag 42) as a newtype struct wrapping its bytes.
-    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        let cid = d.deserialize_bytes(CidBytesVisitor)?;
-        let mut m = Map::new();
-        m.insert("$link".to_owned(), Value::String(cid.to_string()));
-        Ok(Value::Object(m))
-    }
-}
-
-struct CidBytesVisitor;
-
-impl<'de> serde::de::Visitor<'de> for CidBytesVisitor {
-    type Value = Cid;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CID bytes")
-    }
-    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Cid, E> {
-        Cid::try_from(v).map_err(|e| E::custom(format!("invalid CID: {e}")))
-    }
-}
-
-/// Converts a decoded IPLD value to ATProto JSON (see the module docs for the rules).
-pub fn ipld_to_json(ipld: Ipld) -> Result<Value, DataError> {
-    Ok(match ipld {
-        Ipld::Null => Value::Null,
-        Ipld::Bool(b) => Value::Bool(b),
-        Ipld::Integer(i) => {
-            if let Ok(v) = i64::try_from(i) {
-                Value::Number(Number::from(v))
-            } else if let Ok(v) = u64::try_from(i) {
-                Value::Number(Number::from(v))
-            } else {
-                return Err(DataError::IntegerRange);
-            }
-        }
-        Ipld::Float(_) => return Err(DataError::Float),
-        Ipld::String(s) => Value::String(s),
-        Ipld::Bytes(b) => {
-            let mut m = Map::with_capacity(1);
-            m.insert("$bytes".to_owned(), Value::String(B64_ENCODE.encode(b)));
-            Value::Object(m)
-        }
-        Ipld::List(items) => Value::Array(
-            items
-                .into_iter()
-                .map(ipld_to_json)
-                .collect::<Result<_, _>>()?,
-        ),
-        Ipld::Map(map) => {
-            let mut m = Map::with_capacity(map.len());
-            for (k, v) in map {
-                m.insert(k, ipld_to_json(v)?);
-            }
-            Value::Object(m)
-        }
-        Ipld::Link(cid) => {
-            let mut m = Map::with_capacity(1);
-            m.insert("$link".to_owned(), Value::String(cid.to_string()));
-            Value::Object(m)
-        }
-    })
+    let text = record_to_json_string(cbor, JsonLimits::default()).map_err(DataError::Record)?;
+    // Our own output: valid JSON no deeper than MAX_RECORD_DEPTH (< serde_json's limit).
+    serde_json::from_str(&text).map_err(|e| DataError::Encode(e.to_string()))
 }
 
 /// Encodes an ATProto JSON value as canonical DAG-CBOR, validating it against the data model
@@ -261,15 +109,16 @@ pub fn json_to_ipld(json: &Value) -> Result<Ipld, DataError> {
     if !json.is_object() {
         return Err(DataError::NotAnObject);
     }
-    to_ipld(json, 0)
+    to_ipld(json, 1)
 }
 
 fn number_to_ipld(n: &Number) -> Result<Ipld, DataError> {
     if let Some(i) = n.as_i64() {
         return Ok(Ipld::Integer(i128::from(i)));
     }
-    if let Some(u) = n.as_u64() {
-        return Ok(Ipld::Integer(i128::from(u)));
+    if n.as_u64().is_some() {
+        // Above i64::MAX: outside the data model's signed 64-bit integers.
+        return Err(DataError::IntegerRange);
     }
     // An integral float within the exactly-representable range is accepted as an integer.
     const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
@@ -364,7 +213,22 @@ mod tests {
     #[test]
     fn floats_rejected_in_cbor() {
         let cbor = serde_ipld_dagcbor::to_vec(&Ipld::Float(1.5)).expect("encode");
-        assert!(matches!(cbor_to_json(&cbor), Err(DataError::Float)));
+        assert!(matches!(
+            cbor_to_json(&cbor),
+            Err(DataError::Record(RecordError {
+                kind: crate::cbor_json::RecordErrorKind::NotAnObject,
+                ..
+            }))
+        ));
+        let map = Ipld::Map(BTreeMap::from([("f".to_owned(), Ipld::Float(1.5))]));
+        let cbor = serde_ipld_dagcbor::to_vec(&map).expect("encode");
+        assert!(matches!(
+            cbor_to_json(&cbor),
+            Err(DataError::Record(RecordError {
+                kind: crate::cbor_json::RecordErrorKind::Float,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -13,11 +13,13 @@ use cid::Cid;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 
-use crate::car::{Car, verify_block};
+use crate::car::{Car, CarError, verify_block};
+use crate::cbor_json::{JsonLimits, RecordErrorKind, record_to_json_string};
 use crate::limits::{
-    MAX_BLOCKS_BYTES, MAX_FRAME_BYTES, MAX_OPS_PER_COMMIT, MAX_RECORD_BYTES, MAX_SYNC_BLOCKS_BYTES,
+    MAX_BLOCKS_BYTES, MAX_CAR_BLOCKS, MAX_FRAME_BYTES, MAX_OPS_PER_COMMIT, MAX_RECORD_BYTES,
+    MAX_SYNC_BLOCKS_BYTES, MAX_TIME_LEN,
 };
-use crate::syntax::{Did, Handle, Nsid, RecordKey, Tid};
+use crate::syntax::{Did, Handle, Nsid, RecordKey, Tid, is_datetime};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -51,13 +53,23 @@ pub enum FrameErrorKind {
     CidMismatch,
     /// A record block exceeds [`MAX_RECORD_BYTES`].
     RecordTooLarge,
-    /// A record block is not valid data-model DAG-CBOR.
-    BadRecord,
+    /// A record block is not acceptable data-model DAG-CBOR; the inner kind says why.
+    Record(RecordErrorKind),
+    /// `seq` is negative.
+    BadSeq,
+    /// `time` is not an ATProto datetime (RFC 3339 with `T`, seconds and a time zone).
+    BadTime,
+    /// A create/update op's CID is not a CIDv1 of a DAG-CBOR block with sha2-256 (e.g. a raw-codec CID).
+    BadOpCid,
+    /// Two ops of one commit name the same path.
+    DuplicateOpPath,
+    /// The `blocks` CAR holds more than [`MAX_CAR_BLOCKS`] blocks.
+    TooManyBlocks,
 }
 
 impl FrameErrorKind {
     /// Every kind, for pre-registering metric labels.
-    pub const ALL: [FrameErrorKind; 14] = [
+    pub const ALL: [FrameErrorKind; 34] = [
         Self::FrameTooLarge,
         Self::BadHeader,
         Self::BadBody,
@@ -71,7 +83,27 @@ impl FrameErrorKind {
         Self::MissingBlock,
         Self::CidMismatch,
         Self::RecordTooLarge,
-        Self::BadRecord,
+        Self::BadSeq,
+        Self::BadTime,
+        Self::BadOpCid,
+        Self::DuplicateOpPath,
+        Self::TooManyBlocks,
+        Self::Record(RecordErrorKind::NotAnObject),
+        Self::Record(RecordErrorKind::Float),
+        Self::Record(RecordErrorKind::IntegerRange),
+        Self::Record(RecordErrorKind::TooDeep),
+        Self::Record(RecordErrorKind::ReservedKey),
+        Self::Record(RecordErrorKind::BadLink),
+        Self::Record(RecordErrorKind::UnknownTag),
+        Self::Record(RecordErrorKind::NonCanonical),
+        Self::Record(RecordErrorKind::DuplicateKey),
+        Self::Record(RecordErrorKind::NonStringKey),
+        Self::Record(RecordErrorKind::IndefiniteLength),
+        Self::Record(RecordErrorKind::InvalidUtf8),
+        Self::Record(RecordErrorKind::BadSimpleValue),
+        Self::Record(RecordErrorKind::Truncated),
+        Self::Record(RecordErrorKind::TrailingBytes),
+        Self::Record(RecordErrorKind::JsonTooLarge),
     ];
 
     /// Stable snake_case label, e.g. `"cid_mismatch"`.
@@ -90,7 +122,12 @@ impl FrameErrorKind {
             Self::MissingBlock => "missing_block",
             Self::CidMismatch => "cid_mismatch",
             Self::RecordTooLarge => "record_too_large",
-            Self::BadRecord => "bad_record",
+            Self::Record(kind) => kind.as_str(),
+            Self::BadSeq => "bad_seq",
+            Self::BadTime => "bad_time",
+            Self::BadOpCid => "bad_op_cid",
+            Self::DuplicateOpPath => "duplicate_op_path",
+            Self::TooManyBlocks => "too_many_blocks",
         }
     }
 }
@@ -212,7 +249,7 @@ pub struct Commit {
     pub blocks: Car,
     /// Root of the MST before this commit (sync 1.1).
     pub prev_data: Option<Cid>,
-    /// When the relay/PDS emitted it (RFC 3339), unvalidated.
+    /// When the relay/PDS emitted it (an ATProto datetime, validated).
     pub time: String,
     /// Legacy: the commit was too big to include blocks.
     pub too_big: bool,
@@ -286,11 +323,11 @@ pub struct SyncMsg {
     pub seq: i64,
     /// The account DID.
     pub did: Did,
-    /// Revision of the commit.
-    pub rev: String,
+    /// Revision of the commit (a TID).
+    pub rev: Tid,
     /// CAR with the commit block.
     pub blocks: Car,
-    /// Emission time (RFC 3339), unvalidated.
+    /// Emission time (an ATProto datetime, validated).
     pub time: String,
 }
 
@@ -301,7 +338,7 @@ pub struct IdentityMsg {
     pub seq: i64,
     /// The account DID.
     pub did: Did,
-    /// Emission time (RFC 3339), unvalidated.
+    /// Emission time (an ATProto datetime, validated).
     pub time: String,
     /// The current handle, if given and syntactically valid (an invalid handle is dropped, not
     /// an error: the event's meaning — "re-resolve this DID" — does not depend on it).
@@ -315,12 +352,60 @@ pub struct AccountMsg {
     pub seq: i64,
     /// The account DID.
     pub did: Did,
-    /// Emission time (RFC 3339), unvalidated.
+    /// Emission time (an ATProto datetime, validated).
     pub time: String,
     /// Whether the account is active.
     pub active: bool,
-    /// Why not active: `takendown`, `suspended`, `deleted`, `deactivated`, … (open set).
-    pub status: Option<String>,
+    /// Why not active. The wire value is free text; it is mapped onto the known statuses, anything else is
+    /// [`AccountStatus::Other`] (so no relay-supplied text reaches a subject or a metric label).
+    pub status: Option<AccountStatus>,
+}
+
+/// The hosting status of an `#account` message (`com.atproto.sync.subscribeRepos#account`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccountStatus {
+    /// `takendown`
+    Takendown,
+    /// `suspended`
+    Suspended,
+    /// `deleted`
+    Deleted,
+    /// `deactivated`
+    Deactivated,
+    /// `desynchronized`
+    Desynchronized,
+    /// `throttled`
+    Throttled,
+    /// Any other value (the lexicon's set is open).
+    Other,
+}
+
+impl AccountStatus {
+    /// Maps the wire value; unknown values are [`AccountStatus::Other`].
+    pub fn parse(s: &str) -> AccountStatus {
+        match s {
+            "takendown" => Self::Takendown,
+            "suspended" => Self::Suspended,
+            "deleted" => Self::Deleted,
+            "deactivated" => Self::Deactivated,
+            "desynchronized" => Self::Desynchronized,
+            "throttled" => Self::Throttled,
+            _ => Self::Other,
+        }
+    }
+
+    /// The lowercase name (`"other"` for unknown values).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Takendown => "takendown",
+            Self::Suspended => "suspended",
+            Self::Deleted => "deleted",
+            Self::Deactivated => "deactivated",
+            Self::Desynchronized => "desynchronized",
+            Self::Throttled => "throttled",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// An `#info` message.
@@ -545,20 +630,20 @@ fn decode(bytes: &[u8], source: Source<'_>) -> Result<Frame, FrameError> {
         (1, Some("#identity")) => {
             let b: IdentityBody<'_> = body!(de)?;
             Ok(Frame::Identity(IdentityMsg {
-                seq: b.seq,
+                seq: check_seq(b.seq)?,
                 did: parse_did(b.did)?,
-                time: b.time.to_owned(),
+                time: check_time(b.time)?,
                 handle: b.handle.and_then(|h| Handle::parse(h).ok()),
             }))
         }
         (1, Some("#account")) => {
             let b: AccountBody<'_> = body!(de)?;
             Ok(Frame::Account(AccountMsg {
-                seq: b.seq,
+                seq: check_seq(b.seq)?,
                 did: parse_did(b.did)?,
-                time: b.time.to_owned(),
+                time: check_time(b.time)?,
                 active: b.active,
-                status: b.status.map(str::to_owned),
+                status: b.status.map(AccountStatus::parse),
             }))
         }
         (1, Some("#info")) => {
@@ -586,6 +671,35 @@ fn parse_did(s: &str) -> Result<Did, FrameError> {
     Did::parse(s).map_err(|e| FrameError::with_source(FrameErrorKind::BadDid, e))
 }
 
+fn check_seq(seq: i64) -> Result<i64, FrameError> {
+    if seq < 0 {
+        return Err(FrameError::with_source(
+            FrameErrorKind::BadSeq,
+            format!("negative seq {seq}"),
+        ));
+    }
+    Ok(seq)
+}
+
+/// The `time` field: an ATProto datetime. It reaches event JSON, dedup ids and logs, so nothing else passes.
+fn check_time(time: &str) -> Result<String, FrameError> {
+    if time.len() > MAX_TIME_LEN || !is_datetime(time) {
+        let shown: String = time.chars().take(MAX_TIME_LEN).collect();
+        return Err(FrameError::with_source(
+            FrameErrorKind::BadTime,
+            format!("not a datetime: {shown:?}"),
+        ));
+    }
+    Ok(time.to_owned())
+}
+
+fn parse_car(blocks: Bytes) -> Result<Car, FrameError> {
+    Car::parse_bytes_limited(blocks, MAX_CAR_BLOCKS).map_err(|e| match e {
+        CarError::TooManyBlocks(_) => FrameError::with_source(FrameErrorKind::TooManyBlocks, e),
+        e => FrameError::with_source(FrameErrorKind::BadCar, e),
+    })
+}
+
 fn decode_commit(b: CommitBody<'_>, source: Source<'_>) -> Result<Commit, FrameError> {
     if b.ops.total > MAX_OPS_PER_COMMIT {
         return Err(FrameError::with_source(
@@ -599,18 +713,20 @@ fn decode_commit(b: CommitBody<'_>, source: Source<'_>) -> Result<Commit, FrameE
             format!("{} bytes > {MAX_BLOCKS_BYTES}", b.blocks.len()),
         ));
     }
+    let seq = check_seq(b.seq)?;
     let repo = parse_did(b.repo)?;
     let rev = Tid::parse(b.rev).map_err(|e| FrameError::with_source(FrameErrorKind::BadRev, e))?;
+    let time = check_time(b.time)?;
     let ops = b
         .ops
         .ops
         .into_iter()
         .map(convert_op)
         .collect::<Result<Vec<_>, _>>()?;
-    let blocks = Car::parse_bytes(source.blocks(b.blocks))
-        .map_err(|e| FrameError::with_source(FrameErrorKind::BadCar, e))?;
+    check_unique_paths(&ops)?;
+    let blocks = parse_car(source.blocks(b.blocks))?;
     Ok(Commit {
-        seq: b.seq,
+        seq,
         repo,
         rev,
         since: b.since.map(str::to_owned),
@@ -618,7 +734,7 @@ fn decode_commit(b: CommitBody<'_>, source: Source<'_>) -> Result<Commit, FrameE
         ops,
         blocks,
         prev_data: b.prev_data,
-        time: b.time.to_owned(),
+        time,
         too_big: b.too_big,
         rebase: b.rebase,
     })
@@ -631,11 +747,23 @@ fn convert_op(op: WireOp<'_>) -> Result<RepoOp, FrameError> {
             format!("unknown action {:?}", op.action),
         )
     })?;
-    if action != Action::Delete && op.cid.is_none() {
-        return Err(FrameError::with_source(
-            FrameErrorKind::BadOp,
-            format!("{action} without cid"),
-        ));
+    if action != Action::Delete {
+        let Some(cid) = &op.cid else {
+            return Err(FrameError::with_source(
+                FrameErrorKind::BadOp,
+                format!("{action} without cid"),
+            ));
+        };
+        // A record is a DAG-CBOR block hashed with sha2-256; any other CID can never verify.
+        if cid.version() != cid::Version::V1
+            || cid.codec() != crate::data::DAG_CBOR
+            || cid.hash().code() != crate::data::SHA2_256
+        {
+            return Err(FrameError::with_source(
+                FrameErrorKind::BadOpCid,
+                format!("{action} cid {cid} is not a dag-cbor sha2-256 CIDv1"),
+            ));
+        }
     }
     let (collection, rkey) = op
         .path
@@ -654,6 +782,23 @@ fn convert_op(op: WireOp<'_>) -> Result<RepoOp, FrameError> {
     })
 }
 
+/// One op per path: a commit that creates, updates or deletes a path twice is not a valid MST change, and
+/// would give two events with one dedup id.
+fn check_unique_paths(ops: &[RepoOp]) -> Result<(), FrameError> {
+    let mut paths: Vec<(&str, &str)> = ops
+        .iter()
+        .map(|o| (o.collection.as_str(), o.rkey.as_str()))
+        .collect();
+    paths.sort_unstable();
+    match paths.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(FrameError::with_source(
+            FrameErrorKind::DuplicateOpPath,
+            format!("two ops on {}/{}", w[0].0, w[0].1),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn decode_sync(b: SyncBody<'_>, source: Source<'_>) -> Result<SyncMsg, FrameError> {
     if b.blocks.len() > MAX_SYNC_BLOCKS_BYTES {
         return Err(FrameError::with_source(
@@ -661,15 +806,17 @@ fn decode_sync(b: SyncBody<'_>, source: Source<'_>) -> Result<SyncMsg, FrameErro
             format!("{} bytes > {MAX_SYNC_BLOCKS_BYTES}", b.blocks.len()),
         ));
     }
+    let seq = check_seq(b.seq)?;
     let did = parse_did(b.did)?;
-    let blocks = Car::parse_bytes(source.blocks(b.blocks))
-        .map_err(|e| FrameError::with_source(FrameErrorKind::BadCar, e))?;
+    let rev = Tid::parse(b.rev).map_err(|e| FrameError::with_source(FrameErrorKind::BadRev, e))?;
+    let time = check_time(b.time)?;
+    let blocks = parse_car(source.blocks(b.blocks))?;
     Ok(SyncMsg {
-        seq: b.seq,
+        seq,
         did,
-        rev: b.rev.to_owned(),
+        rev,
         blocks,
-        time: b.time.to_owned(),
+        time,
     })
 }
 
@@ -698,15 +845,37 @@ impl Commit {
         Ok(Some(block))
     }
 
-    /// The record of a create/update op as ATProto JSON, after checking its block hashes to
-    /// `op.cid`. `Ok(None)` for a delete. Errors: missing block, CID mismatch, record too large,
-    /// bad CBOR.
-    pub fn record_json(&self, op: &RepoOp) -> Result<Option<serde_json::Value>, FrameError> {
+    /// The record of a create/update op as ATProto JSON text, after checking its block hashes to `op.cid`,
+    /// converted by the strict, bounded [`crate::cbor_json`] (at most `limits.max_json_bytes` of JSON).
+    /// `Ok(None)` for a delete.
+    ///
+    /// # Errors
+    /// Missing block, CID mismatch, record too large, or [`FrameErrorKind::Record`] with the reason.
+    pub fn record_json_string(
+        &self,
+        op: &RepoOp,
+        limits: JsonLimits,
+    ) -> Result<Option<String>, FrameError> {
         let Some(block) = self.record_block(op)? else {
             return Ok(None);
         };
-        crate::data::cbor_to_json(block)
+        record_to_json_string(block, limits)
             .map(Some)
-            .map_err(|e| FrameError::with_source(FrameErrorKind::BadRecord, e))
+            .map_err(|e| FrameError::with_source(FrameErrorKind::Record(e.kind), e))
+    }
+
+    /// [`Commit::record_json_string`] with the default limits, parsed into a [`serde_json::Value`] (for tools
+    /// and tests; the shuffler keeps the text).
+    ///
+    /// # Errors
+    /// As [`Commit::record_json_string`].
+    pub fn record_json(&self, op: &RepoOp) -> Result<Option<serde_json::Value>, FrameError> {
+        let Some(text) = self.record_json_string(op, JsonLimits::default())? else {
+            return Ok(None);
+        };
+        // Our own output: valid JSON within serde_json's depth limit.
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            FrameError::with_source(FrameErrorKind::Record(RecordErrorKind::NotAnObject), e)
+        })
     }
 }

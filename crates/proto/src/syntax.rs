@@ -251,6 +251,54 @@ fn check_tid(s: &str) -> Result<(), SyntaxError> {
     Ok(())
 }
 
+/// Whether `s` is an ATProto datetime: `YYYY-MM-DDTHH:MM:SS`, an optional `.` and 1–20 fraction digits,
+/// then `Z` or `±HH:MM` (not `-00:00`); uppercase `T` and `Z`, nothing before or after. This is the syntax
+/// check of the spec (the interop vectors `datetime_syntax_*`); a syntactically valid value can still name an
+/// impossible date, which `time_us` then reports as 0.
+pub fn is_datetime(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digit = |i: usize, max: u8| b.get(i).is_some_and(|c| (b'0'..=max).contains(c));
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let date_time = (0..4).all(|i| digit(i, b'9'))
+        && at(4, b'-')
+        && digit(5, b'1')
+        && digit(6, b'9')
+        && at(7, b'-')
+        && digit(8, b'3')
+        && digit(9, b'9')
+        && at(10, b'T')
+        && digit(11, b'2')
+        && digit(12, b'9')
+        && at(13, b':')
+        && digit(14, b'6')
+        && digit(15, b'9')
+        && at(16, b':')
+        && digit(17, b'6')
+        && digit(18, b'9');
+    if !date_time {
+        return false;
+    }
+    let mut i = 19;
+    if at(i, b'.') {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=20).contains(&digits) {
+            return false;
+        }
+        i += 1 + digits;
+    }
+    match &b[i..] {
+        [b'Z'] => true,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let tz_ok = (b'0'..=b'2').contains(h1)
+                && h2.is_ascii_digit()
+                && (b'0'..=b'5').contains(m1)
+                && m2.is_ascii_digit();
+            tz_ok && !(*sign == b'-' && [*h1, *h2, *m1, *m2] == *b"0000")
+        }
+        _ => false,
+    }
+}
+
 impl Tid {
     fn value(&self) -> u64 {
         self.0

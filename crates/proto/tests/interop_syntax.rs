@@ -4,7 +4,9 @@
 
 mod common;
 
-use fpaas_proto::syntax::{AtUri, Did, Handle, Nsid, RecordKey, Tid, is_valid_cid_string};
+use fpaas_proto::syntax::{
+    AtUri, Did, Handle, Nsid, RecordKey, Tid, is_datetime, is_valid_cid_string,
+};
 
 fn lines(name: &str) -> Vec<String> {
     let path = common::testdata(&format!("interop/syntax/{name}"));
@@ -62,4 +64,9 @@ fn at_uri() {
 #[test]
 fn cid() {
     check("cid", is_valid_cid_string);
+}
+
+#[test]
+fn datetime() {
+    check("datetime", is_datetime);
 }

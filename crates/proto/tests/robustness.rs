@@ -383,14 +383,14 @@ fn other_frame_kinds() {
         map(&[
             ("seq", Ipld::Integer(9)),
             ("did", s("did:plc:abc")),
-            ("time", s("t")),
+            ("time", s("2026-01-01T00:00:00.000Z")),
             ("active", Ipld::Bool(false)),
             ("status", s("takendown")),
         ]),
     );
     match decode_frame(&account).expect("account") {
         Frame::Account(a) => assert_eq!(
-            (a.seq, a.active, a.status.as_deref()),
+            (a.seq, a.active, a.status.map(|s| s.as_str())),
             (9, false, Some("takendown"))
         ),
         other => panic!("{other:?}"),

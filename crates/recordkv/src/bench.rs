@@ -113,7 +113,7 @@ fn event(i: usize, options: &BenchOptions) -> Event {
             operation: Operation::Create,
             collection: collection.into(),
             rkey,
-            record: Some(record),
+            record: Some(fpaas_event::model::RecordJson::from_value(&record)),
             cid: Some("bafyreiabcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrs".into()),
         }),
         identity: None,

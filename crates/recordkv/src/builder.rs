@@ -511,6 +511,9 @@ fn classify_event(event: Event) -> Item {
                     let (Some(record), Some(cid)) = (commit.record, commit.cid) else {
                         return Item::Drop("missing_record");
                     };
+                    let Ok(record) = record.to_value() else {
+                        return Item::Drop("bad_record");
+                    };
                     let value = RecordValue {
                         uri: key.at_uri(),
                         did: event.did.clone(),

@@ -53,7 +53,9 @@ fn commit(t: u64, op: Operation, collection: &str, rkey: &str) -> (Event, bool) 
             collection: collection.into(),
             rkey: rkey.into(),
             cid: record.as_ref().map(|_| format!("bafyrei{t}")),
-            record,
+            record: record
+                .as_ref()
+                .map(fpaas_event::model::RecordJson::from_value),
         }),
         identity: None,
         account: None,

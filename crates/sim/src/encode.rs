@@ -450,7 +450,7 @@ mod tests {
             &IdentityBody {
                 seq: 1,
                 did: "did:plc:x",
-                time: "t",
+                time: "2026-01-01T00:00:00.000Z",
                 handle: None,
             },
         )

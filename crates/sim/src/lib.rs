@@ -6,11 +6,13 @@
 //! - [`generate`]: the deterministic generator and the ground truth ([`TruthEvent`]).
 //! - [`encode`]: DAG-CBOR / CAR / frame encoding, independent of our decoder.
 //! - [`records`]: the lexicon records the generator emits.
+//! - [`hostile`]: the hostile suite (`testdata/hostile/`): frames built to stop, bloat or fool a consumer.
 //! - [`server`]: the WebSocket server ([`serve`], [`Sim`]) with cursor replay, backpressure and faults.
 
 pub mod capture;
 pub mod encode;
 pub mod generate;
+pub mod hostile;
 pub mod records;
 pub mod server;
 pub mod tid;

@@ -16,6 +16,8 @@ pub struct Stored {
     pub key: String,
     /// Subject.
     pub subject: String,
+    /// The message payload (the event JSON).
+    pub payload: Vec<u8>,
 }
 
 /// Size of a soak or measurement run: `FPAAS_SOAK_EVENTS` when set to a number, else `default`.
@@ -129,6 +131,7 @@ pub async fn read_stream(js: &async_nats::jetstream::Context, stream: &str) -> V
             msg_id,
             key: event_key(&ev),
             subject: msg.subject.to_string(),
+            payload: msg.payload.to_vec(),
         });
     }
     out

@@ -166,7 +166,9 @@ impl Gen {
             operation: op,
             collection: collection.into(),
             rkey,
-            record,
+            record: record
+                .as_ref()
+                .map(fpaas_event::model::RecordJson::from_value),
             cid,
         });
         e
@@ -397,7 +399,7 @@ impl Model {
                                         rkey: c.rkey.clone(),
                                         cid: c.cid.clone().unwrap(),
                                         rev: c.rev.clone(),
-                                        record: c.record.clone().unwrap(),
+                                        record: c.record.as_ref().unwrap().to_value().unwrap(),
                                         seq: event.seq,
                                         time_us: event.time_us,
                                     }),
