@@ -41,10 +41,17 @@ fn bench_ingest_json_has_positive_figures() {
         "raw_publish_events_per_s",
         "ratio_vs_baseline",
         "rss_mb",
+        "small_events_per_s",
+        "small_ratio_vs_baseline",
     ] {
         positive(&v, key);
     }
     assert!(v["events"].as_u64().expect("events") >= 3000, "{v}");
+    // Realistic frames are the size of real relay frames (the corpus: mean ~5.4 kB), small ones ~1.3 kB.
+    let realistic = positive(&v, "mean_frame_bytes");
+    let small = positive(&v, "small_mean_frame_bytes");
+    assert!((4_000.0..7_000.0).contains(&realistic), "{v}");
+    assert!(small < realistic / 2.0, "{v}");
     assert!(
         v.get("python_events_per_s").is_none(),
         "python skipped: {v}"
@@ -86,6 +93,17 @@ fn bench_decode_json_has_positive_figures() {
     positive(&v, "decode_frames_per_s");
     assert_eq!(v["corpus_frames"], 150, "{v}");
     assert_eq!(v["corpus_decode_errors"], 0, "{v}");
+    // The hostile suite's worst memory per input byte, measured on child processes.
+    assert!(v["hostile_cases"].as_u64().unwrap_or(0) >= 25, "{v}");
+    let per_byte = v["hostile_worst_peak_bytes_per_input_byte"]
+        .as_f64()
+        .expect("per byte");
+    // Before the budgets a 1 MB record took ~725 MB (725 bytes per input byte).
+    assert!(
+        per_byte < 200.0,
+        "worst peak bytes per input byte {per_byte}: {v}"
+    );
+    positive(&v, "hostile_worst_peak_rss_mb");
 }
 
 #[test]

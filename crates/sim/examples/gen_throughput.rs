@@ -1,5 +1,5 @@
 //! Measures generate+encode throughput of the simulator's generator (run with `--release`):
-//! `cargo run --release -p fpaas-sim --example gen_throughput -- [EVENTS]`.
+//! `cargo run --release -p fpaas-sim --example gen_throughput -- [EVENTS] [small]`.
 
 use std::time::Instant;
 
@@ -10,7 +10,8 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(200_000);
-    let mut g = Generator::new(1, 5_000, 1, FaultConfig::default());
+    let small = std::env::args().nth(2).is_some_and(|a| a == "small");
+    let mut g = Generator::new(1, 5_000, 1, FaultConfig::default()).with_small_frames(small);
     let t0 = Instant::now();
     let mut bytes = 0usize;
     for _ in 0..n {

@@ -218,6 +218,30 @@ struct MstNode<'a> {
     e: Vec<MstEntry<'a>>,
 }
 
+/// Builds an MST node with a left subtree link and entries `(key, value cid, right subtree)`, keys sorted and
+/// prefix-compressed. Like [`mst_node`], a node of realistic shape and size, not part of a verifiable tree.
+pub fn mst_inner_node(
+    left: Option<Cid>,
+    entries: &mut Vec<(String, Cid, Option<Cid>)>,
+) -> Result<Block, EncodeError> {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let mut prev: &[u8] = &[];
+    let mut e = Vec::with_capacity(entries.len());
+    for (key, cid, subtree) in entries.iter() {
+        let key = key.as_bytes();
+        let p = prev.iter().zip(key).take_while(|(a, b)| a == b).count();
+        e.push(MstEntry {
+            p: p as u64,
+            k: ByteStr(&key[p..]),
+            v: *cid,
+            t: *subtree,
+        });
+        prev = key;
+    }
+    Block::encode(&MstNode { l: left, e })
+}
+
 /// Builds a single MST node holding `entries` (`(key, value cid)`, key = `collection/rkey`) with correct
 /// prefix compression. Keys are sorted and de-duplicated here. This is one leaf-like node, NOT a full,
 /// height-correct repository MST: enough for a structurally valid diff, not for proof verification.

@@ -169,6 +169,9 @@ struct Repo {
     profile: Option<Cid>,
     records: VecDeque<Record>,
     active: bool,
+    /// The repository's MST nodes above the leaf (built on first use in realistic mode; see
+    /// [`Generator::with_small_frames`]).
+    proof: Vec<Block>,
 }
 
 #[derive(Clone)]
@@ -188,6 +191,7 @@ pub struct Generator {
     recent_posts: VecDeque<PostRef>,
     faults: FaultConfig,
     rare_boost: u32,
+    small_frames: bool,
 }
 
 const WORDS: &[&str] = &[
@@ -267,7 +271,19 @@ impl Generator {
             recent_posts: VecDeque::with_capacity(RECENT_POSTS),
             faults,
             rare_boost: 1,
+            small_frames: false,
         }
+    }
+
+    /// Small frames: a commit's CAR holds only the commit, one MST node and the records (~1 kB per frame).
+    /// The default is realistic frames: each repository also has an MST proof path of 4–8 nodes (built once,
+    /// from an RNG seeded by its DID, so the event sequence is the same in both modes) and every commit carries
+    /// it under a fresh root node, which gives the size and block count of real relay frames (the committed
+    /// corpus: mean ~5.4 kB, ~10 blocks per commit). The nodes have the real shape (prefix-compressed keys,
+    /// value and subtree links) but do not form a verifiable tree; nothing on the firehose path walks them.
+    pub fn with_small_frames(mut self, small: bool) -> Self {
+        self.small_frames = small;
+        self
     }
 
     /// Multiplies the rates of identity, account and sync events (1 = realistic, the default). Short test
@@ -311,6 +327,7 @@ impl Generator {
             profile,
             records: VecDeque::new(),
             active: true,
+            proof: Vec::new(),
         }
     }
 
@@ -828,11 +845,35 @@ impl Generator {
         }
         let mst = encode::mst_node(&mut mst_entries)?;
         let rev = self.next_tid(r);
+        // Realistic frames: the repository's proof path under a fresh root that links to the new leaf.
+        let mut path: Vec<Block> = Vec::new();
+        if !self.small_frames {
+            if self.repos[r].proof.is_empty() {
+                self.repos[r].proof = proof_path(&did)?;
+            }
+            let proof = &self.repos[r].proof;
+            let mut entries = vec![(
+                format!("app.bsky.feed.like/{rev}"),
+                mst.cid,
+                proof.first().map(|b| b.cid),
+            )];
+            entries.extend(
+                proof
+                    .iter()
+                    .skip(1)
+                    .enumerate()
+                    .map(|(i, b)| (format!("app.bsky.graph.follow/{rev}{i}"), b.cid, None)),
+            );
+            path.push(encode::mst_inner_node(Some(mst.cid), &mut entries)?);
+            path.extend(proof.iter().cloned());
+        }
+        let data = path.first().map_or(mst.cid, |root| root.cid);
         let repo = &mut self.repos[r];
-        let commit = encode::commit_block(&did, &rev, mst.cid)?;
+        let commit = encode::commit_block(&did, &rev, data)?;
         let car = encode::car(
             &[commit.cid],
             std::iter::once(&commit)
+                .chain(path.iter())
                 .chain(std::iter::once(&mst))
                 .chain(blocks.iter()),
         )?;
@@ -852,7 +893,7 @@ impl Generator {
         }
         .encode_frame()?;
         repo.rev = Some(rev.clone());
-        repo.data = Some(mst.cid);
+        repo.data = Some(data);
         if !oversize {
             for rec in new_records {
                 if repo.records.len() >= MAX_RECORDS_PER_REPO {
@@ -876,9 +917,126 @@ impl Generator {
     }
 }
 
+/// A repository's MST nodes above its leaves: 4–8 nodes of 5–8 entries each (keys, record and subtree CIDs),
+/// deterministic per DID and drawn from their own RNG (so realistic and small frames share one event sequence).
+fn proof_path(did: &str) -> Result<Vec<Block>, EncodeError> {
+    let seed = did.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let collections = [
+        "app.bsky.feed.like",
+        "app.bsky.feed.post",
+        "app.bsky.feed.repost",
+        "app.bsky.graph.follow",
+    ];
+    let depth = rng.random_range(4..=8);
+    let mut nodes: Vec<Block> = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        let mut entries = Vec::with_capacity(10);
+        for _ in 0..rng.random_range(5..=8) {
+            let key = format!(
+                "{}/{}",
+                collections[rng.random_range(0..collections.len())],
+                crate::tid::tid(
+                    rng.random_range(1_600_000_000_000_000..1_800_000_000_000_000),
+                    0
+                )
+            );
+            let value = encode::cid_of(encode::DAG_CBOR, &rng.random::<[u8; 16]>())?;
+            let subtree = if rng.random_bool(0.4) {
+                Some(encode::cid_of(encode::DAG_CBOR, &rng.random::<[u8; 16]>())?)
+            } else {
+                None
+            };
+            entries.push((key, value, subtree));
+        }
+        let left = nodes.last().map(|b| b.cid);
+        nodes.push(encode::mst_inner_node(left, &mut entries)?);
+    }
+    nodes.reverse();
+    Ok(nodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn realistic_frames_carry_the_same_events_at_the_corpus_size() {
+        let mut real = Generator::new(5, 200, 1, FaultConfig::default());
+        let mut small = Generator::new(5, 200, 1, FaultConfig::default()).with_small_frames(true);
+        let (mut real_bytes, mut small_bytes, mut commits, mut blocks) =
+            (0usize, 0usize, 0usize, 0usize);
+        for _ in 0..2_000 {
+            let r = real.next_event().expect("real");
+            let s = small.next_event().expect("small");
+            assert_eq!(r.seq, s.seq);
+            assert_eq!(
+                format!("{:?}", r.truth),
+                format!("{:?}", s.truth),
+                "same events"
+            );
+            real_bytes += r.frames.iter().map(|f| f.len()).sum::<usize>();
+            small_bytes += s.frames.iter().map(|f| f.len()).sum::<usize>();
+            for f in &r.frames {
+                if let Ok(fpaas_frame) = decode_blocks_count(f) {
+                    commits += 1;
+                    blocks += fpaas_frame;
+                }
+            }
+        }
+        let (real_mean, small_mean) = (real_bytes / 2_000, small_bytes / 2_000);
+        // The committed relay corpus: mean 5,459 B per frame, ~10.5 blocks per commit.
+        assert!(
+            (4_500..6_500).contains(&real_mean),
+            "realistic mean frame {real_mean} B"
+        );
+        assert!(small_mean < 2_000, "small mean frame {small_mean} B");
+        let per_commit = blocks as f64 / commits as f64;
+        assert!(
+            (8.0..13.0).contains(&per_commit),
+            "{per_commit} blocks per commit"
+        );
+    }
+
+    /// Blocks in a `#commit` frame's CAR (counted from the section framing), or an error for other frames.
+    fn decode_blocks_count(frame: &[u8]) -> Result<usize, ()> {
+        use serde::Deserialize as _;
+        let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(frame);
+        let header = ipld_core::ipld::Ipld::deserialize(&mut de).map_err(|_| ())?;
+        let body = ipld_core::ipld::Ipld::deserialize(&mut de).map_err(|_| ())?;
+        let is_commit = matches!(&header, ipld_core::ipld::Ipld::Map(m)
+            if matches!(m.get("t"), Some(ipld_core::ipld::Ipld::String(t)) if t == "#commit"));
+        let ipld_core::ipld::Ipld::Map(body) = body else {
+            return Err(());
+        };
+        let Some(ipld_core::ipld::Ipld::Bytes(car)) = body.get("blocks").filter(|_| is_commit)
+        else {
+            return Err(());
+        };
+        let varint = |b: &[u8], mut i: usize| {
+            let (mut v, mut shift) = (0usize, 0);
+            loop {
+                let c = b[i];
+                i += 1;
+                v |= usize::from(c & 0x7f) << shift;
+                shift += 7;
+                if c < 0x80 {
+                    return (v, i);
+                }
+            }
+        };
+        let (header_len, mut i) = varint(car, 0);
+        i += header_len;
+        let mut n = 0;
+        while i < car.len() {
+            let (len, j) = varint(car, i);
+            i = j + len;
+            n += 1;
+        }
+        Ok(n)
+    }
 
     #[test]
     fn same_seed_same_frames_and_truth() {

@@ -67,6 +67,9 @@ pub struct SimConfig {
     /// Multiplies the rates of identity, account and sync events (1 = realistic). Tests use ~50 so that
     /// short runs contain them.
     pub rare_boost: u32,
+    /// Small frames (commit, one MST node, records: ~1 kB) instead of realistic ones (a per-repository MST
+    /// proof path as well: ~5.4 kB and ~10 blocks per commit, like real relay frames). Same events either way.
+    pub small_frames: bool,
     /// Keep the ground truth of every generated event in memory ([`Sim::truth`]). Turn off for long runs
     /// ([`serve`] always does).
     pub record_truth: bool,
@@ -84,6 +87,7 @@ impl Default for SimConfig {
             repos: 5_000,
             start_seq: 1,
             rare_boost: 1,
+            small_frames: false,
             record_truth: true,
         }
     }
@@ -252,7 +256,8 @@ impl Shared {
             },
             None => Source::Gen(Box::new(
                 Generator::new(cfg.seed, cfg.repos, cfg.start_seq, cfg.faults.clone())
-                    .with_rare_boost(cfg.rare_boost),
+                    .with_rare_boost(cfg.rare_boost)
+                    .with_small_frames(cfg.small_frames),
             )),
         };
         let (head_tx, _) = watch::channel(None);

@@ -1,5 +1,7 @@
 //! `fpaas bench decode`: decode the corpus frames in a loop on one core. Reports frames/s and MB/s for decoding
-//! alone and for the full path the shuffler runs per frame (decode, normalize, subject, dedup id, JSON).
+//! alone and for the full path the shuffler runs per frame (decode, normalize, subject, dedup id, JSON); and the
+//! worst peak memory per input byte over the hostile suite (`testdata/hostile/`), each file decoded by a child
+//! `fpaas decode` whose peak RSS the kernel reports (`wait4`), less that of decoding an empty capture.
 
 use super::{Report, r2};
 use anyhow::Context;
@@ -13,6 +15,76 @@ pub struct Args {
     /// Seconds per measured phase.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Folder of the hostile suite (every `*.bin.zst` but `mixed.bin.zst`); empty to skip.
+    #[arg(long, default_value = "testdata/hostile")]
+    hostile: std::path::PathBuf,
+}
+
+/// Peak RSS in bytes of `fpaas decode FILE` run as a child (the kernel's `ru_maxrss`).
+fn child_decode_peak_rss(file: &std::path::Path) -> anyhow::Result<u64> {
+    let exe = std::env::current_exe().context("own executable")?;
+    // Reaped with wait4 below: std's wait does not return the child's resource usage.
+    #[allow(clippy::zombie_processes)]
+    let child = std::process::Command::new(exe)
+        .arg("decode")
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("spawn fpaas decode")?;
+    let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+    let mut status = 0;
+    // SAFETY: wait4 on our own child with valid out-pointers; `usage` is plain data, fully written on success.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    anyhow::ensure!(r == pid, "wait4 failed");
+    anyhow::ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "fpaas decode {} failed",
+        file.display()
+    );
+    Ok(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+}
+
+/// Smallest hostile input whose memory per byte is meaningful.
+const MIN_INPUT_FOR_RATIO: u64 = 64 * 1024;
+
+/// (worst extra peak bytes per input byte, its case, worst peak RSS in bytes, cases) over the hostile suite.
+fn hostile_memory(dir: &std::path::Path) -> anyhow::Result<(f64, String, u64, u64)> {
+    let empty = std::env::temp_dir().join(format!("fpaas-bench-empty-{}.bin", std::process::id()));
+    fpaas_sim::capture::CaptureWriter::create(&empty)?.finish()?;
+    let baseline = child_decode_peak_rss(&empty);
+    let _ = std::fs::remove_file(&empty);
+    let baseline = baseline?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".bin.zst") && !p.ends_with("mixed.bin.zst"))
+        .collect();
+    files.sort();
+    let (mut worst, mut worst_case, mut worst_rss) = (0.0f64, String::new(), 0u64);
+    for file in &files {
+        let input: u64 = fpaas_sim::capture::read_capture(file)?
+            .iter()
+            .map(|f| f.len() as u64)
+            .sum();
+        let peak = child_decode_peak_rss(file)?;
+        worst_rss = worst_rss.max(peak);
+        // Below 64 KiB of input the allocator's noise (a few MB) dwarfs the input: those cases count for the
+        // peak RSS only.
+        if input < MIN_INPUT_FOR_RATIO {
+            continue;
+        }
+        let per_byte = peak.saturating_sub(baseline) as f64 / input as f64;
+        if per_byte >= worst {
+            worst = per_byte;
+            worst_case = file
+                .file_name()
+                .map(|n| n.to_string_lossy().trim_end_matches(".bin.zst").to_owned())
+                .unwrap_or_default();
+        }
+    }
+    Ok((worst, worst_case, worst_rss, files.len() as u64))
 }
 
 fn phase(frames: &[Vec<u8>], dur: Duration, full: bool) -> (u64, u64, u64, f64) {
@@ -64,5 +136,12 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
     r.add("mb_per_s", r2(fbytes as f64 / fsecs / 1e6));
     r.add("events_per_s", r2(fevents as f64 / fsecs));
     r.add("threads", 1u64);
+    if !args.hostile.as_os_str().is_empty() {
+        let (per_byte, case, rss, cases) = hostile_memory(&args.hostile)?;
+        r.add("hostile_cases", cases);
+        r.add("hostile_worst_peak_bytes_per_input_byte", r2(per_byte));
+        r.add("hostile_worst_case", case);
+        r.add("hostile_worst_peak_rss_mb", r2(rss as f64 / 1e6));
+    }
     Ok(r)
 }

@@ -13,7 +13,12 @@
 //! (`VmHWM`) is its own. Every rate is stream messages / (last − first stored message timestamp), taken from
 //! the server, polled until the stream holds the expected count. The stream is deleted between phases.
 //!
-//! Targets on the 2-core dev machine: ≥ 30,000 events/s, ≥ 50% of raw publish, shuffler RSS < 100 MB.
+//! Both phases run twice: on realistic frames (a per-repository MST proof path in every commit, ~5.4 kB like
+//! real relay frames — the headline figures) and on small frames (~1.3 kB, the `small_` figures), so the
+//! per-frame cost of decoding real-sized CARs shows.
+//!
+//! Targets on the 2-core dev machine: ≥ 30,000 events/s, ≥ 50% of raw publish with realistic frames, shuffler
+//! RSS < 100 MB.
 
 use super::natsd::{NatsChild, find_path, peak_rss_bytes, tail, wait_for_messages};
 use super::{Report, r2};
@@ -86,13 +91,16 @@ struct Workload {
     /// Commit-op events (what the Python baseline publishes).
     commit_events: u64,
     payload_bytes: u64,
+    frame_bytes: u64,
 }
 
-fn prepare(args: &Args, dir: &std::path::Path) -> anyhow::Result<Workload> {
-    let capture = dir.join("frames.bin");
+fn prepare(args: &Args, dir: &std::path::Path, small: bool) -> anyhow::Result<Workload> {
+    let capture = dir.join(if small { "small.bin" } else { "frames.bin" });
     let mut writer = fpaas_sim::CaptureWriter::create(&capture)?;
     let mut generator =
-        fpaas_sim::Generator::new(args.seed, 10_000, 1, fpaas_sim::FaultConfig::default());
+        fpaas_sim::Generator::new(args.seed, 10_000, 1, fpaas_sim::FaultConfig::default())
+            .with_small_frames(small);
+    let mut frame_bytes = 0u64;
     let mut msgs = Vec::new();
     let mut ids = HashSet::new();
     let (mut commit_events, mut payload_bytes) = (0u64, 0u64);
@@ -100,6 +108,7 @@ fn prepare(args: &Args, dir: &std::path::Path) -> anyhow::Result<Workload> {
         let generated = generator.next_event()?;
         for frame in &generated.frames {
             writer.write_frame(frame)?;
+            frame_bytes += frame.len() as u64;
             let Ok(decoded) = fpaas_proto::decode_frame(frame) else {
                 continue;
             };
@@ -131,6 +140,7 @@ fn prepare(args: &Args, dir: &std::path::Path) -> anyhow::Result<Workload> {
         msgs,
         commit_events,
         payload_bytes,
+        frame_bytes,
     })
 }
 
@@ -166,35 +176,33 @@ async fn raw_publish(
     Ok(())
 }
 
-pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let nats_bin = find_path(&args.nats_server);
-    let nats = NatsChild::start(&nats_bin, "bench-ingest").await?;
-    let work = {
-        let args_dir = nats.scratch_dir().to_path_buf();
-        let a = args.clone();
-        tokio::task::spawn_blocking(move || prepare(&a, &args_dir)).await??
-    };
-    anyhow::ensure!(work.distinct > 0, "the generated frames hold no events");
+/// The figures of phases 1 and 2 on one workload.
+struct Measured {
+    raw: super::natsd::StreamProgress,
+    shuf: super::natsd::StreamProgress,
+    rss: Option<u64>,
+}
+
+/// Phase 1 (raw publish of the prepared messages) and phase 2 (the shuffler child reading the simulator).
+async fn raw_and_shuffler(
+    args: &Args,
+    nats: &NatsChild,
+    js: &async_nats::jetstream::Context,
+    work: Workload,
+) -> anyhow::Result<Measured> {
     let expected = work.distinct;
     let timeout = Duration::from_secs(args.timeout_secs);
     let settle = Duration::from_millis(500);
-    let client = fpaas_bus::connect(&nats.url(), "fpaas-bench-ingest").await?;
-    let js = fpaas_bus::jetstream(client.clone(), args.acks_in_flight);
-    let mut report = Report::new("ingest");
-
-    // Phase 1: raw publish of the prepared messages.
-    fresh_stream(&js).await?;
-    let raw_msgs = work.msgs;
-    raw_publish(&js, raw_msgs, args.acks_in_flight).await?;
-    let raw = wait_for_messages(&js, STREAM, Some(expected), settle, timeout, || Ok(())).await?;
+    fresh_stream(js).await?;
+    raw_publish(js, work.msgs, args.acks_in_flight).await?;
+    let raw = wait_for_messages(js, STREAM, Some(expected), settle, timeout, || Ok(())).await?;
     tracing::info!(
         messages = raw.messages,
         rate = raw.rate(),
         "raw publish done"
     );
 
-    // Phase 2: the shuffler, a child process, reading the simulator.
-    fresh_stream(&js).await?;
+    fresh_stream(js).await?;
     let (sim, _) = fpaas_sim::Sim::start(fpaas_sim::SimConfig {
         replay: Some(work.capture.clone()),
         limit: Some(args.events),
@@ -223,7 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .context("starting the shuffler child")?;
     let pid = shuffler.id().context("shuffler pid")?;
     let measured = wait_for_messages(
-        &js,
+        js,
         STREAM,
         Some(expected),
         settle,
@@ -244,7 +252,29 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         rate = shuf.rate(),
         "shuffler done"
     );
+    Ok(Measured { raw, shuf, rss })
+}
 
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let nats_bin = find_path(&args.nats_server);
+    let nats = NatsChild::start(&nats_bin, "bench-ingest").await?;
+    let prepare_in = |small: bool| {
+        let dir = nats.scratch_dir().to_path_buf();
+        let a = args.clone();
+        tokio::task::spawn_blocking(move || prepare(&a, &dir, small))
+    };
+    let work = prepare_in(false).await??;
+    anyhow::ensure!(work.distinct > 0, "the generated frames hold no events");
+    let (capture, commit_events) = (work.capture.clone(), work.commit_events);
+    let (payload_bytes, frame_bytes, distinct) =
+        (work.payload_bytes, work.frame_bytes, work.distinct);
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let settle = Duration::from_millis(500);
+    let client = fpaas_bus::connect(&nats.url(), "fpaas-bench-ingest").await?;
+    let js = fpaas_bus::jetstream(client.clone(), args.acks_in_flight);
+    let mut report = Report::new("ingest");
+
+    let Measured { raw, shuf, rss } = raw_and_shuffler(&args, &nats, &js, work).await?;
     report.add("events", shuf.messages);
     report.add("frames", args.events);
     report.add("events_per_s", r2(shuf.rate()));
@@ -256,22 +286,44 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.add("shuffler_s", r2(shuf.span_s));
     report.add("raw_publish_s", r2(raw.span_s));
     report.add(
+        "mean_frame_bytes",
+        r2(frame_bytes as f64 / args.events.max(1) as f64),
+    );
+    report.add(
         "mean_payload_bytes",
-        r2(work.payload_bytes as f64 / work.distinct.max(1) as f64),
+        r2(payload_bytes as f64 / distinct.max(1) as f64),
     );
     report.add("acks_in_flight", args.acks_in_flight as u64);
+
+    // The same phases on small frames.
+    let small = prepare_in(true).await??;
+    let small_frame_bytes = small.frame_bytes;
+    let m = raw_and_shuffler(&args, &nats, &js, small).await?;
+    report.add("small_events_per_s", r2(m.shuf.rate()));
+    report.add("small_raw_publish_events_per_s", r2(m.raw.rate()));
+    report.add(
+        "small_ratio_vs_baseline",
+        r2(m.shuf.rate() / m.raw.rate().max(1e-9)),
+    );
+    if let Some(rss) = m.rss {
+        report.add("small_rss_mb", r2(rss as f64 / 1e6));
+    }
+    report.add(
+        "small_mean_frame_bytes",
+        r2(small_frame_bytes as f64 / args.events.max(1) as f64),
+    );
 
     // Phase 3: the Python baseline on the same frames.
     if !args.skip_python {
         fresh_stream(&js).await?;
         let (sim, _) = fpaas_sim::Sim::start(fpaas_sim::SimConfig {
-            replay: Some(work.capture.clone()),
+            replay: Some(capture.clone()),
             rate: None,
             record_truth: false,
             ..Default::default()
         })
         .await?;
-        let want = args.python_events.min(work.commit_events).max(1);
+        let want = args.python_events.min(commit_events).max(1);
         let out = tokio::time::timeout(
             Duration::from_secs_f64(args.python_seconds + 30.0),
             tokio::process::Command::new(find_path(&args.python))

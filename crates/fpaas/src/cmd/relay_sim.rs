@@ -38,6 +38,10 @@ pub struct Args {
     /// Make every Nth commit carry a record over the 1,000,000-byte limit.
     #[arg(long)]
     pub inject_oversize_every: Option<u64>,
+    /// Small frames (~1 kB: commit, one MST node, records) instead of realistic ones (~5.4 kB with a
+    /// per-repository MST proof path, like real relay frames). The events are the same.
+    #[arg(long)]
+    pub small_frames: bool,
 }
 
 impl Args {
@@ -50,6 +54,7 @@ impl Args {
             window: self.window,
             repos: self.repos,
             replay: self.replay.clone(),
+            small_frames: self.small_frames,
             ..Default::default()
         };
         cfg.faults.malformed_every = self.inject_malformed_every;
