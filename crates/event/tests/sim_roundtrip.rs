@@ -79,6 +79,7 @@ fn simulated_frames_normalize_to_ground_truth_and_faults_are_typed() {
         truncated_every: Some(89),
         unknown_type_every: Some(83),
         oversize_every: Some(251),
+        hostile_every: None,
     };
     let mut generator = Generator::new(7, 500, 1, faults).with_rare_boost(50);
     let mut expected = Vec::new();

@@ -20,6 +20,11 @@ struct ShufflerProc {
 
 impl ShufflerProc {
     fn spawn(nats_url: &str, relay: &str, instance: &str) -> Self {
+        Self::spawn_with(nats_url, relay, instance, &[])
+    }
+
+    /// Like [`ShufflerProc::spawn`], with extra flags.
+    fn spawn_with(nats_url: &str, relay: &str, instance: &str, extra: &[&str]) -> Self {
         let ops = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_fpaas"))
             .args(["shuffler", "--relay", relay, "--instance", instance])
@@ -31,7 +36,13 @@ impl ShufflerProc {
                 "100",
             ])
             .args(["--backoff-min-ms", "20", "--backoff-max-ms", "500"])
-            .args(["--max-bytes", "268435456", "--start-cursor", "0"])
+            .args(["--start-cursor", "0"])
+            .args(if extra.iter().any(|a| a.starts_with("--max-bytes")) {
+                &[][..]
+            } else {
+                &["--max-bytes", "268435456"][..]
+            })
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -365,13 +376,157 @@ async fn soak_ha_pair_through_kills_and_nats_outages() {
 
 /// Peak resident memory of a live process in MB (`VmHWM` from `/proc/<pid>/status`).
 fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    proc_status_mb(pid, "VmHWM:").expect("VmHWM")
+}
+
+/// A memory figure of `/proc/<pid>/status` in MB (`VmRSS:`, `VmHWM:`), `None` when the process is gone.
+fn proc_status_mb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kb / 1024.0)
+}
+
+/// Soak at firehose volume (opt-in, like the HA soak; one day's volume is
+/// `FPAAS_SOAK_EVENTS=35000000`, run in release: see `docs/soak.md`): relay-sim at full speed with realistic frames,
+/// a hostile frame every 10,007 events, malformed, truncated and oversize frames, through one `fpaas shuffler`
+/// process and a seeded schedule of faults every 20–40 s — kill -9 of the shuffler, nats-server stopped (SIGTERM)
+/// or killed (SIGKILL) for 2–4 s, every relay connection dropped — on a stream with a 60 s retention so the disk
+/// holds. Exactly once is counted: the stream's last sequence (every message ever stored; dedup hits take none)
+/// equals relay-sim's count of deliverable events. The shuffler's resident memory is sampled every second and
+/// stays flat: the highest sample of the second half is within 25% (+ 20 MB) of the first half's, and under
+/// 200 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: run with FPAAS_SOAK=1 bash scripts/test.sh (FPAAS_SOAK_EVENTS sets the size)"]
+async fn soak_firehose_volume_with_hostile_frames_and_faults_keeps_rss_flat_and_loses_nothing() {
+    let events = soak_events(300_000);
+    let mut nats = NatsServer::new();
+    let mut faults = fpaas_sim::FaultConfig {
+        hostile_every: Some(10_007),
+        malformed_every: Some(50_021),
+        truncated_every: Some(70_001),
+        oversize_every: Some(200_003),
+        ..Default::default()
+    };
+    faults.unknown_type_every = Some(90_001);
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 2026,
+        rate: None,
+        limit: Some(events),
+        window: 200_000,
+        record_truth: false,
+        faults,
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let extra = [
+        "--max-age-secs",
+        "90",
+        "--duplicate-window-secs",
+        "60",
+        "--max-bytes=4294967296",
+    ];
+    let mut proc = ShufflerProc::spawn_with(&nats.url(), &sim.url(), "day", &extra);
+    let started = std::time::Instant::now();
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let mut state: u64 = 0x0da7;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % n
+    };
+    let (mut kills, mut nats_stops, mut nats_kills, mut relay_drops) = (0u32, 0u32, 0u32, 0u32);
+    let mut next_fault = Duration::from_secs(20 + next(20));
+    let mut last_progress = (0u64, std::time::Instant::now());
+    while sim.produced() < events {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(rss) = proc_status_mb(proc.child.id(), "VmRSS:") {
+            samples.push((started.elapsed().as_secs_f64(), rss));
+        }
+        let produced = sim.produced();
+        if produced > last_progress.0 {
+            last_progress = (produced, std::time::Instant::now());
+        }
+        assert!(
+            last_progress.1.elapsed() < Duration::from_secs(120),
+            "no progress for 2 minutes at {produced} events"
+        );
+        if started.elapsed() < next_fault {
+            continue;
+        }
+        next_fault = started.elapsed() + Duration::from_secs(20 + next(20));
+        match next(4) {
+            0 => {
+                proc.kill_9();
+                proc = ShufflerProc::spawn_with(&nats.url(), &sim.url(), "day", &extra);
+                kills += 1;
+            }
+            1 => {
+                tokio::task::block_in_place(|| nats.stop());
+                tokio::time::sleep(Duration::from_millis(2_000 + next(2_000))).await;
+                tokio::task::block_in_place(|| nats.start());
+                nats_stops += 1;
+            }
+            2 => {
+                tokio::task::block_in_place(|| nats.kill());
+                tokio::time::sleep(Duration::from_millis(2_000 + next(2_000))).await;
+                tokio::task::block_in_place(|| nats.start());
+                nats_kills += 1;
+            }
+            _ => {
+                sim.disconnect_all();
+                relay_drops += 1;
+            }
+        }
+        assert!(proc.is_running(), "the shuffler exited by itself");
+    }
+    let js = jetstream(&nats.url()).await;
+    let expected = sim.deliverable_events();
+    let last_seq = || async {
+        js.get_stream("FIREHOSE")
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()
+            .map(|i| i.state.last_sequence)
+    };
+    if let Err(e) = eventually(Duration::from_secs(300), || async {
+        last_seq().await >= Some(expected)
+    })
+    .await
+    {
+        panic!("{e}: stored {:?} of {expected}", last_seq().await);
+    }
+    // Nothing more arrives: no duplicate was stored beyond the dedup window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stored = last_seq().await.expect("stream info");
+    let secs = started.elapsed().as_secs_f64();
+    let half = samples.len() / 2;
+    let max_of = |s: &[(f64, f64)]| s.iter().map(|x| x.1).fold(0.0, f64::max);
+    let (first, second) = (max_of(&samples[..half]), max_of(&samples[half..]));
+    let page = proc.get("/metrics").await.map(|p| p.1).unwrap_or_default();
+    eprintln!(
+        "day soak: {events} relay events, {expected} deliverable, {stored} stored in {secs:.0} s \
+         ({:.0} events/s); faults: {kills} shuffler kill -9, {nats_stops} nats stops, {nats_kills} nats kill -9, \
+         {relay_drops} relay drops; shuffler RSS max {first:.1} MB (first half) / {second:.1} MB (second half); \
+         hostile drops {}",
+        stored as f64 / secs,
+        prom_value(&page, "fpaas_shuffler_drops_total", "")
+    );
+    assert_eq!(
+        stored, expected,
+        "exactly once: stored messages equal the relay's deliverable events"
+    );
+    assert!(
+        second <= first * 1.25 + 20.0 && second < 200.0,
+        "RSS flat: {first:.1} → {second:.1} MB"
+    );
+    assert!(proc.terminate().await.success());
 }
 
 /// The hostile suite (`testdata/hostile/`, see `crates/sim/src/hostile.rs`) served by relay-sim between the real

@@ -25,6 +25,7 @@ async fn injected_faults_are_counted_drops_and_the_stream_carries_on() {
         truncated_every: Some(70),
         unknown_type_every: Some(90),
         oversize_every: Some(400),
+        hostile_every: None,
     };
     let (sim, _) = Sim::start(SimConfig {
         seed: 3,

@@ -44,6 +44,9 @@ pub struct FaultConfig {
     pub unknown_type_every: Option<u64>,
     /// Make every Nth event a commit whose record is larger than 1,000,000 bytes (truth marks it `oversize`).
     pub oversize_every: Option<u64>,
+    /// Make every Nth event a frame of the hostile suite ([`crate::hostile`], the single-frame cases that must
+    /// be dropped, in turn) carrying that event's seq; its truth is empty (no event may come of it).
+    pub hostile_every: Option<u64>,
 }
 
 impl FaultConfig {
@@ -192,6 +195,9 @@ pub struct Generator {
     faults: FaultConfig,
     rare_boost: u32,
     small_frames: bool,
+    /// The hostile frames injected by `hostile_every` (built on first use) and the next one to send.
+    hostile: Vec<Vec<u8>>,
+    next_hostile: usize,
 }
 
 const WORDS: &[&str] = &[
@@ -272,6 +278,8 @@ impl Generator {
             faults,
             rare_boost: 1,
             small_frames: false,
+            hostile: Vec::new(),
+            next_hostile: 0,
         }
     }
 
@@ -365,6 +373,9 @@ impl Generator {
         let seq = self.next_seq;
         self.next_seq += 1;
 
+        if FaultConfig::hits(self.faults.hostile_every, n) {
+            return self.hostile_event(seq);
+        }
         let (frame, truth) = if FaultConfig::hits(self.faults.oversize_every, n) {
             let r = self.pick_active_repo().unwrap_or(0);
             self.repos[r].active = true;
@@ -407,6 +418,32 @@ impl Generator {
         }
         frames.push(Bytes::from(frame));
         Ok(Generated { seq, frames, truth })
+    }
+
+    /// The next hostile frame, renumbered to `seq` (the negative-seq case keeps its own).
+    fn hostile_event(&mut self, seq: i64) -> Result<Generated, EncodeError> {
+        if self.hostile.is_empty() {
+            self.hostile = crate::hostile::cases(|_| 1)?
+                .into_iter()
+                .filter(|c| {
+                    c.frames.len() == 1
+                        && matches!(c.expect, crate::hostile::Expect::Dropped { .. })
+                })
+                .flat_map(|c| c.frames)
+                .collect();
+        }
+        let i = self.next_hostile % self.hostile.len().max(1);
+        self.next_hostile += 1;
+        let frame = match self.hostile.get(i) {
+            Some(f) if crate::server::frame_seq(f).is_some_and(|s| s < 0) => f.clone(),
+            Some(f) => crate::hostile::renumber(f, seq).unwrap_or_else(|_| f.clone()),
+            None => Vec::new(),
+        };
+        Ok(Generated {
+            seq,
+            frames: vec![Bytes::from(frame)],
+            truth: Vec::new(),
+        })
     }
 
     fn identity(&mut self, seq: i64) -> Result<(Vec<u8>, Vec<TruthEvent>), EncodeError> {
@@ -963,6 +1000,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hostile_injection_replaces_every_nth_event_with_a_frame_that_carries_its_seq() {
+        let faults = FaultConfig {
+            hostile_every: Some(10),
+            ..Default::default()
+        };
+        let mut g = Generator::new(3, 50, 100, faults);
+        let mut injected = 0;
+        for _ in 0..300 {
+            let ev = g.next_event().expect("event");
+            if ev.truth.is_empty() {
+                injected += 1;
+                assert_eq!(ev.frames.len(), 1);
+                let seq = crate::server::frame_seq(&ev.frames[0]);
+                assert!(
+                    seq == Some(ev.seq) || seq.is_some_and(|s| s < 0),
+                    "{seq:?} vs {}",
+                    ev.seq
+                );
+            }
+        }
+        assert_eq!(injected, 30);
+    }
+
+    #[test]
     fn realistic_frames_carry_the_same_events_at_the_corpus_size() {
         let mut real = Generator::new(5, 200, 1, FaultConfig::default());
         let mut small = Generator::new(5, 200, 1, FaultConfig::default()).with_small_frames(true);
@@ -1045,6 +1106,7 @@ mod tests {
             truncated_every: Some(11),
             unknown_type_every: Some(13),
             oversize_every: Some(500),
+            hostile_every: None,
         };
         let mut a = Generator::new(42, 50, 1, faults.clone());
         let mut b = Generator::new(42, 50, 1, faults);

@@ -145,6 +145,9 @@ struct LogState {
     evicted_through: Option<i64>,
     head: Option<i64>,
     truth: Vec<TruthEvent>,
+    /// Events of the ground truth a consumer must deliver (oversize ones excluded), counted even when the
+    /// truth itself is not kept.
+    deliverable: u64,
 }
 
 impl LogState {
@@ -156,6 +159,11 @@ impl LogState {
         match &mut self.source {
             Source::Gen(g) => match g.next_event() {
                 Ok(ev) => {
+                    self.deliverable += ev
+                        .truth
+                        .iter()
+                        .filter(|t| !matches!(t, TruthEvent::Op { oversize: true, .. }))
+                        .count() as u64;
                     if cfg.record_truth {
                         self.truth.extend(ev.truth);
                     }
@@ -271,6 +279,7 @@ impl Shared {
                 evicted_through: None,
                 head: None,
                 truth: Vec::new(),
+                deliverable: 0,
             }),
             head_tx,
             kick: Mutex::new(CancellationToken::new()),
@@ -630,6 +639,12 @@ impl Sim {
     /// Number of clients currently streaming (connected and past cursor handling).
     pub fn clients(&self) -> usize {
         self.shared.streaming.load(Ordering::SeqCst)
+    }
+
+    /// Number of events a consumer must deliver among those produced so far (the ground truth less oversize
+    /// records), kept even when `record_truth` is off.
+    pub fn deliverable_events(&self) -> u64 {
+        self.shared.lock().deliverable
     }
 
     /// Number of events produced so far.

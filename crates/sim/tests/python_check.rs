@@ -122,6 +122,7 @@ fn the_script_reports_injected_faults() {
         truncated_every: Some(25),
         unknown_type_every: Some(40),
         oversize_every: None,
+        hostile_every: None,
     };
     let mut g = fpaas_sim::Generator::new(5, 100, 1, faults);
     let dir = tempfile::tempdir().expect("tempdir");

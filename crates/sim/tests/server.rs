@@ -130,6 +130,7 @@ async fn faults_appear_and_every_real_event_still_arrives() {
             truncated_every: Some(15),
             unknown_type_every: Some(20),
             oversize_every: Some(50),
+            hostile_every: None,
         },
         ..cfg()
     })
