@@ -1,6 +1,6 @@
 //! Measures `Publisher` throughput against a local nats-server started by the test kit:
 //! `cargo run -p fpaas-bus --release --example publish_throughput -- [messages] [max_in_flight] [payload_bytes]`.
-//! Compare with the raw async-nats numbers in FACTS.md (~100k msg/s at 64 in flight, ~150k at 1,024).
+//! Compare with the raw async-nats numbers in docs/measurements.md (~100k msg/s at 64 in flight, ~150k at 1,024).
 
 use std::time::Instant;
 

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Subjects carry kind, operation and collection only: never a DID or an rkey. Measured on this machine
-//! (FACTS.md, "Subject cardinality"), DIDs in subjects (437k distinct) cost 1.1 GB of server memory and made
+//! (docs/measurements.md, "Subject cardinality"), DIDs in subjects (437k distinct) cost 1.1 GB of server memory and made
 //! 1,000 filtered consumers' p99 delivery 3–15 s; kind/op/collection (≈170 distinct) kept p99 near 0.1 s. The DID
 //! travels in a header instead (see [`crate::dedup`]), for our own matcher. Because each NSID segment is its own
 //! token, a consumer filters on the server by exact collection (`…commit.*.app.bsky.feed.like`) or by NSID

@@ -78,7 +78,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     // async-nats brings rustls's `ring` provider and other crates may bring `aws-lc-rs`; with two providers the
-    // first wss:// connect panics unless one is installed explicitly (FACTS.md, "TLS pitfall").
+    // first wss:// connect panics unless one is installed explicitly (docs/measurements.md, "Client-library pitfalls").
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -78,7 +78,7 @@ fn did(i: usize) -> String {
     format!("did:plc:bench{i:019}")
 }
 
-/// The firehose mix (FACTS.md): 69% likes, 12% posts, 10% reposts, the rest follows; all creates.
+/// The firehose mix (docs/measurements.md): 69% likes, 12% posts, 10% reposts, the rest follows; all creates.
 fn event(i: usize, options: &BenchOptions) -> Event {
     let r = (i * 7_919) % 100;
     let collection = match r {

@@ -249,7 +249,7 @@ mod tests {
         let frames = read_capture(corpus()).expect("corpus readable");
         assert_eq!(frames.len(), 150);
         let total: usize = frames.iter().map(Vec::len).sum();
-        // FACTS.md: mean frame size ~5,459 B.
+        // docs/measurements.md: mean frame size ~5,459 B.
         let mean = total / frames.len();
         assert!((4_000..7_000).contains(&mean), "mean {mean}");
         assert!(frames.iter().all(|f| !f.is_empty()));

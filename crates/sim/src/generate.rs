@@ -1,5 +1,5 @@
 //! The deterministic event generator: a pool of repos, a simulated clock, the realistic operation mix of
-//! FACTS.md ("Measured"), fault injection, and the ground truth ([`TruthEvent`]) that tests compare the
+//! docs/measurements.md ("The firehose itself"), fault injection, and the ground truth ([`TruthEvent`]) that tests compare the
 //! pipeline's output with. Same seed and config → byte-identical frames.
 //!
 //! Mix per commit op (out of 1,000): like 660, post 120, repost 100, follow 60, block 15, profile update 6,

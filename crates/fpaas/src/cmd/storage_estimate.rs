@@ -19,7 +19,7 @@ pub const MEASURED_OVERHEAD_BYTES: f64 = 293.0;
 pub const MEASURED_S2_RATIO: f64 = 2.79;
 /// Mean JSON payload of the corpus's normalized events, bytes (`fpaas bench storage`).
 pub const CORPUS_MEAN_PAYLOAD_BYTES: f64 = 604.0;
-/// Average firehose rate in 2026 (FACTS.md), events/s.
+/// Average firehose rate in 2026 (docs/measurements.md), events/s.
 pub const TYPICAL_EVENTS_PER_S: f64 = 350.0;
 
 #[derive(clap::Args, Debug)]
