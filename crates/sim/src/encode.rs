@@ -246,22 +246,11 @@ pub fn mst_inner_node(
 /// prefix compression. Keys are sorted and de-duplicated here. This is one leaf-like node, NOT a full,
 /// height-correct repository MST: enough for a structurally valid diff, not for proof verification.
 pub fn mst_node(entries: &mut Vec<(String, Cid)>) -> Result<Block, EncodeError> {
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    entries.dedup_by(|a, b| a.0 == b.0);
-    let mut prev: &[u8] = &[];
-    let mut e = Vec::with_capacity(entries.len());
-    for (key, cid) in entries.iter() {
-        let key = key.as_bytes();
-        let p = prev.iter().zip(key).take_while(|(a, b)| a == b).count();
-        e.push(MstEntry {
-            p: p as u64,
-            k: ByteStr(&key[p..]),
-            v: *cid,
-            t: None,
-        });
-        prev = key;
-    }
-    Block::encode(&MstNode { l: None, e })
+    let mut full: Vec<(String, Cid, Option<Cid>)> =
+        entries.drain(..).map(|(k, v)| (k, v, None)).collect();
+    let block = mst_inner_node(None, &mut full)?;
+    entries.extend(full.into_iter().map(|(k, v, _)| (k, v)));
+    Ok(block)
 }
 
 /// One `repoOp` of a `#commit`.
