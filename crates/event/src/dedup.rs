@@ -1,4 +1,4 @@
-//! The deterministic message id (`Nats-Msg-Id`) and the headers published with every event.
+//! The deterministic message id (`Nats-Msg-Id`); the rest of the wire message is in [`crate::wire`].
 //!
 //! The id depends only on what identifies an event everywhere, never on the relay `seq` (which is per relay):
 //!
@@ -20,13 +20,6 @@
 use sha2::{Digest, Sha256};
 
 use crate::model::{Event, Kind};
-
-/// Header carrying the event's DID, so a matcher can filter by DID without parsing the JSON payload.
-pub const HEADER_DID: &str = "Fpaas-Did";
-/// Header carrying the relay sequence number of the source frame.
-pub const HEADER_SEQ: &str = "Fpaas-Seq";
-/// Header carrying `time_us`.
-pub const HEADER_TIME_US: &str = "Fpaas-Time-Us";
 
 /// The dedup id of an event.
 pub fn msg_id(event: &Event) -> String {

@@ -8,7 +8,9 @@
 //! - [`subject`]: the NATS subject scheme under `atproto.firehose.` (kind / operation / collection only — never a
 //!   DID or rkey, see `docs/event-model.md`) and filter builders for consumers.
 //! - [`dedup`]: the deterministic message id (`Nats-Msg-Id`) that is the same whichever relay an event came
-//!   through, and the headers that let a matcher read the DID without parsing JSON.
+//!   through.
+//! - [`wire`]: the bus message of an event — subject, dedup id, headers (the DID readable without parsing
+//!   JSON), payload — and reading a payload back.
 //!
 //! This crate does no I/O.
 
@@ -16,8 +18,14 @@ pub mod dedup;
 pub mod model;
 pub mod normalize;
 pub mod subject;
+pub mod wire;
 
-pub use dedup::{HEADER_DID, HEADER_SEQ, HEADER_TIME_US, msg_id};
-pub use model::{AccountEvent, CommitEvent, Event, IdentityEvent, Kind, Operation, SyncEvent};
-pub use normalize::{DropReason, Dropped, Normalized, normalize};
+pub use dedup::msg_id;
+pub use model::{
+    AccountEvent, CommitEvent, Event, IdentityEvent, Kind, Operation, RecordJson, SyncEvent,
+};
+pub use normalize::{DropReason, Dropped, Limits, Normalized, normalize, normalize_with};
 pub use subject::{SUBJECT_PREFIX, SubjectFilter, subject};
+pub use wire::{
+    HEADER_DID, HEADER_MSG_ID, HEADER_SEQ, HEADER_TIME_US, WireError, WireMessage, decode_payload,
+};

@@ -108,3 +108,42 @@ fn corpus_normalizes_to_golden_ndjson_and_manifest_counts() {
         golden.display()
     );
 }
+
+/// The wire messages of the corpus (subject, `Nats-Msg-Id`, headers, stored size) equal the committed
+/// `wire.ndjson`, so a change of what goes on the bus is always deliberate; and each payload reads back as its
+/// event. Regenerate with `FPAAS_UPDATE_GOLDEN=1`.
+#[test]
+fn corpus_wire_messages_match_golden() {
+    let mut lines = String::new();
+    for bytes in frames() {
+        let frame = fpaas_proto::frame::decode_frame(&bytes).expect("decode");
+        for e in normalize(&frame).events {
+            let m = fpaas_event::WireMessage::from_event(&e);
+            assert_eq!(fpaas_event::decode_payload(&m.payload).expect("payload"), e);
+            let headers: serde_json::Map<String, serde_json::Value> = m
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
+                .collect();
+            let line = serde_json::json!({
+                "subject": m.subject,
+                "msg_id": m.msg_id,
+                "headers": headers,
+                "stored_size": m.stored_size(),
+            });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+    }
+    let golden = corpus_dir().join("wire.ndjson");
+    if std::env::var_os("FPAAS_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &lines).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden)
+        .expect("golden file missing: run with FPAAS_UPDATE_GOLDEN=1 to create it");
+    assert!(
+        expected == lines,
+        "wire messages differ from {} (FPAAS_UPDATE_GOLDEN=1 regenerates it after a deliberate change)",
+        golden.display()
+    );
+}

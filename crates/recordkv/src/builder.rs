@@ -481,7 +481,7 @@ impl RecordKvBuilder {
         {
             return Item::Skip("did_filtered");
         }
-        let Ok(event) = serde_json::from_slice::<Event>(&delivery.payload) else {
+        let Ok(event) = fpaas_event::decode_payload(&delivery.payload) else {
             return Item::Drop("bad_event");
         };
         if !self.dids.is_empty() && !self.dids.contains(&event.did) {

@@ -51,21 +51,18 @@ pub async fn publish(client: &async_nats::Client, events: &[(Event, bool)]) {
     let js = jetstream::new(client.clone());
     let mut acks = Vec::with_capacity(256);
     for (event, replay) in events {
-        let mut headers = HeaderMap::new();
-        let mut id = fpaas_event::msg_id(event);
+        let mut wire = fpaas_event::WireMessage::from_event(event);
         if *replay {
-            id.push_str(":replay");
+            // A replay is a second copy past the dedup window: a distinct id makes JetStream store it again.
+            wire.msg_id.push_str(":replay");
         }
-        headers.insert("Nats-Msg-Id", id);
-        headers.insert(fpaas_event::HEADER_DID, event.did.as_str());
-        headers.insert(fpaas_event::HEADER_SEQ, event.seq.to_string());
-        headers.insert(fpaas_event::HEADER_TIME_US, event.time_us.to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert(fpaas_event::HEADER_MSG_ID, wire.msg_id.as_str());
+        for (name, value) in &wire.headers {
+            headers.insert(*name, value.as_str());
+        }
         let ack = js
-            .publish_with_headers(
-                fpaas_event::subject(event),
-                headers,
-                event.to_json_vec().into(),
-            )
+            .publish_with_headers(wire.subject, headers, wire.payload.into())
             .await
             .expect("publish");
         acks.push(ack);
