@@ -713,16 +713,9 @@ impl Generator {
             self.rng.random_range(2..=5)
         };
         let time = self.time_string();
-        let did = self.repos[r].did.clone();
+        let mut draft = CommitDraft::with_capacity(n_ops);
         let existing = self.repos[r].records.len();
         let mut deleted = 0usize;
-        let mut ops: Vec<RepoOp> = Vec::with_capacity(n_ops);
-        let mut truth = Vec::with_capacity(n_ops);
-        let mut blocks: Vec<Block> = Vec::with_capacity(n_ops + 2);
-        let mut mst_entries: Vec<(String, Cid)> = Vec::with_capacity(n_ops + 4);
-        let mut new_records: Vec<Record> = Vec::new();
-        let mut new_posts: Vec<PostRef> = Vec::new();
-
         for _ in 0..n_ops {
             let roll = if oversize {
                 1_000
@@ -730,206 +723,293 @@ impl Generator {
                 self.rng.random_range(0..1_000u32)
             };
             // Deletes: of records that exist (created earlier in this run).
-            if roll < 39 && deleted < existing {
-                let idx = self.rng.random_range(0..existing - deleted);
-                if let Some(rec) = self.repos[r].records.remove(idx) {
-                    deleted += 1;
-                    ops.push(RepoOp {
-                        action: "delete",
-                        path: format!("{}/{}", rec.collection, rec.rkey),
-                        cid: None,
-                        prev: Some(rec.cid),
-                    });
-                    truth.push(TruthEvent::Op {
-                        seq,
-                        did: did.clone(),
-                        rev: String::new(),
-                        action: OpAction::Delete,
-                        collection: rec.collection.to_string(),
-                        rkey: rec.rkey,
-                        cid: None,
-                        oversize: false,
-                    });
-                    continue;
-                }
-            }
-            let created_at = time.clone();
-            if (39..45).contains(&roll)
-                && !ops.iter().any(|o| o.path == "app.bsky.actor.profile/self")
+            if roll < 39
+                && deleted < existing
+                && self.delete_op(seq, r, existing - deleted, &mut draft)
             {
-                let n: u32 = self.rng.random_range(0..1_000);
-                let profile = Profile {
-                    type_: "app.bsky.actor.profile",
-                    display_name: format!("{} ✨ {n}", self.repos[r].handle),
-                    description: "Posting about rust, relays and café culture. 日本語もOK"
-                        .to_string(),
-                    created_at,
-                };
-                let block = Block::encode(&profile)?;
-                let prev = self.repos[r].profile.replace(block.cid);
-                ops.push(RepoOp {
-                    action: if prev.is_some() { "update" } else { "create" },
-                    path: "app.bsky.actor.profile/self".to_string(),
-                    cid: Some(block.cid),
-                    prev,
-                });
-                truth.push(TruthEvent::Op {
-                    seq,
-                    did: did.clone(),
-                    rev: String::new(),
-                    action: if prev.is_some() {
-                        OpAction::Update
-                    } else {
-                        OpAction::Create
-                    },
-                    collection: "app.bsky.actor.profile".to_string(),
-                    rkey: "self".to_string(),
-                    cid: Some(block.cid.to_string()),
-                    oversize: false,
-                });
-                mst_entries.push(("app.bsky.actor.profile/self".to_string(), block.cid));
-                blocks.push(block);
+                deleted += 1;
                 continue;
             }
-            let rkey = self.next_tid(r);
-            let (collection, block) = match roll {
-                _ if oversize => {
-                    let post = Post {
-                        type_: "app.bsky.feed.post",
-                        text: "x".repeat(OVERSIZE_RECORD_BYTES),
-                        facets: vec![],
-                        reply: None,
-                        embed: None,
-                        langs: vec!["en"],
-                        created_at,
-                    };
-                    ("app.bsky.feed.post", Block::encode(&post)?)
-                }
-                // Rolls 0..45 land here when no delete or profile update was possible.
-                0..705 => {
-                    let (subject, _) = self.strong_ref_to_post();
-                    let like = SubjectRef {
-                        type_: "app.bsky.feed.like",
-                        subject,
-                        created_at,
-                    };
-                    ("app.bsky.feed.like", Block::encode(&like)?)
-                }
-                705..825 => {
-                    let (post, root) = self.make_post(created_at);
-                    let block = Block::encode(&post)?;
-                    new_posts.push(PostRef {
-                        uri: format!("at://{did}/app.bsky.feed.post/{rkey}"),
-                        cid: block.cid,
-                        root,
-                    });
-                    ("app.bsky.feed.post", block)
-                }
-                825..925 => {
-                    let (subject, _) = self.strong_ref_to_post();
-                    let repost = SubjectRef {
-                        type_: "app.bsky.feed.repost",
-                        subject,
-                        created_at,
-                    };
-                    ("app.bsky.feed.repost", Block::encode(&repost)?)
-                }
-                _ => {
-                    let collection = if roll < 985 {
-                        "app.bsky.graph.follow"
-                    } else {
-                        "app.bsky.graph.block"
-                    };
-                    let o = self.rng.random_range(0..self.repos.len());
-                    let rec = SubjectDid {
-                        type_: collection,
-                        subject: self.repos[o].did.clone(),
-                        created_at,
-                    };
-                    (collection, Block::encode(&rec)?)
-                }
-            };
-            let path = format!("{collection}/{rkey}");
-            ops.push(RepoOp {
-                action: "create",
-                path: path.clone(),
-                cid: Some(block.cid),
-                prev: None,
-            });
-            truth.push(TruthEvent::Op {
-                seq,
-                did: did.clone(),
-                rev: String::new(),
-                action: OpAction::Create,
-                collection: collection.to_string(),
-                rkey: rkey.clone(),
-                cid: Some(block.cid.to_string()),
-                oversize,
-            });
-            mst_entries.push((path, block.cid));
-            new_records.push(Record {
-                collection,
-                rkey,
-                cid: block.cid,
-            });
-            blocks.push(block);
+            if (39..45).contains(&roll)
+                && !draft
+                    .ops
+                    .iter()
+                    .any(|o| o.path == "app.bsky.actor.profile/self")
+            {
+                self.profile_op(seq, r, &time, &mut draft)?;
+                continue;
+            }
+            self.create_op(seq, r, roll, oversize, &time, &mut draft)?;
         }
+        let rev = self.next_tid(r);
+        let (frame, data) = self.commit_frame(seq, r, &rev, &time, &mut draft)?;
+        self.remember_commit(
+            r,
+            oversize,
+            rev.clone(),
+            data,
+            draft.new_records,
+            draft.new_posts,
+        );
+        for t in &mut draft.truth {
+            if let TruthEvent::Op { rev: r, .. } = t {
+                r.clone_from(&rev);
+            }
+        }
+        Ok((frame, draft.truth))
+    }
 
+    /// A delete of one of the `live` records the repository has; `false` when none could be removed.
+    fn delete_op(&mut self, seq: i64, r: usize, live: usize, draft: &mut CommitDraft) -> bool {
+        let idx = self.rng.random_range(0..live);
+        let Some(rec) = self.repos[r].records.remove(idx) else {
+            return false;
+        };
+        draft.ops.push(RepoOp {
+            action: "delete",
+            path: format!("{}/{}", rec.collection, rec.rkey),
+            cid: None,
+            prev: Some(rec.cid),
+        });
+        draft.truth.push(TruthEvent::Op {
+            seq,
+            did: self.repos[r].did.clone(),
+            rev: String::new(),
+            action: OpAction::Delete,
+            collection: rec.collection.to_string(),
+            rkey: rec.rkey,
+            cid: None,
+            oversize: false,
+        });
+        true
+    }
+
+    /// A create or update of the repository's profile (`app.bsky.actor.profile/self`).
+    fn profile_op(
+        &mut self,
+        seq: i64,
+        r: usize,
+        time: &str,
+        draft: &mut CommitDraft,
+    ) -> Result<(), EncodeError> {
+        let n: u32 = self.rng.random_range(0..1_000);
+        let profile = Profile {
+            type_: "app.bsky.actor.profile",
+            display_name: format!("{} ✨ {n}", self.repos[r].handle),
+            description: "Posting about rust, relays and café culture. 日本語もOK".to_string(),
+            created_at: time.to_owned(),
+        };
+        let block = Block::encode(&profile)?;
+        let prev = self.repos[r].profile.replace(block.cid);
+        draft.ops.push(RepoOp {
+            action: if prev.is_some() { "update" } else { "create" },
+            path: "app.bsky.actor.profile/self".to_string(),
+            cid: Some(block.cid),
+            prev,
+        });
+        draft.truth.push(TruthEvent::Op {
+            seq,
+            did: self.repos[r].did.clone(),
+            rev: String::new(),
+            action: if prev.is_some() {
+                OpAction::Update
+            } else {
+                OpAction::Create
+            },
+            collection: "app.bsky.actor.profile".to_string(),
+            rkey: "self".to_string(),
+            cid: Some(block.cid.to_string()),
+            oversize: false,
+        });
+        draft
+            .mst_entries
+            .push(("app.bsky.actor.profile/self".to_string(), block.cid));
+        draft.blocks.push(block);
+        Ok(())
+    }
+
+    /// A new record (like, post, repost, follow or block by `roll`; an oversize post when asked).
+    fn create_op(
+        &mut self,
+        seq: i64,
+        r: usize,
+        roll: u32,
+        oversize: bool,
+        time: &str,
+        draft: &mut CommitDraft,
+    ) -> Result<(), EncodeError> {
+        let created_at = time.to_owned();
+        let did = self.repos[r].did.clone();
+        let rkey = self.next_tid(r);
+        let (collection, block) = match roll {
+            _ if oversize => {
+                let post = Post {
+                    type_: "app.bsky.feed.post",
+                    text: "x".repeat(OVERSIZE_RECORD_BYTES),
+                    facets: vec![],
+                    reply: None,
+                    embed: None,
+                    langs: vec!["en"],
+                    created_at,
+                };
+                ("app.bsky.feed.post", Block::encode(&post)?)
+            }
+            // Rolls 0..45 land here when no delete or profile update was possible.
+            0..705 => {
+                let (subject, _) = self.strong_ref_to_post();
+                let like = SubjectRef {
+                    type_: "app.bsky.feed.like",
+                    subject,
+                    created_at,
+                };
+                ("app.bsky.feed.like", Block::encode(&like)?)
+            }
+            705..825 => {
+                let (post, root) = self.make_post(created_at);
+                let block = Block::encode(&post)?;
+                draft.new_posts.push(PostRef {
+                    uri: format!("at://{did}/app.bsky.feed.post/{rkey}"),
+                    cid: block.cid,
+                    root,
+                });
+                ("app.bsky.feed.post", block)
+            }
+            825..925 => {
+                let (subject, _) = self.strong_ref_to_post();
+                let repost = SubjectRef {
+                    type_: "app.bsky.feed.repost",
+                    subject,
+                    created_at,
+                };
+                ("app.bsky.feed.repost", Block::encode(&repost)?)
+            }
+            _ => {
+                let collection = if roll < 985 {
+                    "app.bsky.graph.follow"
+                } else {
+                    "app.bsky.graph.block"
+                };
+                let o = self.rng.random_range(0..self.repos.len());
+                let rec = SubjectDid {
+                    type_: collection,
+                    subject: self.repos[o].did.clone(),
+                    created_at,
+                };
+                (collection, Block::encode(&rec)?)
+            }
+        };
+        let path = format!("{collection}/{rkey}");
+        draft.ops.push(RepoOp {
+            action: "create",
+            path: path.clone(),
+            cid: Some(block.cid),
+            prev: None,
+        });
+        draft.truth.push(TruthEvent::Op {
+            seq,
+            did,
+            rev: String::new(),
+            action: OpAction::Create,
+            collection: collection.to_string(),
+            rkey: rkey.clone(),
+            cid: Some(block.cid.to_string()),
+            oversize,
+        });
+        draft.mst_entries.push((path, block.cid));
+        draft.new_records.push(Record {
+            collection,
+            rkey,
+            cid: block.cid,
+        });
+        draft.blocks.push(block);
+        Ok(())
+    }
+
+    /// The MST blocks and the encoded `#commit` frame of a draft; returns the frame and the new MST root.
+    fn commit_frame(
+        &mut self,
+        seq: i64,
+        r: usize,
+        rev: &str,
+        time: &str,
+        draft: &mut CommitDraft,
+    ) -> Result<(Vec<u8>, Cid), EncodeError> {
         // The MST node: the touched keys plus a few untouched neighbours, like a leaf on the proof path.
         let neighbours = self.repos[r].records.len().min(3);
         for rec in self.repos[r].records.iter().rev().take(neighbours) {
-            mst_entries.push((format!("{}/{}", rec.collection, rec.rkey), rec.cid));
+            draft
+                .mst_entries
+                .push((format!("{}/{}", rec.collection, rec.rkey), rec.cid));
         }
-        let mst = encode::mst_node(&mut mst_entries)?;
-        let rev = self.next_tid(r);
-        // Realistic frames: the repository's proof path under a fresh root that links to the new leaf.
-        let mut path: Vec<Block> = Vec::new();
-        if !self.small_frames {
-            if self.repos[r].proof.is_empty() {
-                self.repos[r].proof = proof_path(&did)?;
-            }
-            let proof = &self.repos[r].proof;
-            let mut entries = vec![(
-                format!("app.bsky.feed.like/{rev}"),
-                mst.cid,
-                proof.first().map(|b| b.cid),
-            )];
-            entries.extend(
-                proof
-                    .iter()
-                    .skip(1)
-                    .enumerate()
-                    .map(|(i, b)| (format!("app.bsky.graph.follow/{rev}{i}"), b.cid, None)),
-            );
-            path.push(encode::mst_inner_node(Some(mst.cid), &mut entries)?);
-            path.extend(proof.iter().cloned());
-        }
+        let mst = encode::mst_node(&mut draft.mst_entries)?;
+        let path = if self.small_frames {
+            Vec::new()
+        } else {
+            self.proof_blocks(r, rev, mst.cid)?
+        };
         let data = path.first().map_or(mst.cid, |root| root.cid);
-        let repo = &mut self.repos[r];
-        let commit = encode::commit_block(&did, &rev, data)?;
+        let repo = &self.repos[r];
+        let commit = encode::commit_block(&repo.did, rev, data)?;
         let car = encode::car(
             &[commit.cid],
             std::iter::once(&commit)
                 .chain(path.iter())
                 .chain(std::iter::once(&mst))
-                .chain(blocks.iter()),
+                .chain(draft.blocks.iter()),
         )?;
         let frame = encode::CommitBody {
             seq,
             rebase: false,
             too_big: false,
-            repo: &did,
+            repo: &repo.did,
             commit: commit.cid,
-            rev: &rev,
+            rev,
             since: repo.rev.as_deref(),
             blocks: ByteStr(&car),
-            ops: &ops,
+            ops: &draft.ops,
             blobs: &[],
             prev_data: repo.data,
-            time: &time,
+            time,
         }
         .encode_frame()?;
-        repo.rev = Some(rev.clone());
+        Ok((frame, data))
+    }
+
+    /// Realistic frames: the repository's proof path under a fresh root that links to the new leaf.
+    fn proof_blocks(&mut self, r: usize, rev: &str, leaf: Cid) -> Result<Vec<Block>, EncodeError> {
+        if self.repos[r].proof.is_empty() {
+            self.repos[r].proof = proof_path(&self.repos[r].did)?;
+        }
+        let proof = &self.repos[r].proof;
+        let mut entries = vec![(
+            format!("app.bsky.feed.like/{rev}"),
+            leaf,
+            proof.first().map(|b| b.cid),
+        )];
+        entries.extend(
+            proof
+                .iter()
+                .skip(1)
+                .enumerate()
+                .map(|(i, b)| (format!("app.bsky.graph.follow/{rev}{i}"), b.cid, None)),
+        );
+        let mut path = vec![encode::mst_inner_node(Some(leaf), &mut entries)?];
+        path.extend(proof.iter().cloned());
+        Ok(path)
+    }
+
+    /// After a commit: the repository's revision, root and live records; the recent posts replies point at.
+    fn remember_commit(
+        &mut self,
+        r: usize,
+        oversize: bool,
+        rev: String,
+        data: Cid,
+        new_records: Vec<Record>,
+        new_posts: Vec<PostRef>,
+    ) {
+        let repo = &mut self.repos[r];
+        repo.rev = Some(rev);
         repo.data = Some(data);
         if !oversize {
             for rec in new_records {
@@ -945,12 +1025,29 @@ impl Generator {
             }
             self.recent_posts.push_back(p);
         }
-        for t in &mut truth {
-            if let TruthEvent::Op { rev: r, .. } = t {
-                r.clone_from(&rev);
-            }
+    }
+}
+
+/// A commit being built: its ops, their truth and blocks, the MST leaf entries, and what to remember after.
+struct CommitDraft {
+    ops: Vec<RepoOp>,
+    truth: Vec<TruthEvent>,
+    blocks: Vec<Block>,
+    mst_entries: Vec<(String, Cid)>,
+    new_records: Vec<Record>,
+    new_posts: Vec<PostRef>,
+}
+
+impl CommitDraft {
+    fn with_capacity(n_ops: usize) -> Self {
+        Self {
+            ops: Vec::with_capacity(n_ops),
+            truth: Vec::with_capacity(n_ops),
+            blocks: Vec::with_capacity(n_ops + 2),
+            mst_entries: Vec::with_capacity(n_ops + 4),
+            new_records: Vec::new(),
+            new_posts: Vec::new(),
         }
-        Ok((frame, truth))
     }
 }
 
