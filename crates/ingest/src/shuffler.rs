@@ -342,6 +342,34 @@ async fn start_and_loop(
     Ok(out)
 }
 
+/// Frames at least this large are decoded, normalized and serialized on tokio's blocking pool instead of
+/// inline. Measured (`decode_offload` test, docs/shuffler.md): a `spawn_blocking` round trip costs ~10-30 µs,
+/// more than the whole path of a typical ~5 KB frame (~6 µs in release: `fpaas bench decode`, 161k frames/s),
+/// so small frames stay inline; from 64 KiB (≈ 80 µs of work in release, far more for expensive shapes) the
+/// hop is cheap relative to the work, and the runtime is never blocked for long.
+const OFFLOAD_FRAME_BYTES: usize = 64 * 1024;
+
+/// A decoded frame, its events, and each event's JSON payload (in event order).
+type Decoded = (Frame, fpaas_event::Normalized, Vec<Bytes>);
+
+/// Decodes a relay frame, normalizes it into events and serializes each event's JSON — all the CPU work of a
+/// frame (pure; run inline or on the blocking pool).
+fn decode_and_normalize(bytes: &Bytes) -> Result<Decoded, fpaas_proto::frame::FrameError> {
+    let frame = fpaas_proto::frame::decode_frame_bytes(bytes)?;
+    let normalized = match &frame {
+        Frame::Commit(_) | Frame::Identity(_) | Frame::Account(_) | Frame::Sync(_) => {
+            fpaas_event::normalize(&frame)
+        }
+        _ => fpaas_event::Normalized::default(),
+    };
+    let payloads = normalized
+        .events
+        .iter()
+        .map(|ev| Bytes::from(ev.to_json_vec()))
+        .collect();
+    Ok((frame, normalized, payloads))
+}
+
 /// Aborts the task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -632,12 +660,33 @@ impl Runner {
     async fn on_frame(&mut self, bytes: Bytes, shutdown: &CancellationToken) -> Option<SessionEnd> {
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.m.frame_size.record(bytes.len() as f64);
-        let frame = match fpaas_proto::frame::decode_frame_bytes(&bytes) {
-            Ok(f) => f,
+        let size = bytes.len();
+        let decoded = if size >= OFFLOAD_FRAME_BYTES {
+            // A large frame takes milliseconds to decode and convert: off the runtime, so that acks keep
+            // being processed (and other tasks keep running) meanwhile.
+            let job = tokio::task::spawn_blocking(move || decode_and_normalize(&bytes));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Some(SessionEnd::Shutdown),
+                r = job => match r {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Only a panic in the decoder gets here (it never panics on input, by its tests).
+                        tracing::error!(error = %e, size, "decoding a frame failed on the blocking pool; dropped");
+                        self.count_drop("decode_panic");
+                        self.wm.push(None, 0);
+                        return None;
+                    }
+                },
+            }
+        } else {
+            decode_and_normalize(&bytes)
+        };
+        let (frame, normalized, payloads) = match decoded {
+            Ok(d) => d,
             Err(e) => {
                 metrics::frame("undecodable");
                 self.count_drop(e.kind().as_str());
-                tracing::debug!(reason = e.kind().as_str(), error = %e, size = bytes.len(), "undecodable frame dropped");
+                tracing::debug!(reason = e.kind().as_str(), error = %e, size, "undecodable frame dropped");
                 self.wm.push(None, 0);
                 return None;
             }
@@ -680,17 +729,15 @@ impl Runner {
         if self.first_seq.is_none() && self.wm.watermark().is_none() {
             self.first_seq = seq;
         }
-        let normalized = fpaas_event::normalize(&frame);
         drop(frame);
         for d in &normalized.dropped {
             self.count_drop(d.reason.0);
             tracing::debug!(reason = d.reason.0, what = %d.what, detail = %d.detail, "op dropped");
         }
         let mut msgs = Vec::with_capacity(normalized.events.len());
-        for ev in &normalized.events {
+        for (ev, payload) in normalized.events.iter().zip(payloads) {
             self.m.event(ev.kind);
             self.stats.events.fetch_add(1, Ordering::Relaxed);
-            let payload = Bytes::from(ev.to_json_vec());
             let msg_id = fpaas_event::msg_id(ev);
             let headers = vec![
                 (HEADER_DID, ev.did.clone()),
