@@ -69,8 +69,10 @@ pub struct StreamSettings {
     /// Must cover the worst time between two publishes of the same event: the skew between two
     /// shufflers reading different relays, a shuffler restart that replays from its persisted
     /// cursor, and the reconnect backoff plus republish of un-acked messages after an outage.
-    /// Dedup ids are held in server memory for the whole window (~2 min at 350 events/s is ~40k
-    /// ids; a bulk replay holds every id it publishes within the window).
+    /// Dedup ids are held in server memory for the whole window: measured ~300-400 B per id, so
+    /// 300 s costs ~170 MB at 2,000 events/s and ~570 MB at 5,000/s (docs/shuffler.md, reproduce
+    /// with `scripts/py/dedup_window_memory.py`); a bulk replay holds every id it publishes within
+    /// the window.
     pub duplicate_window_secs: u64,
     /// Number of replicas: 1 (single server) or 3 (cluster). Values up to 5 are accepted.
     pub replicas: usize,
