@@ -419,7 +419,8 @@ struct Runner {
     relay_key: String,
     publisher: Publisher,
     wm: Watermark,
-    /// When the watermark last moved (or the age of the cursor it started from).
+    /// When the watermark last moved or was last known to cover everything read (or the age of the cursor it
+    /// started from): the age compared with the duplicate window on a resume.
     wm_moved_at: Instant,
     m: Metrics,
     health: Health,
@@ -491,6 +492,10 @@ impl Runner {
             self.count_reconnect(end.reason());
             // Let what is in flight finish; acks still count, a failure means NATS needs a wait.
             let failed = self.settle().await || matches!(end, SessionEnd::PublishFailed);
+            if !failed {
+                // Everything read is stored: the watermark is current as of now (an idle relay does not age it).
+                self.wm_moved_at = Instant::now();
+            }
             match &end {
                 SessionEnd::PublishFailed => {
                     tracing::warn!(
