@@ -269,9 +269,6 @@ async fn start_and_loop(
     let candidate = resume_candidate(&cfg.instance, &relay_key, &cfg.stream.name, &stored);
     let resume = candidate.as_ref().map(|c| c.seq).or(cfg.start_cursor);
     tracing::info!(own = ?own, resume = ?resume, from = ?candidate.as_ref().map(|c| &c.key), cursors = stored.len(), "resuming");
-    if let Some(c) = &candidate {
-        warn_if_stale(&cfg, &stats, c.seq, c.age(), &c.key);
-    }
     if let Some(seq) = resume {
         stats.cursor_seq.store(seq, Ordering::Relaxed);
         ::metrics::gauge!("fpaas_shuffler_cursor_seq").set(seq as f64);
@@ -471,6 +468,15 @@ impl Runner {
             };
             live = false;
             tracing::info!(url = conn.url(), cursor = ?cursor, "relay connected");
+            if let Some(w) = self.wm.watermark().filter(|w| cursor == Some(*w)) {
+                warn_if_stale(
+                    &self.cfg,
+                    &self.stats,
+                    w,
+                    Some(self.wm_moved_at.elapsed()),
+                    "resume",
+                );
+            }
             self.stats.relay_connects.fetch_add(1, Ordering::Relaxed);
             self.health.up(COMPONENT_RELAY, conn.url().to_owned());
             self.m.relay_connected.set(1.0);
@@ -599,19 +605,9 @@ impl Runner {
                 )
             }
         }
-        match self.wm.watermark() {
-            Some(w) => {
-                warn_if_stale(
-                    &self.cfg,
-                    &self.stats,
-                    w,
-                    Some(self.wm_moved_at.elapsed()),
-                    "watermark",
-                );
-                Some(w)
-            }
-            None => self.first_seq.map(|s| s - 1),
-        }
+        self.wm
+            .watermark()
+            .or_else(|| self.first_seq.map(|s| s - 1))
     }
 
     /// Reads and publishes until the session ends.

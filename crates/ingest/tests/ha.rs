@@ -6,7 +6,8 @@
 //! - a cursor of another stream (a staging shuffler on the same bucket) is not resumed from;
 //! - a second process with a live instance name refuses to start; a crashed holder's lease is taken over
 //!   after `lease_ttl`;
-//! - first start without any cursor: a first session that read frames but completed none is read again.
+//! - first start without any cursor: a first session that read frames but completed none is read again;
+//! - a resume from a cursor older than the duplicate window is counted.
 
 mod common;
 
@@ -315,5 +316,54 @@ async fn first_session_without_a_cursor_is_read_again_not_skipped() {
     .unwrap_or_else(|e| panic!("caught up: {e}; {:?}", stats.snapshot()));
     shutdown.cancel();
     task.await.expect("join").expect("run ok");
+    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+}
+
+/// A single shuffler cut off from NATS for longer than the duplicate window resumes from its own (now old)
+/// watermark: that is counted (`stale_resumes`, metric `fpaas_shuffler_stale_resumes_total`) and warned about;
+/// alone, it still stores each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_older_than_the_dup_window_is_counted() {
+    let nats = NatsServer::new();
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", nats.port())).await;
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 16,
+        rate: Some(300.0),
+        limit: Some(2_000),
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let shuffler = Shuffler::new(ha_config(
+        &format!("nats://127.0.0.1:{}", proxy.addr().port()),
+        &sim.url(),
+        "stale",
+    ));
+    let stats = shuffler.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(shuffler.run(Health::new(), shutdown.clone()));
+    eventually(Duration::from_secs(15), || async {
+        stats.published.load(Ordering::Relaxed) > 100
+    })
+    .await
+    .expect("publishing");
+    proxy.cut();
+    let cut_at = Instant::now();
+    while cut_at.elapsed() < Duration::from_secs(WINDOW_SECS + 2) {
+        assert!(!task.is_finished(), "the shuffler exited");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stats.stale_resumes.load(Ordering::Relaxed), 0);
+    proxy.restore();
+    let js = jetstream(&nats.url()).await;
+    eventually(Duration::from_secs(30), || async {
+        sim.produced() >= 2_000
+            && stats.watermark_seq.load(Ordering::Relaxed) == sim.head_seq().unwrap_or(-1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("caught up: {e}; {:?}", stats.snapshot()));
+    shutdown.cancel();
+    let done = task.await.expect("join").expect("run ok");
+    assert!(done.stale_resumes >= 1, "{done:?}");
     assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
 }
