@@ -23,8 +23,8 @@ pub use error::{BusError, BusErrorKind};
 pub use kv::{CursorStore, KvSettings, ensure_kv, is_valid_kv_key};
 pub use publish::{Acked, Completion, Failed, OutMsg, Publisher};
 pub use stream::{
-    Compression, DEFAULT_MAX_MSG_SIZE, DEFAULT_STREAM_MAX_BYTES, Storage, StreamAction,
-    StreamReport, StreamSettings, ensure_stream,
+    Compression, DEFAULT_MAX_MSG_SIZE, DEFAULT_STREAM_MAX_BYTES, NATS_DEFAULT_MAX_PAYLOAD, Storage,
+    StreamAction, StreamReport, StreamSettings, ensure_stream,
 };
 
 /// A JetStream context on `client` whose ack-in-flight limit is at least `max_ack_inflight`
@@ -32,5 +32,18 @@ pub use stream::{
 pub fn jetstream(client: Client, max_ack_inflight: usize) -> JetStream {
     async_nats::jetstream::context::ContextBuilder::new()
         .max_ack_inflight(max_ack_inflight.max(5_000))
+        .build(client)
+}
+
+/// Like [`jetstream`], with `timeout` as the longest wait for a publish ack or a JetStream API answer
+/// (async-nats' default is 5 s).
+pub fn jetstream_with_timeout(
+    client: Client,
+    max_ack_inflight: usize,
+    timeout: std::time::Duration,
+) -> JetStream {
+    async_nats::jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(max_ack_inflight.max(5_000))
+        .timeout(timeout)
         .build(client)
 }

@@ -1,4 +1,5 @@
-//! Publishing to JetStream with a bounded number of acks in flight.
+//! Publishing to JetStream with a bounded number of acks in flight, and optionally a bounded number of
+//! payload bytes in flight ([`Publisher::with_max_bytes_in_flight`]).
 //!
 //! Every [`OutMsg`] handed to [`Publisher::publish`] produces exactly one [`Completion`]:
 //! `Ok(Acked)` with the stream sequence and the dedup flag, or `Err(Failed)` that gives the
@@ -29,6 +30,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::error::{BusError, BusErrorKind};
+
+/// How long [`Publisher::publish`] waits for a disconnected client to reconnect before the publish fails
+/// (instead of being queued by async-nats and sent whenever the connection comes back).
+pub const DISCONNECTED_WAIT: Duration = Duration::from_secs(1);
 
 /// One message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +87,10 @@ pub type Completion = Result<Acked, Box<Failed>>;
 /// so call it outside `select!`.
 pub struct Publisher {
     js: jetstream::Context,
+    client: async_nats::Client,
     max_in_flight: usize,
+    max_bytes_in_flight: usize,
+    bytes_in_flight: usize,
     in_flight: FuturesUnordered<InFlight>,
     ready: VecDeque<Completion>,
     metrics: PublishMetrics,
@@ -93,6 +101,7 @@ impl std::fmt::Debug for Publisher {
         f.debug_struct("Publisher")
             .field("max_in_flight", &self.max_in_flight)
             .field("in_flight", &self.in_flight.len())
+            .field("bytes_in_flight", &self.bytes_in_flight)
             .field("ready", &self.ready.len())
             .finish()
     }
@@ -103,31 +112,55 @@ impl Publisher {
     /// own `max_ack_inflight` (5,000 by default) must be at least as large to not become the limit.
     pub fn new(js: jetstream::Context, max_in_flight: usize) -> Self {
         Self {
+            client: js.client(),
             js,
             max_in_flight: max_in_flight.max(1),
+            max_bytes_in_flight: usize::MAX,
+            bytes_in_flight: 0,
             in_flight: FuturesUnordered::new(),
             ready: VecDeque::new(),
             metrics: PublishMetrics::new(),
         }
     }
 
-    /// Sends `msg`, first waiting while `max_in_flight` acks are outstanding (backpressure).
+    /// Also bounds the payload bytes of the publishes awaiting an ack to `max_bytes` (at least 1): a
+    /// publish waits while the payloads in flight plus its own would exceed it. A message larger than
+    /// the bound is still sent, alone. So `bytes_in_flight() <= max(max_bytes, largest payload)`.
+    pub fn with_max_bytes_in_flight(mut self, max_bytes: usize) -> Self {
+        self.max_bytes_in_flight = max_bytes.max(1);
+        self
+    }
+
+    /// Sends `msg`, first waiting while `max_in_flight` acks (or the byte bound) are outstanding
+    /// (backpressure).
     ///
     /// Never fails and never panics: an immediate failure (invalid header, payload too large,
     /// connection buffer timeout while NATS is down) becomes a `Failed` completion with the
     /// message, like a failed ack does.
     pub async fn publish(&mut self, msg: OutMsg) {
-        while self.in_flight.len() >= self.max_in_flight {
+        let size = msg.payload.len();
+        while self.in_flight.len() >= self.max_in_flight
+            || (!self.in_flight.is_empty()
+                && self.bytes_in_flight.saturating_add(size) > self.max_bytes_in_flight)
+        {
             match self.in_flight.next().await {
                 Some(completion) => self.record_and_buffer(completion),
                 None => break,
             }
         }
+        // While disconnected, async-nats queues a publish and sends it whenever it reconnects — possibly long
+        // after the stream's duplicate window, when a peer has stored the same event already (a duplicate).
+        // So a publish waits up to DISCONNECTED_WAIT for the connection, then fails like an unanswered one.
+        if !wait_connected(&self.client).await {
+            let error = BusError::new(BusErrorKind::Timeout, "not connected to NATS");
+            self.buffer(Err(Box::new(Failed { msg, error })));
+            return;
+        }
         let started = Instant::now();
         let headers = match build_headers(&msg) {
             Ok(headers) => headers,
             Err(error) => {
-                self.record_and_buffer(Err(Box::new(Failed { msg, error })));
+                self.buffer(Err(Box::new(Failed { msg, error })));
                 return;
             }
         };
@@ -136,10 +169,13 @@ impl Publisher {
             .publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
             .await
         {
-            Ok(ack) => self.in_flight.push(InFlight::new(ack, msg, started)),
+            Ok(ack) => {
+                self.bytes_in_flight += size;
+                self.in_flight.push(InFlight::new(ack, msg, started));
+            }
             Err(err) => {
                 let error = map_publish_error(err);
-                self.record_and_buffer(Err(Box::new(Failed { msg, error })));
+                self.buffer(Err(Box::new(Failed { msg, error })));
             }
         }
     }
@@ -150,7 +186,8 @@ impl Publisher {
         if let Some(done) = self.ready.pop_front() {
             return Some(done);
         }
-        let completion = self.in_flight.next().await?;
+        let (completion, size) = self.in_flight.next().await?;
+        self.bytes_in_flight = self.bytes_in_flight.saturating_sub(size);
         self.metrics.record(&completion);
         Some(completion)
     }
@@ -163,7 +200,8 @@ impl Publisher {
         let waker = futures::task::noop_waker();
         let mut cx = TaskContext::from_waker(&waker);
         match self.in_flight.poll_next_unpin(&mut cx) {
-            Poll::Ready(Some(completion)) => {
+            Poll::Ready(Some((completion, size))) => {
+                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(size);
                 self.metrics.record(&completion);
                 Some(completion)
             }
@@ -174,6 +212,11 @@ impl Publisher {
     /// Acks outstanding (sent, not yet observed).
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Payload bytes of the publishes awaiting an ack.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.bytes_in_flight
     }
 
     /// Completions observed but not yet taken by the caller.
@@ -191,10 +234,28 @@ impl Publisher {
         self.max_in_flight
     }
 
-    fn record_and_buffer(&mut self, completion: Completion) {
+    fn record_and_buffer(&mut self, (completion, size): (Completion, usize)) {
+        self.bytes_in_flight = self.bytes_in_flight.saturating_sub(size);
+        self.buffer(completion);
+    }
+
+    fn buffer(&mut self, completion: Completion) {
         self.metrics.record(&completion);
         self.ready.push_back(completion);
     }
+}
+
+/// Whether `client` is connected, waiting up to [`DISCONNECTED_WAIT`] for it.
+async fn wait_connected(client: &async_nats::Client) -> bool {
+    let connected = || client.connection_state() == async_nats::connection::State::Connected;
+    let deadline = Instant::now() + DISCONNECTED_WAIT;
+    while !connected() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// `Nats-Msg-Id` plus the message's extra headers, validated without panicking.
@@ -269,9 +330,10 @@ impl InFlight {
 }
 
 impl Future for InFlight {
-    type Output = Completion;
+    /// The completion and the payload size it releases.
+    type Output = (Completion, usize);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Completion> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<(Completion, usize)> {
         let result = match self.ack.as_mut().poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result,
@@ -281,7 +343,8 @@ impl Future for InFlight {
             // Polled after completion: FuturesUnordered never does this.
             return Poll::Pending;
         };
-        Poll::Ready(match result {
+        let size = msg.payload.len();
+        let completion = match result {
             Ok(ack) => Ok(Acked {
                 token: msg.token,
                 sequence: ack.sequence,
@@ -292,7 +355,8 @@ impl Future for InFlight {
                 msg,
                 error: map_publish_error(err),
             })),
-        })
+        };
+        Poll::Ready((completion, size))
     }
 }
 

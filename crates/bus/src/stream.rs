@@ -4,15 +4,18 @@
 //! # Message size policy (`max_payload` / `max_msg_size`)
 //! - Upstream limits one record to 1,000,000 bytes of DAG-CBOR. The shuffler drops larger records
 //!   with a counted reason before they reach the bus.
-//! - The JSON of a maximum-size record can exceed 1 MiB (byte strings become base64 `$bytes`, CIDs
-//!   become strings), so the stream accepts messages up to [`StreamSettings::max_msg_size`]
-//!   (2 MiB by default), and **every nats-server we run is configured with `max_payload: 4MB`**
-//!   (deployment configs, the dev compose file and `fpaas-testkit`, which defaults to 4 MiB). The
-//!   4 MiB leaves room for headers and is well below the server's 64 MiB hard ceiling.
-//! - A server still on the 1 MiB default does not crash anything: [`ensure_stream`] logs a warning
-//!   and reports it ([`StreamReport::warnings`]); a message above the server's `max_payload` or the
-//!   stream's `max_msg_size` fails with [`BusErrorKind::MaxPayload`] (not retryable), which the
-//!   caller drops and counts (reason `too_large`).
+//! - The stream accepts messages up to [`StreamSettings::max_msg_size`], **1 MiB by default: the
+//!   `max_payload` of a nats-server with default settings**, so the defaults agree with every server
+//!   the project starts (`fpaas dev` runs a default server; the test and bench servers allow 4 MiB)
+//!   and with a stock deployment. An event larger than that (only a record near the 1,000,000-byte
+//!   limit full of byte strings, which grow by a third in base64, can get there) is dropped and
+//!   counted (`payload_too_large`) before it is sent. To carry those too, raise the server's
+//!   `max_payload` (e.g. `max_payload: 4MB`, well below the 64 MiB hard ceiling) and then
+//!   `max_msg_size` (e.g. 2 MiB).
+//! - A `max_msg_size` above the connected server's `max_payload` does not crash anything:
+//!   [`ensure_stream`] logs a warning and reports it ([`StreamReport::warnings`]); a message above
+//!   the server's `max_payload` or the stream's `max_msg_size` fails with
+//!   [`BusErrorKind::MaxPayload`] (not retryable), which the caller drops and counts.
 //!
 //! # Retention
 //! Age-based (`max_age`, 24 h by default: the relay's own replay window is 24–72 h, so a cursor
@@ -66,8 +69,10 @@ pub struct StreamSettings {
     /// Must cover the worst time between two publishes of the same event: the skew between two
     /// shufflers reading different relays, a shuffler restart that replays from its persisted
     /// cursor, and the reconnect backoff plus republish of un-acked messages after an outage.
-    /// Dedup ids are held in server memory for the whole window (~2 min at 350 events/s is ~40k
-    /// ids; a bulk replay holds every id it publishes within the window).
+    /// Dedup ids are held in server memory for the whole window: measured ~300-400 B per id, so
+    /// 300 s costs ~170 MB at 2,000 events/s and ~570 MB at 5,000/s (docs/shuffler.md, reproduce
+    /// with `scripts/py/dedup_window_memory.py`); a bulk replay holds every id it publishes within
+    /// the window.
     pub duplicate_window_secs: u64,
     /// Number of replicas: 1 (single server) or 3 (cluster). Values up to 5 are accepted.
     pub replicas: usize,
@@ -83,15 +88,17 @@ pub struct StreamSettings {
     /// JetStream `max_file_store` (75% of free disk unless configured) and stream creation fails
     /// with "insufficient resources" when it does not fit.
     pub max_bytes: i64,
-    /// Largest accepted message in bytes (payload plus headers). Default 2 MiB; see the module doc
-    /// for the `max_payload` policy.
+    /// Largest accepted message in bytes (payload plus headers). Default 1 MiB (a default
+    /// nats-server's `max_payload`); see the module doc for the `max_payload` policy.
     pub max_msg_size: i32,
 }
 
 /// Default [`StreamSettings::max_bytes`]: 32 GiB.
 pub const DEFAULT_STREAM_MAX_BYTES: i64 = 32 * 1024 * 1024 * 1024;
-/// Default [`StreamSettings::max_msg_size`]: 2 MiB.
-pub const DEFAULT_MAX_MSG_SIZE: i32 = 2 * 1024 * 1024;
+/// Default [`StreamSettings::max_msg_size`]: 1 MiB, the `max_payload` of a default nats-server.
+pub const DEFAULT_MAX_MSG_SIZE: i32 = 1024 * 1024;
+/// `max_payload` of a nats-server started without that setting (what `fpaas dev` runs).
+pub const NATS_DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 impl Default for StreamSettings {
     fn default() -> Self {
@@ -441,7 +448,9 @@ mod tests {
         assert_eq!(c.duplicate_window, Duration::from_secs(300));
         assert_eq!(c.compression, Some(stream::Compression::S2));
         assert_eq!(c.storage, stream::StorageType::File);
-        assert_eq!(c.max_message_size, 2 * 1024 * 1024);
+        assert_eq!(c.max_message_size, 1024 * 1024);
+        // The default fits a default server's max_payload (and so every server the project starts).
+        assert!(DEFAULT_MAX_MSG_SIZE as usize <= NATS_DEFAULT_MAX_PAYLOAD);
     }
 
     #[test]

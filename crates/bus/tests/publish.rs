@@ -136,6 +136,43 @@ async fn oversized_messages_fail_with_max_payload() {
     assert_eq!(results[2].as_ref().expect("small fits").token, 3);
 }
 
+/// The payload bytes awaiting an ack never exceed the byte budget (or one message larger than it, alone), and
+/// every message still completes.
+#[tokio::test]
+async fn bytes_in_flight_stay_within_the_budget() {
+    const BUDGET: usize = 256 * 1024;
+    let server = NatsServer::new();
+    let js = common::js_with_timeout(&server.url()).await;
+    common::wait_connected(&js).await;
+    let settings = common::settings("BYTES", "bytes.>");
+    ensure_stream(&js, &settings).await.expect("stream");
+    let mut publisher = Publisher::new(js.clone(), 1_000).with_max_bytes_in_flight(BUDGET);
+    let mut most = 0;
+    for token in 0..60u64 {
+        let len = if token == 30 { 600 * 1024 } else { 60 * 1024 };
+        publisher
+            .publish(OutMsg {
+                subject: format!("bytes.{}", token % 3),
+                msg_id: format!("b-{token}"),
+                headers: vec![],
+                payload: Bytes::from(vec![b'y'; len]),
+                token,
+            })
+            .await;
+        most = most.max(publisher.bytes_in_flight());
+        assert!(
+            publisher.bytes_in_flight() <= BUDGET.max(len),
+            "{} bytes in flight after message {token}",
+            publisher.bytes_in_flight()
+        );
+    }
+    let results = common::drain(&mut publisher).await;
+    assert_eq!(results.len(), 60);
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(publisher.bytes_in_flight(), 0);
+    assert!(most > BUDGET / 2, "the budget was actually reached: {most}");
+}
+
 #[tokio::test]
 async fn invalid_header_value_comes_back_without_panicking() {
     let server = NatsServer::new();

@@ -26,7 +26,7 @@ async fn stream_is_created_then_idempotent_then_updated_with_drift() {
     assert_eq!(config.compression, Some(Compression::S2));
     assert_eq!(config.max_age, Duration::from_secs(24 * 3600));
     assert_eq!(config.duplicate_window, Duration::from_secs(300));
-    assert_eq!(config.max_message_size, 2 * 1024 * 1024);
+    assert_eq!(config.max_message_size, 1024 * 1024);
     assert_eq!(config.subjects, vec!["atproto.firehose.>".to_owned()]);
 
     let again = ensure_stream(&js, &settings).await.expect("second call");
@@ -97,9 +97,15 @@ async fn invalid_settings_and_small_max_payload_are_reported() {
     // Wait for the background connect so server_info is known.
     common::wait_connected(&js).await;
 
-    let report = ensure_stream(&js, &common::settings("SMALL", "small.>"))
+    // The default max_msg_size fits a default server (what `fpaas dev` runs): no warning.
+    let report = ensure_stream(&js, &common::settings("DEFAULT", "default.>"))
         .await
         .expect("create");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // Above the server's max_payload: reported.
+    let mut small = common::settings("SMALL", "small.>");
+    small.max_msg_size = 2 * 1024 * 1024;
+    let report = ensure_stream(&js, &small).await.expect("create");
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert!(report.warnings[0].contains("max_payload"));
 

@@ -43,7 +43,7 @@ enum Command {
     /// Run a benchmark and print a table (or one JSON object with --json).
     Bench(bench::Args),
     /// Read a relay firehose and publish one message per event into the JetStream stream.
-    Shuffler(cmd::shuffler::Args),
+    Shuffler(Box<cmd::shuffler::Args>),
     /// Storage needed for the stream's retention, from a running shuffler's metrics or from flags.
     StorageEstimate(cmd::storage_estimate::Args),
     /// Build the record KV bucket (DID / collection / rkey -> record) from the firehose stream.
@@ -98,7 +98,7 @@ fn main() -> std::process::ExitCode {
             Command::Tail(a) => cmd::tail::run(a).await,
             Command::Dev(a) => cmd::dev::run(a).await,
             Command::Bench(a) => bench::run(a).await,
-            Command::Shuffler(a) => cmd::shuffler::run(a).await,
+            Command::Shuffler(a) => cmd::shuffler::run(*a).await,
             Command::StorageEstimate(a) => cmd::storage_estimate::run(a).await,
             Command::RecordKv(a) => cmd::record_kv::run(a).await,
             Command::LikeIndexer(a) => cmd::like_indexer::run(a).await,

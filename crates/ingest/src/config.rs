@@ -44,10 +44,32 @@ pub struct ShufflerConfig {
     pub publish_timeout_ms: u64,
     /// On shutdown, longest wait for in-flight acks before the final cursor save, in milliseconds. Default 10000.
     pub drain_timeout_ms: u64,
+    /// Longest wait for one publish's JetStream ack (and for one JetStream API answer) before it counts as
+    /// failed, in milliseconds. Default 2000: acks normally take milliseconds, and a stream leader lost with
+    /// SIGKILL never answers, so this is how long such a publish delays the recovery.
+    pub ack_timeout_ms: u64,
+    /// While waiting for NATS after a publish failure: the longest wait for one probe (stream info), and for
+    /// re-reading the cursor bucket before a reconnect, in milliseconds. Probes are at most 250 ms apart.
+    /// Default 1000, so publishing resumes within about a second of the stream answering again (e.g. a new
+    /// stream leader elected).
+    pub probe_timeout_ms: u64,
     /// First retry delay (relay reconnects, waiting for NATS), in milliseconds. Default 100.
     pub backoff_min_ms: u64,
     /// Largest retry delay, in milliseconds. Default 30000.
     pub backoff_max_ms: u64,
+    /// A relay connection that stayed open at least this long resets the relay reconnect backoff, in
+    /// milliseconds. Shorter sessions (an error frame on every connect, a close after one frame) keep the
+    /// delay growing from `backoff_min_ms` to `backoff_max_ms`, whatever they delivered. Default 10000.
+    pub relay_stable_ms: u64,
+    /// Most payload bytes of publishes awaiting their ack at once (with `max_acks_in_flight`, whichever
+    /// bound is reached first pauses reading); a single message larger than this is still sent, alone.
+    /// Default 67108864 (64 MiB).
+    pub max_bytes_in_flight: usize,
+    /// Lifetime of this instance's name lease in the `<cursor bucket>_leases` bucket, in milliseconds. The
+    /// holder renews it every third of this; a second process with the same `instance` refuses to start
+    /// while the holder renews, and takes over a lease nobody renewed for this long (a crashed holder), or at
+    /// once when the holder was a dead process on the same host. Default 10000.
+    pub lease_ttl_ms: u64,
     /// Cursor to start from when no instance has saved one for this relay; absent = live.
     pub start_cursor: Option<i64>,
     /// Address of the ops HTTP server (`/metrics`, `/health`, `/ready`, `/health/detailed`) when run as
@@ -71,8 +93,13 @@ impl Default for ShufflerConfig {
             connect_timeout_ms: 10_000,
             publish_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
+            ack_timeout_ms: 2_000,
+            probe_timeout_ms: 1_000,
             backoff_min_ms: 100,
             backoff_max_ms: 30_000,
+            relay_stable_ms: 10_000,
+            max_bytes_in_flight: 64 * 1024 * 1024,
+            lease_ttl_ms: 10_000,
             start_cursor: None,
             metrics_listen: Some("127.0.0.1:9100".to_owned()),
         }
@@ -109,6 +136,10 @@ impl ShufflerConfig {
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("publish_timeout_ms", self.publish_timeout_ms),
             ("backoff_min_ms", self.backoff_min_ms),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("max_bytes_in_flight", self.max_bytes_in_flight as u64),
+            ("lease_ttl_ms", self.lease_ttl_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return bad(format!("{name} must be > 0"));
@@ -139,6 +170,27 @@ impl ShufflerConfig {
     }
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+    pub(crate) fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+    pub(crate) fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+    pub(crate) fn relay_stable(&self) -> Duration {
+        Duration::from_millis(self.relay_stable_ms)
+    }
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+    /// Backoff of the probes while waiting for NATS: from `backoff_min_ms`, capped at 250 ms (or
+    /// `probe_timeout_ms`, if shorter).
+    pub(crate) fn probe_backoff(&self) -> crate::backoff::Backoff {
+        let cap = self.probe_timeout_ms.min(250);
+        crate::backoff::Backoff::new(
+            Duration::from_millis(self.backoff_min_ms.min(cap)),
+            Duration::from_millis(cap),
+        )
     }
     pub(crate) fn save_interval(&self) -> Duration {
         Duration::from_millis(self.cursor_save_interval_ms)

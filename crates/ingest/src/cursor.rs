@@ -1,11 +1,18 @@
 //! The persisted cursor: one key per shuffler instance in the cursor KV bucket, value
-//! `{"seq", "relay", "instance", "updated_at"}` (JSON). A stored `seq` only ever comes from the
-//! [`Watermark`](crate::watermark::Watermark), so every event up to it is in the stream.
+//! `{"seq", "relay", "stream", "instance", "updated_at"}` (JSON). A stored `seq` only ever comes from the
+//! [`Watermark`](crate::watermark::Watermark), so every event up to it is in the record's stream.
 //!
-//! At start a shuffler resumes from the highest cursor of *any* instance reading the same relay (see
-//! [`resume_point`]): that is safe because each instance's cursor only covers acked events, and it keeps a
-//! restarted instance from re-publishing what its peer already stored (beyond the stream's dedup window that
-//! would create duplicates). Cursors of other relays are ignored — `seq` is per relay.
+//! At start, and again before every relay reconnect, a shuffler resumes from the highest cursor of *any*
+//! instance reading the same relay **into the same stream** (see [`resume_candidate`]): that is safe because
+//! each instance's cursor only covers events acked by that stream, and it keeps an instance that was cut off
+//! from re-publishing what its peer already stored (beyond the stream's dedup window that would create
+//! duplicates). Cursors of other relays are ignored (`seq` is per relay), and so are cursors of other streams
+//! (a staging shuffler's cursor says nothing about what production's stream holds).
+//!
+//! Records written before the `stream` field existed: the instance's *own* such record still counts (an
+//! upgraded instance resumes where it stopped instead of starting live, which would be a gap); *another*
+//! instance's is ignored, because it may belong to another stream and adopting it could skip events (a gap,
+//! the one thing worse than a duplicate). The peer rewrites its record with the stream on its next save.
 //!
 //! The bus crate's `CursorStore` stores a bare integer; this module keeps the richer record on the same kind of
 //! bucket through the store handle the bus's `ensure_kv` returns (async-nats is a dependency here only to name
@@ -24,6 +31,9 @@ pub struct CursorRecord {
     pub seq: i64,
     /// The relay the seq belongs to, canonical form (full subscribeRepos URL without query).
     pub relay: String,
+    /// The stream that holds every event up to `seq` (absent in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// The instance that wrote it.
     pub instance: String,
     /// When it was written (RFC 3339, UTC).
@@ -32,10 +42,11 @@ pub struct CursorRecord {
 
 impl CursorRecord {
     /// A record written now.
-    pub fn now(seq: i64, relay: &str, instance: &str) -> Self {
+    pub fn now(seq: i64, relay: &str, stream: &str, instance: &str) -> Self {
         Self {
             seq,
             relay: relay.to_owned(),
+            stream: Some(stream.to_owned()),
             instance: instance.to_owned(),
             updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
@@ -69,17 +80,68 @@ pub fn parse_stored(value: &[u8]) -> Option<StoredCursor> {
         .map(StoredCursor::Bare)
 }
 
-/// Where an instance resumes: the highest seq among its own cursor (a bare integer counts as its own) and the
-/// cursors of other instances on the same `relay` (canonical form). `None` when nobody has one.
-pub fn resume_point(instance: &str, relay: &str, stored: &[(String, StoredCursor)]) -> Option<i64> {
+/// The stored cursor an instance would resume from (see [`resume_candidate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The relay seq.
+    pub seq: i64,
+    /// The key (instance) that stored it.
+    pub key: String,
+    /// When it was written (RFC 3339), if the record says.
+    pub updated_at: Option<String>,
+}
+
+impl Candidate {
+    /// How long ago it was written, if known.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let at = chrono::DateTime::parse_from_rfc3339(self.updated_at.as_deref()?).ok()?;
+        (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+            .to_std()
+            .ok()
+    }
+}
+
+/// Where an instance resumes: the highest cursor among its own (a bare integer, or a record without a
+/// stream, counts as its own) and the cursors of other instances on the same `relay` (canonical form) and
+/// the same `stream`. `None` when nobody has one.
+pub fn resume_candidate(
+    instance: &str,
+    relay: &str,
+    stream: &str,
+    stored: &[(String, StoredCursor)],
+) -> Option<Candidate> {
     stored
         .iter()
         .filter_map(|(key, value)| match value {
-            StoredCursor::Record(r) if r.relay == relay => Some(r.seq),
-            StoredCursor::Bare(seq) if key == instance => Some(*seq),
+            StoredCursor::Record(r)
+                if r.relay == relay
+                    && (r.stream.as_deref() == Some(stream)
+                        || (r.stream.is_none() && key == instance)) =>
+            {
+                Some(Candidate {
+                    seq: r.seq,
+                    key: key.clone(),
+                    updated_at: Some(r.updated_at.clone()),
+                })
+            }
+            StoredCursor::Bare(seq) if key == instance => Some(Candidate {
+                seq: *seq,
+                key: key.clone(),
+                updated_at: None,
+            }),
             _ => None,
         })
-        .max()
+        .max_by_key(|c| c.seq)
+}
+
+/// The seq of [`resume_candidate`].
+pub fn resume_point(
+    instance: &str,
+    relay: &str,
+    stream: &str,
+    stored: &[(String, StoredCursor)],
+) -> Option<i64> {
+    resume_candidate(instance, relay, stream, stored).map(|c| c.seq)
 }
 
 /// The cursor bucket (a handle from the bus's `ensure_kv`).
@@ -185,13 +247,25 @@ mod tests {
     use super::*;
 
     fn rec(seq: i64, relay: &str, instance: &str) -> StoredCursor {
-        StoredCursor::Record(CursorRecord::now(seq, relay, instance))
+        StoredCursor::Record(CursorRecord::now(seq, relay, "FIREHOSE", instance))
+    }
+
+    fn rec_in(seq: i64, relay: &str, stream: Option<&str>, instance: &str) -> StoredCursor {
+        let mut r = CursorRecord::now(seq, relay, "x", instance);
+        r.stream = stream.map(str::to_owned);
+        StoredCursor::Record(r)
     }
 
     #[test]
     fn record_round_trips_and_bare_integers_parse() {
-        let r = CursorRecord::now(42, "ws://a/x", "s1");
+        let r = CursorRecord::now(42, "ws://a/x", "FIREHOSE", "s1");
         assert_eq!(parse_stored(&r.to_bytes()), Some(StoredCursor::Record(r)));
+        // A record of an older version (no stream) still parses.
+        let old = br#"{"seq":5,"relay":"ws://a","instance":"s1","updated_at":"2026-11-23T20:15:01.123Z"}"#;
+        match parse_stored(old) {
+            Some(StoredCursor::Record(r)) => assert_eq!((r.seq, r.stream), (5, None)),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(parse_stored(b"17"), Some(StoredCursor::Bare(17)));
         assert_eq!(parse_stored(b"{oops"), None);
         assert_eq!(parse_stored(b""), None);
@@ -205,15 +279,54 @@ mod tests {
             ("s3".to_owned(), rec(9_999, "ws://b", "s3")),
             ("s4".to_owned(), StoredCursor::Bare(7_777)),
         ];
-        assert_eq!(resume_point("s1", "ws://a", &stored), Some(250));
-        assert_eq!(resume_point("s3", "ws://b", &stored), Some(9_999));
+        let at = |i: &str, r: &str| resume_point(i, r, "FIREHOSE", &stored);
+        assert_eq!(at("s1", "ws://a"), Some(250));
+        assert_eq!(at("s3", "ws://b"), Some(9_999));
         assert_eq!(
-            resume_point("s4", "ws://c", &stored),
+            at("s4", "ws://c"),
             Some(7_777),
             "a bare integer counts only for its own key"
         );
-        assert_eq!(resume_point("s5", "ws://c", &stored), None);
+        assert_eq!(at("s5", "ws://c"), None);
         // Our own cursor from another relay is not a position on this one.
-        assert_eq!(resume_point("s3", "ws://a", &stored), Some(250));
+        assert_eq!(at("s3", "ws://a"), Some(250));
+    }
+
+    #[test]
+    fn resume_counts_only_the_same_stream_and_own_old_records() {
+        let stored = vec![
+            (
+                "prod".to_owned(),
+                rec_in(100, "ws://a", Some("FIREHOSE"), "prod"),
+            ),
+            (
+                "staging".to_owned(),
+                rec_in(900, "ws://a", Some("STAGING"), "staging"),
+            ),
+            (
+                "old-peer".to_owned(),
+                rec_in(800, "ws://a", None, "old-peer"),
+            ),
+            ("me".to_owned(), rec_in(50, "ws://a", None, "me")),
+        ];
+        // Staging's higher cursor and a peer's stream-less record are not ours to resume from.
+        assert_eq!(
+            resume_point("prod", "ws://a", "FIREHOSE", &stored),
+            Some(100)
+        );
+        assert_eq!(
+            resume_point("staging", "ws://a", "STAGING", &stored),
+            Some(900)
+        );
+        assert_eq!(resume_point("new", "ws://a", "OTHER", &stored), None);
+        // Our own record from before the stream field still counts (else an upgrade would start live).
+        assert_eq!(resume_point("me", "ws://a", "OTHER", &stored), Some(50));
+        assert_eq!(
+            resume_point("old-peer", "ws://a", "FIREHOSE", &stored),
+            Some(800)
+        );
+        let c = resume_candidate("prod", "ws://a", "FIREHOSE", &stored).expect("candidate");
+        assert_eq!(c.key, "prod");
+        assert!(c.age().expect("age") < std::time::Duration::from_secs(60));
     }
 }

@@ -20,6 +20,17 @@ pub enum IngestError {
         #[source]
         source: BusError,
     },
+    /// Another live process holds this instance name (or took it over while this one was cut off).
+    #[error(
+        "instance name {instance:?} is in use: {detail}. Two shufflers must not share an --instance name; \
+         stop the other one or pick another name (a crashed holder's lease expires after lease_ttl_ms)"
+    )]
+    Lease {
+        /// The contested instance name.
+        instance: String,
+        /// Who holds it and how that was found out.
+        detail: String,
+    },
     /// A cursor bucket operation failed (retried by the run loop; surfaced by the cursor helpers).
     #[error("cursor store: {what}")]
     Cursor {

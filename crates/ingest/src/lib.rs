@@ -7,6 +7,7 @@
 //! | [`shuffler`] | the run loop: backpressure, publish failures, reconnects, shutdown ([`run`], [`Shuffler`]) |
 //! | [`watermark`] | which relay seq is safe to persist (pure, unit-tested) |
 //! | [`cursor`] | the cursor record in the KV bucket, resume point across instances |
+//! | [`lease`] | the instance-name lease (one running process per cursor key) |
 //! | [`config`] | [`ShufflerConfig`] with defaults and validation |
 //! | [`backoff`] | exponential backoff with jitter |
 //! | [`metrics`] | metric names, [`LiveStats`] / [`ShufflerStats`] |
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod config;
 pub mod cursor;
 pub mod error;
+pub mod lease;
 pub mod metrics;
 pub mod relay;
 pub mod shuffler;

@@ -21,6 +21,7 @@
 //! | `fpaas_shuffler_drops_total` | counter | `reason` |
 //! | `fpaas_shuffler_outdated_cursor_total` | counter | — `#info OutdatedCursor` (events skipped by the relay) |
 //! | `fpaas_shuffler_cursor_saves_total` | counter | `result` (ok, error) |
+//! | `fpaas_shuffler_stale_resumes_total` | counter | — resumes from a cursor older than the duplicate window |
 //! | `fpaas_shuffler_frame_size_bytes` | histogram | — relay frame size |
 //! | `fpaas_shuffler_message_size_bytes` | histogram | — published payload size |
 //! | `fpaas_shuffler_relay_connected` | gauge | — 1 while a relay connection is open |
@@ -48,6 +49,10 @@ pub struct LiveStats {
     pub nats_outages: AtomicU64,
     /// Cursor saves that succeeded.
     pub cursor_saves: AtomicU64,
+    /// Relay connections opened.
+    pub relay_connects: AtomicU64,
+    /// Resumes from a cursor older than the stream's duplicate window.
+    pub stale_resumes: AtomicU64,
     /// Last saved cursor (`i64::MIN` = none yet).
     pub cursor_seq: AtomicI64,
     /// Current watermark (`i64::MIN` = none yet).
@@ -82,6 +87,8 @@ impl LiveStats {
             reconnects: self.reconnects.load(Ordering::Relaxed),
             nats_outages: self.nats_outages.load(Ordering::Relaxed),
             cursor_saves: self.cursor_saves.load(Ordering::Relaxed),
+            relay_connects: self.relay_connects.load(Ordering::Relaxed),
+            stale_resumes: self.stale_resumes.load(Ordering::Relaxed),
             cursor_seq: opt(self.cursor_seq.load(Ordering::Relaxed)),
             watermark_seq: opt(self.watermark_seq.load(Ordering::Relaxed)),
             acks_in_flight: self.acks_in_flight.load(Ordering::Relaxed),
@@ -110,6 +117,10 @@ pub struct ShufflerStats {
     pub nats_outages: u64,
     /// Successful cursor saves.
     pub cursor_saves: u64,
+    /// Relay connections opened.
+    pub relay_connects: u64,
+    /// Resumes from a cursor older than the stream's duplicate window.
+    pub stale_resumes: u64,
     /// Last saved cursor.
     pub cursor_seq: Option<i64>,
     /// Current watermark.

@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::ShufflerConfig;
-use crate::cursor::{CursorKv, CursorRecord, resume_point};
+use crate::cursor::{Candidate, CursorKv, CursorRecord, resume_candidate};
 use crate::error::IngestError;
+use crate::lease;
 use crate::metrics::{self, LiveStats, Metrics, ShufflerStats};
 use crate::relay::{RelayConnection, subscribe_url};
 use crate::watermark::Watermark;
@@ -140,7 +141,11 @@ impl Shuffler {
                 what: "connect",
                 source,
             })?;
-        let js = fpaas_bus::jetstream(client.clone(), cfg.max_acks_in_flight);
+        let js = fpaas_bus::jetstream_with_timeout(
+            client.clone(),
+            cfg.max_acks_in_flight,
+            cfg.ack_timeout(),
+        );
         let monitor_stop = CancellationToken::new();
         let monitor = tokio::spawn(nats_monitor(
             client.clone(),
@@ -178,7 +183,7 @@ async fn start_and_loop(
     if provisioned.is_none() {
         return Ok(stats.snapshot());
     }
-    // 2. The cursor bucket, and where to resume.
+    // 2. The cursor bucket and the instance-name lease (one running process per cursor key).
     backoff.reset();
     let Some(kv) = retry(
         "open cursor bucket",
@@ -192,6 +197,56 @@ async fn start_and_loop(
     else {
         return Ok(stats.snapshot());
     };
+    let lease_settings = fpaas_bus::KvSettings {
+        bucket: lease::lease_bucket(&cfg.cursor_kv.bucket),
+        description: "fpaas shuffler instance-name leases".to_owned(),
+        ..cfg.cursor_kv.clone()
+    };
+    backoff.reset();
+    let Some(lease_kv) = retry(
+        "open lease bucket",
+        &shutdown,
+        &mut backoff,
+        timeout,
+        true,
+        || async {
+            fpaas_bus::ensure_kv(&js, &lease_settings)
+                .await
+                .map_err(|source| IngestError::Bus {
+                    what: "open lease bucket",
+                    source,
+                })
+        },
+    )
+    .await?
+    else {
+        return Ok(stats.snapshot());
+    };
+    backoff.reset();
+    let Some(held) = retry(
+        "acquire instance lease",
+        &shutdown,
+        &mut backoff,
+        timeout + cfg.lease_ttl(),
+        true,
+        || lease::acquire(&lease_kv, &cfg.instance, cfg.lease_ttl(), &shutdown),
+    )
+    .await?
+    .flatten() else {
+        return Ok(stats.snapshot());
+    };
+    tracing::info!(instance = %cfg.instance, "instance name lease acquired");
+    // The loop runs under `run`: cancelled by the caller's shutdown, or when the lease is lost.
+    let run = shutdown.child_token();
+    let lease_stop = CancellationToken::new();
+    // Aborted if this future is dropped (the caller aborted the run): a dead run must stop renewing.
+    let mut lease_task = AbortOnDrop(tokio::spawn(held.keep(
+        cfg.lease_ttl(),
+        lease_stop.clone(),
+        run.clone(),
+    )));
+
+    // 3. Where to resume.
     backoff.reset();
     let Some(stored) = retry(
         "load cursors",
@@ -203,24 +258,28 @@ async fn start_and_loop(
     )
     .await?
     else {
+        lease_stop.cancel();
+        let _ = (&mut lease_task.0).await;
         return Ok(stats.snapshot());
     };
     let own = stored
         .iter()
         .find(|(k, _)| *k == cfg.instance)
         .map(|(_, v)| v.clone());
-    let resume = resume_point(&cfg.instance, &relay_key, &stored).or(cfg.start_cursor);
-    tracing::info!(own = ?own, resume = ?resume, cursors = stored.len(), "resuming");
+    let candidate = resume_candidate(&cfg.instance, &relay_key, &cfg.stream.name, &stored);
+    let resume = candidate.as_ref().map(|c| c.seq).or(cfg.start_cursor);
+    tracing::info!(own = ?own, resume = ?resume, from = ?candidate.as_ref().map(|c| &c.key), cursors = stored.len(), "resuming");
     if let Some(seq) = resume {
         stats.cursor_seq.store(seq, Ordering::Relaxed);
         ::metrics::gauge!("fpaas_shuffler_cursor_seq").set(seq as f64);
     }
 
-    // 3. The cursor saver: persists watermark values handed over by the loop, in order, off the hot path.
+    // 4. The cursor saver: persists watermark values handed over by the loop, in order, off the hot path.
     let (cursor_tx, cursor_rx) = watch::channel(resume);
     let saver = tokio::spawn(cursor_saver(
-        kv,
+        kv.clone(),
         relay_key.clone(),
+        cfg.stream.name.clone(),
         cfg.instance.clone(),
         cursor_rx,
         Arc::clone(&stats),
@@ -229,9 +288,19 @@ async fn start_and_loop(
 
     let max_msg_size = usize::try_from(cfg.stream.max_msg_size).unwrap_or(usize::MAX);
     let mut runner = Runner {
-        publisher: Publisher::new(js.clone(), cfg.max_acks_in_flight),
+        publisher: new_publisher(&js, &cfg),
         wm: Watermark::new(resume),
+        wm_moved_at: Instant::now()
+            .checked_sub(
+                candidate
+                    .as_ref()
+                    .and_then(Candidate::age)
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_else(Instant::now),
         js,
+        kv,
+        relay_key,
         m: Metrics::new(),
         health,
         stats,
@@ -239,12 +308,14 @@ async fn start_and_loop(
         last_sent_cursor: resume,
         events_since_save: 0,
         max_msg_size,
+        first_seq: None,
+        publish_error: None,
         cfg,
     };
-    runner.main_loop(resume, &shutdown).await;
+    runner.main_loop(&run).await;
 
-    // 4. Shutdown: in-flight publishes are drained by the loop; hand over the final watermark and let the
-    // saver write it.
+    // 5. Shutdown: in-flight publishes are drained by the loop; hand over the final watermark and let the
+    // saver write it, then release the lease.
     runner.send_cursor();
     let drain = runner.cfg.drain_timeout();
     let stats = Arc::clone(&runner.stats);
@@ -254,17 +325,100 @@ async fn start_and_loop(
         tracing::error!("final cursor save did not finish in time");
         saver.abort();
     }
+    lease_stop.cancel();
+    let lease_result = match (&mut lease_task.0).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "lease task failed");
+            Ok(())
+        }
+    };
     let out = stats.snapshot();
     tracing::info!(stats = ?out, "shuffler stopped");
+    lease_result?;
     Ok(out)
+}
+
+/// Frames at least this large are decoded, normalized and serialized on tokio's blocking pool instead of
+/// inline. Measured (`decode_offload` test, docs/shuffler.md): a `spawn_blocking` round trip costs ~10-30 µs,
+/// more than the whole path of a typical ~5 KB frame (~6 µs in release: `fpaas bench decode`, 161k frames/s),
+/// so small frames stay inline; from 64 KiB (≈ 80 µs of work in release, far more for expensive shapes) the
+/// hop is cheap relative to the work, and the runtime is never blocked for long.
+const OFFLOAD_FRAME_BYTES: usize = 64 * 1024;
+
+/// A decoded frame, its events, and each event's JSON payload (in event order).
+type Decoded = (Frame, fpaas_event::Normalized, Vec<Bytes>);
+
+/// Decodes a relay frame, normalizes it into events and serializes each event's JSON — all the CPU work of a
+/// frame (pure; run inline or on the blocking pool).
+fn decode_and_normalize(bytes: &Bytes) -> Result<Decoded, fpaas_proto::frame::FrameError> {
+    let frame = fpaas_proto::frame::decode_frame_bytes(bytes)?;
+    let normalized = match &frame {
+        Frame::Commit(_) | Frame::Identity(_) | Frame::Account(_) | Frame::Sync(_) => {
+            fpaas_event::normalize(&frame)
+        }
+        _ => fpaas_event::Normalized::default(),
+    };
+    let payloads = normalized
+        .events
+        .iter()
+        .map(|ev| Bytes::from(ev.to_json_vec()))
+        .collect();
+    Ok((frame, normalized, payloads))
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A publisher with the configured bounds (acks and payload bytes in flight).
+fn new_publisher(js: &JetStream, cfg: &ShufflerConfig) -> Publisher {
+    Publisher::new(js.clone(), cfg.max_acks_in_flight)
+        .with_max_bytes_in_flight(cfg.max_bytes_in_flight)
+}
+
+/// Warns (and counts) when resuming from a cursor written longer ago than the stream's duplicate window:
+/// events after it that a peer stored more than a window ago will be stored again.
+fn warn_if_stale(
+    cfg: &ShufflerConfig,
+    stats: &LiveStats,
+    seq: i64,
+    age: Option<Duration>,
+    from: &str,
+) {
+    let window = Duration::from_secs(cfg.stream.duplicate_window_secs);
+    if let Some(age) = age
+        && age > window
+    {
+        stats.stale_resumes.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!("fpaas_shuffler_stale_resumes_total").increment(1);
+        tracing::warn!(
+            seq,
+            from,
+            age_s = age.as_secs(),
+            duplicate_window_s = window.as_secs(),
+            "resuming from a cursor older than the stream's duplicate window: events after it that another \
+             instance stored more than a window ago will be stored again (duplicates)"
+        );
+    }
 }
 
 /// Everything the loop mutates.
 struct Runner {
     cfg: ShufflerConfig,
     js: JetStream,
+    kv: CursorKv,
+    relay_key: String,
     publisher: Publisher,
     wm: Watermark,
+    /// When the watermark last moved or was last known to cover everything read (or the age of the cursor it
+    /// started from): the age compared with the duplicate window on a resume.
+    wm_moved_at: Instant,
     m: Metrics,
     health: Health,
     stats: Arc<LiveStats>,
@@ -272,16 +426,27 @@ struct Runner {
     last_sent_cursor: Option<i64>,
     events_since_save: u64,
     max_msg_size: usize,
+    /// Seq of the first frame read while there was no cursor at all: a reconnect before any frame completed
+    /// resumes just before it instead of live (which would skip what that session had read).
+    first_seq: Option<i64>,
+    /// The last publish failure, while publishes fail (cleared by the next ack).
+    publish_error: Option<String>,
 }
 
 impl Runner {
-    async fn main_loop(&mut self, resume: Option<i64>, shutdown: &CancellationToken) {
-        let mut cursor = resume;
+    async fn main_loop(&mut self, shutdown: &CancellationToken) {
         let mut relay_backoff = self.cfg.backoff();
+        let mut publish_backoff = self.cfg.backoff();
+        let mut live = false;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            let cursor = if live {
+                None
+            } else {
+                self.resume_cursor(shutdown).await
+            };
             let connect =
                 RelayConnection::connect(&self.cfg.relay, cursor, self.cfg.connect_timeout());
             let conn = tokio::select! {
@@ -301,15 +466,30 @@ impl Runner {
                     continue;
                 }
             };
+            live = false;
             tracing::info!(url = conn.url(), cursor = ?cursor, "relay connected");
+            if let Some(w) = self.wm.watermark().filter(|w| cursor == Some(*w)) {
+                warn_if_stale(
+                    &self.cfg,
+                    &self.stats,
+                    w,
+                    Some(self.wm_moved_at.elapsed()),
+                    "resume",
+                );
+            }
+            self.stats.relay_connects.fetch_add(1, Ordering::Relaxed);
             self.health.up(COMPONENT_RELAY, conn.url().to_owned());
             self.m.relay_connected.set(1.0);
-            let frames_before = self.stats.frames.load(Ordering::Relaxed);
+            let started = Instant::now();
+            let wm_before = self.wm.watermark();
             let end = self.session(&mut conn, shutdown).await;
             self.m.relay_connected.set(0.0);
             self.health.down(COMPONENT_RELAY, end.reason());
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
-            if self.stats.frames.load(Ordering::Relaxed) > frames_before {
+            // Only a connection that stayed open long enough resets the relay backoff: frames alone do not (a
+            // relay that sends an error frame on every connect, or closes after one frame, must not be redialled
+            // at the minimum delay forever).
+            if started.elapsed() >= self.cfg.relay_stable() {
                 relay_backoff.reset();
             }
             if matches!(end, SessionEnd::Shutdown) {
@@ -318,10 +498,15 @@ impl Runner {
             self.count_reconnect(end.reason());
             // Let what is in flight finish; acks still count, a failure means NATS needs a wait.
             let failed = self.settle().await || matches!(end, SessionEnd::PublishFailed);
+            if !failed {
+                // Everything read is stored: the watermark is current as of now (an idle relay does not age it).
+                self.wm_moved_at = Instant::now();
+            }
             match &end {
                 SessionEnd::PublishFailed => {
                     tracing::warn!(
                         watermark = ?self.wm.watermark(),
+                        error = ?self.publish_error,
                         "publish failed; stopped reading the relay until NATS answers"
                     );
                 }
@@ -342,21 +527,87 @@ impl Runner {
                     break;
                 }
             }
+            let progressed = self.wm.watermark() != wm_before;
             if matches!(end, SessionEnd::FutureCursor) {
                 self.wm.forget();
+                self.first_seq = None;
+                live = true;
             } else {
                 self.wm.reset();
             }
             self.update_gauges();
             self.send_cursor();
-            cursor = self.wm.watermark();
-            if !failed && !sleep_or_shutdown(relay_backoff.next_delay(), shutdown).await {
+            let delay = if failed {
+                // NATS answers probes again, but publishes may still be refused (account limits, a sealed stream):
+                // a session that stored nothing makes the next attempt wait longer.
+                if progressed {
+                    publish_backoff.reset();
+                }
+                let delay = publish_backoff.next_delay();
+                if let Some(e) = self.publish_error.as_deref().filter(|_| !progressed) {
+                    self.health.down(
+                        COMPONENT_STREAM,
+                        format!(
+                            "publishes failing ({} attempts in a row, next in {} ms): {e}",
+                            publish_backoff.attempts(),
+                            delay.as_millis()
+                        ),
+                    );
+                }
+                delay
+            } else {
+                relay_backoff.next_delay()
+            };
+            if !sleep_or_shutdown(delay, shutdown).await {
                 break;
             }
         }
         // Shutdown: drain what is in flight so the final cursor covers it.
         self.settle().await;
         self.update_gauges();
+    }
+
+    /// The cursor to reconnect from: the highest of our watermark and the cursors that peers on the same relay
+    /// and stream saved since we last looked (the bucket is re-read before every reconnect, so an instance cut off
+    /// from NATS or its relay does not replay what a peer stored meanwhile). Without any cursor, just before the
+    /// first frame this run read (so a failed first session is read again, not skipped).
+    async fn resume_cursor(&mut self, shutdown: &CancellationToken) -> Option<i64> {
+        let own = self.wm.watermark();
+        let load = tokio::time::timeout(self.cfg.probe_timeout(), self.kv.load_all());
+        let stored = tokio::select! {
+            _ = shutdown.cancelled() => return own,
+            r = load => r,
+        };
+        match stored {
+            Ok(Ok(stored)) => {
+                if let Some(c) = resume_candidate(
+                    &self.cfg.instance,
+                    &self.relay_key,
+                    &self.cfg.stream.name,
+                    &stored,
+                ) && own.is_none_or(|w| c.seq > w)
+                    && self.wm.advance_to(c.seq)
+                {
+                    tracing::info!(own = ?own, seq = c.seq, from = %c.key, "a peer's cursor is ahead of our watermark; resuming from it");
+                    self.wm_moved_at = Instant::now()
+                        .checked_sub(c.age().unwrap_or_default())
+                        .unwrap_or_else(Instant::now);
+                    self.update_gauges();
+                    self.send_cursor();
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "re-reading the cursor bucket failed; resuming from our own watermark")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "re-reading the cursor bucket timed out; resuming from our own watermark"
+                )
+            }
+        }
+        self.wm
+            .watermark()
+            .or_else(|| self.first_seq.map(|s| s - 1))
     }
 
     /// Reads and publishes until the session ends.
@@ -410,12 +661,33 @@ impl Runner {
     async fn on_frame(&mut self, bytes: Bytes, shutdown: &CancellationToken) -> Option<SessionEnd> {
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.m.frame_size.record(bytes.len() as f64);
-        let frame = match fpaas_proto::frame::decode_frame_bytes(&bytes) {
-            Ok(f) => f,
+        let size = bytes.len();
+        let decoded = if size >= OFFLOAD_FRAME_BYTES {
+            // A large frame takes milliseconds to decode and convert: off the runtime, so that acks keep
+            // being processed (and other tasks keep running) meanwhile.
+            let job = tokio::task::spawn_blocking(move || decode_and_normalize(&bytes));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Some(SessionEnd::Shutdown),
+                r = job => match r {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Only a panic in the decoder gets here (it never panics on input, by its tests).
+                        tracing::error!(error = %e, size, "decoding a frame failed on the blocking pool; dropped");
+                        self.count_drop("decode_panic");
+                        self.wm.push(None, 0);
+                        return None;
+                    }
+                },
+            }
+        } else {
+            decode_and_normalize(&bytes)
+        };
+        let (frame, normalized, payloads) = match decoded {
+            Ok(d) => d,
             Err(e) => {
                 metrics::frame("undecodable");
                 self.count_drop(e.kind().as_str());
-                tracing::debug!(reason = e.kind().as_str(), error = %e, size = bytes.len(), "undecodable frame dropped");
+                tracing::debug!(reason = e.kind().as_str(), error = %e, size, "undecodable frame dropped");
                 self.wm.push(None, 0);
                 return None;
             }
@@ -455,17 +727,18 @@ impl Runner {
             }
         };
         metrics::frame(frame.kind_label());
-        let normalized = fpaas_event::normalize(&frame);
+        if self.first_seq.is_none() && self.wm.watermark().is_none() {
+            self.first_seq = seq;
+        }
         drop(frame);
         for d in &normalized.dropped {
             self.count_drop(d.reason.0);
             tracing::debug!(reason = d.reason.0, what = %d.what, detail = %d.detail, "op dropped");
         }
         let mut msgs = Vec::with_capacity(normalized.events.len());
-        for ev in &normalized.events {
+        for (ev, payload) in normalized.events.iter().zip(payloads) {
             self.m.event(ev.kind);
             self.stats.events.fetch_add(1, Ordering::Relaxed);
-            let payload = Bytes::from(ev.to_json_vec());
             let msg_id = fpaas_event::msg_id(ev);
             let headers = vec![
                 (HEADER_DID, ev.did.clone()),
@@ -515,6 +788,7 @@ impl Runner {
                 r = tokio::time::timeout(timeout, self.publisher.publish(msg)) => {
                     if r.is_err() {
                         tracing::warn!(timeout_ms = timeout.as_millis() as u64, "no publish capacity within the timeout; NATS slow or down");
+                        self.note_publish_error(format!("no publish capacity within {timeout:?}"));
                         ::metrics::counter!("fpaas_shuffler_publish_failures_total", "kind" => "capacity_timeout").increment(1);
                         self.wm.fail(ordinal);
                         return Some(SessionEnd::PublishFailed);
@@ -538,7 +812,12 @@ impl Runner {
                     self.m.published.increment(1);
                     self.stats.published.fetch_add(1, Ordering::Relaxed);
                 }
-                self.wm.ack(acked.token);
+                if self.wm.ack(acked.token) {
+                    self.wm_moved_at = Instant::now();
+                }
+                if self.publish_error.take().is_some() {
+                    self.health.up(COMPONENT_STREAM, "publishes acked again");
+                }
                 false
             }
             Err(failed) => {
@@ -557,9 +836,11 @@ impl Runner {
                     }
                     _ => {
                         ::metrics::counter!("fpaas_shuffler_publish_failures_total", "kind" => kind.as_str()).increment(1);
-                        if kind == BusErrorKind::NoResponders {
-                            self.health.down(COMPONENT_STREAM, failed.error.to_string());
-                        }
+                        self.note_publish_error(format!(
+                            "{}: {}",
+                            failed.error,
+                            source_chain(&failed.error)
+                        ));
                         tracing::debug!(msg_id = %failed.msg.msg_id, error = %failed.error, "publish failed");
                         self.wm.fail(failed.msg.token);
                         true
@@ -583,7 +864,7 @@ impl Runner {
                         in_flight = self.publisher.in_flight(),
                         "in-flight publishes did not complete in time; abandoning them"
                     );
-                    self.publisher = Publisher::new(self.js.clone(), self.cfg.max_acks_in_flight);
+                    self.publisher = new_publisher(&self.js, &self.cfg);
                     failed = true;
                     break;
                 }
@@ -593,10 +874,12 @@ impl Runner {
         failed
     }
 
-    /// Probes NATS (re-provisioning the stream) with backoff until it answers. `false` on shutdown.
+    /// Probes NATS (re-provisioning the stream) until it answers: each probe waits at most `probe_timeout`, and
+    /// probes are at most `probe_timeout` apart, so publishing resumes about a second after the stream answers
+    /// again (e.g. once a new stream leader is elected). `false` on shutdown.
     async fn wait_for_nats(&mut self, shutdown: &CancellationToken) -> bool {
-        let mut backoff = self.cfg.backoff();
-        let timeout = self.cfg.publish_timeout();
+        let mut backoff = self.cfg.probe_backoff();
+        let timeout = self.cfg.probe_timeout();
         let js = self.js.clone();
         let cfg = self.cfg.clone();
         let health = self.health.clone();
@@ -621,6 +904,13 @@ impl Runner {
             }
             _ => false,
         }
+    }
+
+    /// Remembers why publishes fail and reports the stream component down with it (until the next ack).
+    fn note_publish_error(&mut self, error: String) {
+        self.health
+            .down(COMPONENT_STREAM, format!("publishes failing: {error}"));
+        self.publish_error = Some(error);
     }
 
     fn count_drop(&self, reason: &'static str) {
@@ -718,6 +1008,7 @@ fn is_fatal(e: &IngestError) -> bool {
                     | BusErrorKind::Connect
             )
         }
+        IngestError::Lease { .. } => true,
         IngestError::Cursor { .. } => false,
     }
 }
@@ -784,6 +1075,7 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 async fn cursor_saver(
     kv: CursorKv,
     relay: String,
+    stream: String,
     instance: String,
     mut rx: watch::Receiver<Option<i64>>,
     stats: Arc<LiveStats>,
@@ -798,7 +1090,7 @@ async fn cursor_saver(
         };
         backoff.reset();
         loop {
-            let record = CursorRecord::now(seq, &relay, &instance);
+            let record = CursorRecord::now(seq, &relay, &stream, &instance);
             match tokio::time::timeout(Duration::from_secs(5), kv.save(&record)).await {
                 Ok(Ok(_)) => {
                     gauge.set(seq as f64);

@@ -103,6 +103,17 @@ impl Watermark {
         self.front = self.next;
     }
 
+    /// Moves the watermark up to `seq` (never down) when nothing is in flight: a peer on the same relay and
+    /// stream has every event up to `seq` stored, so resuming there loses nothing. Returns `true` when it
+    /// moved; `false` (and no change) while frames are pending.
+    pub fn advance_to(&mut self, seq: i64) -> bool {
+        if !self.slots.is_empty() || self.committed.is_some_and(|c| c >= seq) {
+            return false;
+        }
+        self.committed = Some(seq);
+        true
+    }
+
     /// Forgets everything including the watermark: the relay rejected our cursor as being in its future, so
     /// its seqs restarted and the old position means nothing there.
     pub fn forget(&mut self) {
@@ -133,6 +144,21 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advance_to_moves_up_only_when_idle() {
+        let mut w = Watermark::new(Some(10));
+        assert!(!w.advance_to(5), "never down");
+        let t = w.push(Some(11), 1);
+        assert!(!w.advance_to(50), "not while a frame is pending");
+        w.reset();
+        assert!(!w.ack(t));
+        assert!(w.advance_to(50));
+        assert_eq!(w.watermark(), Some(50));
+        let mut none = Watermark::new(None);
+        assert!(none.advance_to(3));
+        assert_eq!(none.watermark(), Some(3));
+    }
 
     #[test]
     fn empty_frames_complete_immediately() {

@@ -1,15 +1,17 @@
 //! Dev-only test kit: real `nats-server` processes (single node and 3-node clusters), polling helpers
 //! (`eventually`), free loopback ports, the paths of the project-local tools, and a relay-sim harness
-//! ([`relay`]).
+//! ([`relay`]), and a cuttable TCP proxy for taking one connection path down ([`TcpProxy`]).
 //!
 //! Nothing here ships in a release binary: crates use it as a `[dev-dependencies]` entry only.
 //! A missing tool is a loud panic with the install hint, never a silent skip.
 
 mod nats;
 mod paths;
+mod proxy;
 pub mod relay;
 mod wait;
 
 pub use nats::{NatsCluster, NatsServer, NatsServerOptions, TEST_MAX_PAYLOAD};
 pub use paths::{nats_server_bin, python, workspace_root};
+pub use proxy::TcpProxy;
 pub use wait::{Elapsed, eventually, eventually_some, free_port};

@@ -5,8 +5,9 @@
 //! Every server binds to 127.0.0.1 only, gets its own client, monitor (and cluster) port and its own
 //! JetStream store directory inside a temp dir. Processes are killed and temp dirs removed on drop.
 //! Configuration goes through a generated config file (`server.conf` next to the store), which also
-//! carries [`NatsServerOptions::max_payload`] (4 MiB by default, the deployment policy documented in
-//! `fpaas-bus`) and any extra config text.
+//! carries [`NatsServerOptions::max_payload`] (4 MiB by default: above the stream's default
+//! `max_msg_size` of 1 MiB, so tests can raise that; `max_payload: None` is a default server, what
+//! `fpaas dev` runs) and any extra config text.
 
 use std::fmt::Write as _;
 use std::fs;

@@ -36,7 +36,8 @@ pub struct Args {
     /// Stream dedup window in seconds (default 300).
     #[arg(long)]
     pub duplicate_window_secs: Option<u64>,
-    /// Largest stored message in bytes; larger events are dropped as payload_too_large (default 2 MiB).
+    /// Largest stored message in bytes; larger events are dropped as payload_too_large (default 1 MiB,
+    /// a default nats-server's max_payload).
     #[arg(long)]
     pub max_msg_size: Option<i32>,
     /// Stream disk guard in bytes, -1 unlimited (default 32 GiB).
@@ -75,6 +76,21 @@ pub struct Args {
     /// Largest retry delay, ms (default 30000).
     #[arg(long)]
     pub backoff_max_ms: Option<u64>,
+    /// Longest wait for one publish ack / JetStream answer, ms (default 2000).
+    #[arg(long)]
+    pub ack_timeout_ms: Option<u64>,
+    /// While waiting for NATS: longest wait for one probe and for re-reading the cursors, ms (default 1000).
+    #[arg(long)]
+    pub probe_timeout_ms: Option<u64>,
+    /// A relay connection open this long resets the reconnect backoff, ms (default 10000).
+    #[arg(long)]
+    pub relay_stable_ms: Option<u64>,
+    /// Most payload bytes awaiting an ack at once (default 64 MiB).
+    #[arg(long)]
+    pub max_bytes_in_flight: Option<usize>,
+    /// Instance-name lease lifetime, ms: a crashed holder's name is free after this (default 10000).
+    #[arg(long)]
+    pub lease_ttl_ms: Option<u64>,
     /// Relay seq to start after when no cursor is stored for this relay (default: live).
     #[arg(long)]
     pub start_cursor: Option<i64>,
@@ -114,6 +130,11 @@ impl Args {
         super::set(&mut cfg.drain_timeout_ms, &self.drain_timeout_ms);
         super::set(&mut cfg.backoff_min_ms, &self.backoff_min_ms);
         super::set(&mut cfg.backoff_max_ms, &self.backoff_max_ms);
+        super::set(&mut cfg.ack_timeout_ms, &self.ack_timeout_ms);
+        super::set(&mut cfg.probe_timeout_ms, &self.probe_timeout_ms);
+        super::set(&mut cfg.relay_stable_ms, &self.relay_stable_ms);
+        super::set(&mut cfg.max_bytes_in_flight, &self.max_bytes_in_flight);
+        super::set(&mut cfg.lease_ttl_ms, &self.lease_ttl_ms);
         if self.start_cursor.is_some() {
             cfg.start_cursor = self.start_cursor;
         }
