@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fpaas_bus::{BusErrorKind, Completion, JetStream, OutMsg, Publisher, StreamAction};
-use fpaas_event::{HEADER_DID, HEADER_SEQ, HEADER_TIME_US};
+use fpaas_event::WireMessage;
 use fpaas_ops::Health;
 use fpaas_proto::frame::Frame;
 use tokio::sync::watch;
@@ -49,10 +49,6 @@ pub const COMPONENT_NATS: &str = "nats";
 pub const COMPONENT_STREAM: &str = "stream";
 /// Health component: a relay connection is open.
 pub const COMPONENT_RELAY: &str = "relay";
-
-/// Bytes a message's headers add beyond their text (`NATS/1.0\r\n`, `: `, `\r\n`, final `\r\n`): used to
-/// estimate the stored size against the stream's `max_msg_size` before publishing.
-const HEADER_OVERHEAD: usize = 16;
 
 /// Runs one shuffler until `shutdown` is cancelled; see [`Shuffler`].
 ///
@@ -308,6 +304,10 @@ async fn start_and_loop(
         last_sent_cursor: resume,
         events_since_save: 0,
         max_msg_size,
+        limits: fpaas_event::Limits {
+            max_record_json_bytes: max_msg_size,
+            ..fpaas_event::Limits::default()
+        },
         first_seq: None,
         publish_error: None,
         cfg,
@@ -346,25 +346,28 @@ async fn start_and_loop(
 /// hop is cheap relative to the work, and the runtime is never blocked for long.
 const OFFLOAD_FRAME_BYTES: usize = 64 * 1024;
 
-/// A decoded frame, its events, and each event's JSON payload (in event order).
-type Decoded = (Frame, fpaas_event::Normalized, Vec<Bytes>);
+/// A decoded frame, its events, and each event's bus message (in event order).
+type Decoded = (Frame, fpaas_event::Normalized, Vec<WireMessage>);
 
-/// Decodes a relay frame, normalizes it into events and serializes each event's JSON — all the CPU work of a
-/// frame (pure; run inline or on the blocking pool).
-fn decode_and_normalize(bytes: &Bytes) -> Result<Decoded, fpaas_proto::frame::FrameError> {
+/// Decodes a relay frame, normalizes it into events within `limits` and builds each event's bus message — all
+/// the CPU work of a frame (pure; run inline or on the blocking pool).
+fn decode_and_normalize(
+    bytes: &Bytes,
+    limits: fpaas_event::Limits,
+) -> Result<Decoded, fpaas_proto::frame::FrameError> {
     let frame = fpaas_proto::frame::decode_frame_bytes(bytes)?;
     let normalized = match &frame {
         Frame::Commit(_) | Frame::Identity(_) | Frame::Account(_) | Frame::Sync(_) => {
-            fpaas_event::normalize(&frame)
+            fpaas_event::normalize_with(&frame, limits)
         }
         _ => fpaas_event::Normalized::default(),
     };
-    let payloads = normalized
+    let wires = normalized
         .events
         .iter()
-        .map(|ev| Bytes::from(ev.to_json_vec()))
+        .map(WireMessage::from_event)
         .collect();
-    Ok((frame, normalized, payloads))
+    Ok((frame, normalized, wires))
 }
 
 /// Aborts the task when dropped.
@@ -426,6 +429,9 @@ struct Runner {
     last_sent_cursor: Option<i64>,
     events_since_save: u64,
     max_msg_size: usize,
+    /// Budgets of record conversion and of one frame's event JSON (the per-record one is `max_msg_size`: no
+    /// larger record could be published).
+    limits: fpaas_event::Limits,
     /// Seq of the first frame read while there was no cursor at all: a reconnect before any frame completed
     /// resumes just before it instead of live (which would skip what that session had read).
     first_seq: Option<i64>,
@@ -665,7 +671,8 @@ impl Runner {
         let decoded = if size >= OFFLOAD_FRAME_BYTES {
             // A large frame takes milliseconds to decode and convert: off the runtime, so that acks keep
             // being processed (and other tasks keep running) meanwhile.
-            let job = tokio::task::spawn_blocking(move || decode_and_normalize(&bytes));
+            let limits = self.limits;
+            let job = tokio::task::spawn_blocking(move || decode_and_normalize(&bytes, limits));
             tokio::select! {
                 _ = shutdown.cancelled() => return Some(SessionEnd::Shutdown),
                 r = job => match r {
@@ -680,9 +687,9 @@ impl Runner {
                 },
             }
         } else {
-            decode_and_normalize(&bytes)
+            decode_and_normalize(&bytes, self.limits)
         };
-        let (frame, normalized, payloads) = match decoded {
+        let (frame, normalized, wires) = match decoded {
             Ok(d) => d,
             Err(e) => {
                 metrics::frame("undecodable");
@@ -736,34 +743,21 @@ impl Runner {
             tracing::debug!(reason = d.reason.0, what = %d.what, detail = %d.detail, "op dropped");
         }
         let mut msgs = Vec::with_capacity(normalized.events.len());
-        for (ev, payload) in normalized.events.iter().zip(payloads) {
+        for (ev, wire) in normalized.events.iter().zip(wires) {
             self.m.event(ev.kind);
             self.stats.events.fetch_add(1, Ordering::Relaxed);
-            let msg_id = fpaas_event::msg_id(ev);
-            let headers = vec![
-                (HEADER_DID, ev.did.clone()),
-                (HEADER_SEQ, ev.seq.to_string()),
-                (HEADER_TIME_US, ev.time_us.to_string()),
-            ];
-            let size = payload.len()
-                + "Nats-Msg-Id".len()
-                + msg_id.len()
-                + headers
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len() + 4)
-                    .sum::<usize>()
-                + HEADER_OVERHEAD;
+            let size = wire.stored_size();
             if size > self.max_msg_size {
                 self.count_drop("payload_too_large");
-                tracing::warn!(msg_id = %msg_id, size, max = self.max_msg_size, "event larger than the stream's max_msg_size dropped");
+                tracing::warn!(msg_id = %wire.msg_id, size, max = self.max_msg_size, "event larger than the stream's max_msg_size dropped");
                 continue;
             }
-            self.m.message_size.record(payload.len() as f64);
+            self.m.message_size.record(wire.payload.len() as f64);
             msgs.push(OutMsg {
-                subject: fpaas_event::subject(ev),
-                msg_id,
-                headers,
-                payload,
+                subject: wire.subject,
+                msg_id: wire.msg_id,
+                headers: wire.headers,
+                payload: Bytes::from(wire.payload),
                 token: 0,
             });
         }
