@@ -11,6 +11,14 @@ use crate::error::{BusError, BusErrorKind};
 /// Upper bound of the reconnect backoff.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// `Ok` while `client` is connected, else the connection state in words (for health reports).
+pub fn connection_state(client: &Client) -> Result<(), String> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        state => Err(state.to_string()),
+    }
+}
+
 /// Connects to `urls` (one URL or several separated by commas, e.g. the nodes of a cluster) with the
 /// client name `name`.
 ///
@@ -79,6 +87,10 @@ fn log_event(client: &str, event: &Event) {
     metrics::counter!("fpaas_bus_connection_events_total", "event" => label).increment(1);
     match event {
         Event::Connected => tracing::info!(client, "nats connected"),
+        // Closing is what every process does on its way out (and what draining ends in): not a warning.
+        Event::Closed | Event::Draining => {
+            tracing::info!(client, event = %event, "nats connection event")
+        }
         _ => tracing::warn!(client, event = %event, "nats connection event"),
     }
 }

@@ -30,14 +30,14 @@ use crate::error::{BusError, BusErrorKind};
 use crate::stream::{Storage, map_create_error, map_get_error};
 
 /// Settings of a JetStream KV bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvSettings {
-    /// Bucket name (`[-_a-zA-Z0-9]`). Default `fpaas_cursors`.
+    /// Bucket name (`[-_a-zA-Z0-9]`).
     pub bucket: String,
     /// Human-readable description stored with the bucket.
     pub description: String,
-    /// Values kept per key (1..=64). Default 1.
+    /// Values kept per key (1..=64).
     pub history: i64,
     /// Entry lifetime in seconds; 0 keeps entries forever (the default).
     pub max_age_secs: u64,
@@ -45,12 +45,12 @@ pub struct KvSettings {
     pub max_bytes: i64,
     /// Largest value in bytes; -1 (the default) is unlimited up to the server's `max_payload`.
     pub max_value_size: i32,
-    /// Storage type. Default `file`.
+    /// Storage type.
     pub storage: Storage,
     /// Replicas: 1 (single server) or 3 (cluster).
     pub replicas: usize,
     /// Let single entries expire: the bucket's stream accepts the `Nats-TTL` header
-    /// (`allow_msg_ttl`; nats-server 2.11+). Default false. It can be turned on for an existing
+    /// (`allow_msg_ttl`; nats-server 2.11+). It can be turned on for an existing
     /// bucket but never off (the server refuses), so with false an existing bucket that has it
     /// keeps it. No server-written markers are enabled: an expired entry's subject disappears.
     pub allow_msg_ttl: bool,

@@ -18,7 +18,7 @@ mod stream;
 
 pub use async_nats::Client;
 pub use async_nats::jetstream::Context as JetStream;
-pub use connect::connect;
+pub use connect::{connect, connection_state};
 pub use error::{BusError, BusErrorKind};
 pub use kv::{CursorStore, KvSettings, ensure_kv, is_valid_kv_key};
 pub use publish::{Acked, Completion, Failed, OutMsg, Publisher};

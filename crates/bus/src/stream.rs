@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{BusError, BusErrorKind};
 
 /// Where JetStream keeps the stream's messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// On disk (survives restarts). The default and the only sane choice for the firehose.
@@ -45,7 +45,7 @@ pub enum Storage {
 }
 
 /// Stream block compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// S2 compression of the stored blocks (nats-server 2.10+).
@@ -55,16 +55,16 @@ pub enum Compression {
 }
 
 /// Settings of the firehose JetStream stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamSettings {
-    /// Stream name. Default `FIREHOSE`.
+    /// Stream name.
     pub name: String,
-    /// Subjects captured by the stream. Default `["atproto.firehose.>"]`.
+    /// Subjects captured by the stream.
     pub subjects: Vec<String>,
-    /// Maximum age of a message in seconds. Default 86,400 (24 h).
+    /// Maximum age of a message in seconds.
     pub max_age_secs: u64,
-    /// `Nats-Msg-Id` deduplication window in seconds. Default 300 (5 min).
+    /// `Nats-Msg-Id` deduplication window in seconds.
     ///
     /// Must cover the worst time between two publishes of the same event: the skew between two
     /// shufflers reading different relays, a shuffler restart that replays from its persisted
@@ -76,9 +76,9 @@ pub struct StreamSettings {
     pub duplicate_window_secs: u64,
     /// Number of replicas: 1 (single server) or 3 (cluster). Values up to 5 are accepted.
     pub replicas: usize,
-    /// Storage type. Default `file`. Cannot be changed on an existing stream.
+    /// Storage type. Cannot be changed on an existing stream.
     pub storage: Storage,
-    /// Compression. Default `s2`.
+    /// Compression.
     pub compression: Compression,
     /// Disk guard in bytes; the oldest messages are discarded when it is reached. `-1` disables
     /// it. JetStream counts *uncompressed* record bytes (payload + subject + headers, ~880 B per

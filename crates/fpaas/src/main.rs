@@ -62,9 +62,25 @@ enum Command {
     Reset(cmd::kv_admin::ResetArgs),
 }
 
-fn init_logging(format: LogFormat) {
+/// The log filter when `RUST_LOG` is unset: one-shot queries and tools print their answer and only warnings
+/// (no connection chatter around a one-line answer); services log at info, the NATS client's own events at
+/// warn (the bus logs and counts connection events itself).
+fn default_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Decode(_)
+        | Command::GetLikesBy(_)
+        | Command::GetLikers(_)
+        | Command::PutRecord(_)
+        | Command::ImportCar(_)
+        | Command::Reset(_)
+        | Command::StorageEstimate(_) => "warn",
+        _ => "info,async_nats=warn",
+    }
+}
+
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -76,7 +92,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, default_filter(&cli.command));
     // async-nats brings rustls's `ring` provider and other crates may bring `aws-lc-rs`; with two providers the
     // first wss:// connect panics unless one is installed explicitly (docs/measurements.md, "Client-library pitfalls").
     let _ = rustls::crypto::ring::default_provider().install_default();

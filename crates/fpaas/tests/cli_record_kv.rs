@@ -94,6 +94,22 @@ async fn import_put_index_query_reset() {
     .await
     .expect("like index never reached 2 likers");
     assert_eq!(count["uri"], POST);
+    // A one-shot query prints its one-line answer and nothing else: no connection chatter on stderr.
+    let out = fpaas(&url)
+        .env_remove("RUST_LOG")
+        .args(["get-likers", "--count", POST])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().lines().count(),
+        1
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let all = ok(fpaas(&url).args(["get-likers", POST]));
     for did in likers {

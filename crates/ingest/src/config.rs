@@ -12,7 +12,7 @@ use crate::error::IngestError;
 pub const DEFAULT_RELAY: &str = "wss://bsky.network";
 
 /// Settings of one shuffler instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShufflerConfig {
     /// Relay base URL (`wss://bsky.network`) or full `…/xrpc/com.atproto.sync.subscribeRepos` URL.
@@ -27,22 +27,22 @@ pub struct ShufflerConfig {
     /// The KV bucket holding the cursors (one key per instance).
     pub cursor_kv: KvSettings,
     /// Most publishes awaiting their JetStream ack at once. Reading from the relay pauses at this bound, so
-    /// it (with the frame bound below) is what bounds the shuffler's memory. Default 1024.
+    /// it (with the frame bound below) is what bounds the shuffler's memory.
     pub max_acks_in_flight: usize,
-    /// Most frames read but not yet behind the watermark (frames with no events count too). Default 8192.
+    /// Most frames read but not yet behind the watermark (frames with no events count too).
     pub max_pending_frames: usize,
-    /// Save the cursor after this many published events (if it moved). Default 1000.
+    /// Save the cursor after this many published events (if it moved).
     pub cursor_save_every_events: u64,
-    /// Save the cursor at least this often in milliseconds (if it moved). Default 1000.
+    /// Save the cursor at least this often in milliseconds (if it moved).
     pub cursor_save_interval_ms: u64,
-    /// Reconnect when the relay sends no frame for this long, in milliseconds. Default 60000.
+    /// Reconnect when the relay sends no frame for this long, in milliseconds.
     pub idle_timeout_ms: u64,
-    /// Relay connect (TCP + TLS + WebSocket handshake) timeout in milliseconds. Default 10000.
+    /// Relay connect (TCP + TLS + WebSocket handshake) timeout in milliseconds.
     pub connect_timeout_ms: u64,
     /// Longest wait for publish capacity or a JetStream answer before treating NATS as unreachable, in
-    /// milliseconds. Default 10000.
+    /// milliseconds.
     pub publish_timeout_ms: u64,
-    /// On shutdown, longest wait for in-flight acks before the final cursor save, in milliseconds. Default 10000.
+    /// On shutdown, longest wait for in-flight acks before the final cursor save, in milliseconds.
     pub drain_timeout_ms: u64,
     /// Longest wait for one publish's JetStream ack (and for one JetStream API answer) before it counts as
     /// failed, in milliseconds. Default 2000: acks normally take milliseconds, and a stream leader lost with
@@ -53,27 +53,27 @@ pub struct ShufflerConfig {
     /// Default 1000, so publishing resumes within about a second of the stream answering again (e.g. a new
     /// stream leader elected).
     pub probe_timeout_ms: u64,
-    /// First retry delay (relay reconnects, waiting for NATS), in milliseconds. Default 100.
+    /// First retry delay (relay reconnects, waiting for NATS), in milliseconds.
     pub backoff_min_ms: u64,
-    /// Largest retry delay, in milliseconds. Default 30000.
+    /// Largest retry delay, in milliseconds.
     pub backoff_max_ms: u64,
     /// A relay connection that stayed open at least this long resets the relay reconnect backoff, in
     /// milliseconds. Shorter sessions (an error frame on every connect, a close after one frame) keep the
-    /// delay growing from `backoff_min_ms` to `backoff_max_ms`, whatever they delivered. Default 10000.
+    /// delay growing from `backoff_min_ms` to `backoff_max_ms`, whatever they delivered.
     pub relay_stable_ms: u64,
     /// Most payload bytes of publishes awaiting their ack at once (with `max_acks_in_flight`, whichever
     /// bound is reached first pauses reading); a single message larger than this is still sent, alone.
-    /// Default 67108864 (64 MiB).
+    ///
     pub max_bytes_in_flight: usize,
     /// Lifetime of this instance's name lease in the `<cursor bucket>_leases` bucket, in milliseconds. The
     /// holder renews it every third of this; a second process with the same `instance` refuses to start
     /// while the holder renews, and takes over a lease nobody renewed for this long (a crashed holder), or at
-    /// once when the holder was a dead process on the same host. Default 10000.
+    /// once when the holder was a dead process on the same host.
     pub lease_ttl_ms: u64,
     /// Cursor to start from when no instance has saved one for this relay; absent = live.
     pub start_cursor: Option<i64>,
     /// Address of the ops HTTP server (`/metrics`, `/health`, `/ready`, `/health/detailed`) when run as
-    /// `fpaas shuffler`; absent = no server. Default `127.0.0.1:9100`.
+    /// `fpaas shuffler`; absent = no server.
     pub metrics_listen: Option<String>,
 }
 

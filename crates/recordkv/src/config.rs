@@ -22,7 +22,7 @@ pub const DEFAULT_DELETE_MARKER_TTL_SECS: u64 = 7 * 86_400;
 pub const MIN_DELETE_MARKER_TTL_SECS: u64 = 86_400;
 
 /// Settings of `fpaas record-kv`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordKvConfig {
     /// The KV bucket that holds the records (`record`).
@@ -127,7 +127,7 @@ impl RecordKvConfig {
 }
 
 /// Settings of `fpaas like-indexer`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LikeIndexConfig {
     /// The record KV bucket it reads (`record`).

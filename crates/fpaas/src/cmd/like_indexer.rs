@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use fpaas_recordkv::{LikeIndexConfig, LikeIndexer};
-use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -16,19 +15,19 @@ pub struct Args {
     /// NATS URL(s), comma separated.
     #[arg(long, env = "FPAAS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// Record KV bucket to read (default record).
+    /// Record KV bucket to read.
     #[arg(long)]
     pub record_bucket: Option<String>,
-    /// Index bucket to write (default likes).
+    /// Index bucket to write.
     #[arg(long)]
     pub bucket: Option<String>,
-    /// Durable consumer name (default like-indexer).
+    /// Durable consumer name.
     #[arg(long)]
     pub durable: Option<String>,
-    /// Messages per batch (default 500).
+    /// Messages per batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Index writes in flight (default 128).
+    /// Index writes in flight.
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Ops HTTP address (/metrics, /health, /ready); `none` disables.
@@ -57,20 +56,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    let (ops, ops_stop, _health) =
-        super::record_kv::start_ops(&a.metrics_listen, "like-indexer").await?;
+    let mut service =
+        super::service::Service::start(Some(&a.metrics_listen), "finishing the batch in progress")
+            .await?;
     let client = fpaas_bus::connect(&a.nats_url, "fpaas-like-indexer").await?;
+    service.follow_nats(&client);
     let indexer = LikeIndexer::new(&client, cfg).await.context(
         "starting the like indexer (does the record bucket exist? run `fpaas record-kv`)",
     )?;
-    let shutdown = CancellationToken::new();
-    super::cancel_on_signal(&shutdown, "finishing the batch in progress");
-    let result = indexer.run(shutdown).await;
+    service.health.up("like-indexer", "running");
+    let result = indexer.run(service.shutdown.clone()).await;
     let _ = client.flush().await;
-    ops_stop.cancel();
-    if let Some(ops) = ops {
-        let _ = ops.await;
-    }
+    service.stop().await;
     let stats = result?;
     tracing::info!(
         indexed = stats.indexed,

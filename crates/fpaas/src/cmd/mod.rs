@@ -8,26 +8,20 @@ pub mod likes;
 pub mod record;
 pub mod record_kv;
 pub mod relay_sim;
+pub mod service;
 pub mod shuffler;
 pub mod storage_estimate;
 pub mod tail;
 
-/// A command's configuration: `T::default()`, or the JSON file at `path` (unknown fields rejected by `T`'s
-/// `deny_unknown_fields`); the caller then lays its flags over it with [`set`].
-pub fn load_config<T: serde::de::DeserializeOwned + Default>(
-    path: Option<&std::path::Path>,
-    what: &str,
-) -> anyhow::Result<T> {
+/// A command's configuration: `T::default()`, then the file at `path` (JSON, or TOML when it ends in `.toml`;
+/// unknown fields rejected by `T`'s `deny_unknown_fields`), then the `FPAAS_*` environment
+/// ([`fpaas_ops::config`]); the caller then lays its flags over it with [`set`].
+pub fn load_config<T>(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Default,
+{
     use anyhow::Context;
-    match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("parsing {} (JSON {what})", path.display()))
-        }
-        None => Ok(T::default()),
-    }
+    fpaas_ops::config::load(path).with_context(|| format!("{what} configuration"))
 }
 
 /// Override a config field with a flag, when the flag was given.

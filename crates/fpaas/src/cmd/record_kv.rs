@@ -4,7 +4,6 @@
 
 use anyhow::Context;
 use fpaas_recordkv::{RecordKvBuilder, RecordKvConfig};
-use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -17,13 +16,13 @@ pub struct Args {
     /// NATS URL(s), comma separated.
     #[arg(long, env = "FPAAS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// Record KV bucket (default record).
+    /// Record KV bucket.
     #[arg(long)]
     pub bucket: Option<String>,
-    /// Firehose stream (default FIREHOSE).
+    /// Firehose stream.
     #[arg(long)]
     pub stream: Option<String>,
-    /// Durable consumer name = the builder's cursor (default record-kv).
+    /// Durable consumer name = the builder's cursor.
     #[arg(long)]
     pub durable: Option<String>,
     /// Keep only this collection (NSID or prefix like app.bsky.feed.*); repeatable. Default: all.
@@ -32,16 +31,16 @@ pub struct Args {
     /// Keep only this DID; repeatable. Default: all.
     #[arg(long = "did")]
     pub dids: Vec<String>,
-    /// Messages per batch (default 500).
+    /// Messages per batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// KV writes in flight (default 128).
+    /// KV writes in flight.
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Bucket replicas when created (default 1).
+    /// Bucket replicas when created.
     #[arg(long)]
     pub replicas: Option<usize>,
-    /// Seconds a delete marker stays before it expires (default 604800 = 7 days); 0 = forever.
+    /// Seconds a delete marker stays before it expires; 0 = forever.
     /// At least 86400 (the firehose stream's retention), see docs/record-kv.md.
     #[arg(long)]
     pub delete_marker_ttl_secs: Option<u64>,
@@ -75,54 +74,24 @@ impl Args {
     }
 }
 
-/// Starts the ops server unless `listen` is `none`; returns its task and stop token.
-pub(crate) async fn start_ops(
-    listen: &str,
-    component: &str,
-) -> anyhow::Result<(
-    Option<tokio::task::JoinHandle<()>>,
-    CancellationToken,
-    fpaas_ops::Health,
-)> {
-    let metrics = fpaas_ops::install_metrics();
-    let health = fpaas_ops::Health::new();
-    health.up(component, "running");
-    let stop = CancellationToken::new();
-    let task = match listen {
-        "" | "none" | "off" => None,
-        addr => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the ops server to {addr}"))?;
-            let router = fpaas_ops::router(metrics, health.clone());
-            let stop = stop.clone();
-            Some(tokio::spawn(async move {
-                let _ = fpaas_ops::serve(listener, router, stop).await;
-            }))
-        }
-    };
-    Ok((task, stop, health))
-}
-
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = a.to_config()?;
     if a.print_config {
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    let (ops, ops_stop, _health) = start_ops(&a.metrics_listen, "record-kv").await?;
+    let mut service =
+        super::service::Service::start(Some(&a.metrics_listen), "finishing the batch in progress")
+            .await?;
     let client = fpaas_bus::connect(&a.nats_url, "fpaas-record-kv").await?;
+    service.follow_nats(&client);
     let builder = RecordKvBuilder::new(&client, cfg).await.context(
         "starting the record KV builder (does the stream exist? run the shuffler or `fpaas dev`)",
     )?;
-    let shutdown = CancellationToken::new();
-    super::cancel_on_signal(&shutdown, "finishing the batch in progress");
-    let result = builder.run(shutdown).await;
+    service.health.up("record-kv", "running");
+    let result = builder.run(service.shutdown.clone()).await;
     let _ = client.flush().await;
-    ops_stop.cancel();
-    if let Some(ops) = ops {
-        let _ = ops.await;
-    }
+    service.stop().await;
     let stats = result?;
     tracing::info!(
         messages = stats.messages,

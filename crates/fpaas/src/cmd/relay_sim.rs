@@ -72,11 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, seed = args.seed, rate = args.rate, "relay-sim listening: ws://{addr}");
     let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        super::shutdown_signal().await;
-        s.cancel();
-    });
+    super::cancel_on_signal(&shutdown, "closing client connections");
     fpaas_sim::serve(listener, args.config(), shutdown).await?;
     Ok(())
 }

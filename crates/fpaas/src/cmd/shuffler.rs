@@ -2,9 +2,7 @@
 //! server (`/metrics`, `/health`, `/ready`, `/health/detailed`) on `--metrics-listen`, and the shuffler run loop
 //! from `fpaas-ingest` until SIGTERM / Ctrl-C, which drains in-flight publishes and saves the cursor.
 
-use anyhow::Context;
 use fpaas_ingest::ShufflerConfig;
-use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -14,87 +12,86 @@ pub struct Args {
     /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Relay base URL (default wss://bsky.network).
+    /// Relay base URL.
     #[arg(long, env = "FPAAS_RELAY")]
     pub relay: Option<String>,
     /// Instance name: this shuffler's key in the cursor bucket; unique per running shuffler.
     #[arg(long, env = "FPAAS_INSTANCE")]
     pub instance: Option<String>,
-    /// NATS URL(s), comma separated (default nats://127.0.0.1:4222).
+    /// NATS URL(s), comma separated.
     #[arg(long, env = "FPAAS_NATS_URL")]
     pub nats_url: Option<String>,
-    /// Stream name (default FIREHOSE).
+    /// Stream name.
     #[arg(long)]
     pub stream: Option<String>,
     /// Replicas of the stream and of the cursor bucket (1 single server, 3 cluster): a replicated stream
     /// with an unreplicated cursor would stop saving cursors when that one node is down.
     #[arg(long)]
     pub replicas: Option<usize>,
-    /// Stream retention in seconds (default 86400).
+    /// Stream retention in seconds.
     #[arg(long)]
     pub max_age_secs: Option<u64>,
-    /// Stream dedup window in seconds (default 300).
+    /// Stream dedup window in seconds.
     #[arg(long)]
     pub duplicate_window_secs: Option<u64>,
-    /// Largest stored message in bytes; larger events are dropped as payload_too_large (default 1 MiB,
-    /// a default nats-server's max_payload).
+    /// Largest stored message in bytes; larger events are dropped as payload_too_large.
     #[arg(long)]
     pub max_msg_size: Option<i32>,
-    /// Stream disk guard in bytes, -1 unlimited (default 32 GiB).
+    /// Stream disk guard in bytes, -1 unlimited.
     #[arg(long)]
     pub max_bytes: Option<i64>,
-    /// Cursor KV bucket (default fpaas_cursors).
+    /// Cursor KV bucket.
     #[arg(long)]
     pub cursor_bucket: Option<String>,
-    /// Most publishes awaiting an ack at once (default 1024).
+    /// Most publishes awaiting an ack at once.
     #[arg(long)]
     pub max_acks_in_flight: Option<usize>,
-    /// Most frames read but not yet acked (default 8192).
+    /// Most frames read but not yet acked.
     #[arg(long)]
     pub max_pending_frames: Option<usize>,
-    /// Save the cursor every N published events (default 1000).
+    /// Save the cursor every N published events.
     #[arg(long)]
     pub cursor_save_every: Option<u64>,
-    /// Save the cursor at least every T ms (default 1000).
+    /// Save the cursor at least every T ms.
     #[arg(long)]
     pub cursor_save_interval_ms: Option<u64>,
-    /// Reconnect when the relay is silent this long, ms (default 60000).
+    /// Reconnect when the relay is silent this long, ms.
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
-    /// Relay connect timeout, ms (default 10000).
+    /// Relay connect timeout, ms.
     #[arg(long)]
     pub connect_timeout_ms: Option<u64>,
-    /// Longest wait for publish capacity / a JetStream answer before treating NATS as down, ms (default 10000).
+    /// Longest wait for publish capacity / a JetStream answer before treating NATS as down, ms.
     #[arg(long)]
     pub publish_timeout_ms: Option<u64>,
-    /// On shutdown, longest wait for in-flight acks, ms (default 10000).
+    /// On shutdown, longest wait for in-flight acks, ms.
     #[arg(long)]
     pub drain_timeout_ms: Option<u64>,
-    /// First retry delay, ms (default 100).
+    /// First retry delay, ms.
     #[arg(long)]
     pub backoff_min_ms: Option<u64>,
-    /// Largest retry delay, ms (default 30000).
+    /// Largest retry delay, ms.
     #[arg(long)]
     pub backoff_max_ms: Option<u64>,
-    /// Longest wait for one publish ack / JetStream answer, ms (default 2000).
+    /// Longest wait for one publish ack / JetStream answer, ms.
     #[arg(long)]
     pub ack_timeout_ms: Option<u64>,
-    /// While waiting for NATS: longest wait for one probe and for re-reading the cursors, ms (default 1000).
+    /// While waiting for NATS: longest wait for one probe and for re-reading the cursors, ms.
     #[arg(long)]
     pub probe_timeout_ms: Option<u64>,
-    /// A relay connection open this long resets the reconnect backoff, ms (default 10000).
+    /// A relay connection open this long resets the reconnect backoff, ms.
     #[arg(long)]
     pub relay_stable_ms: Option<u64>,
-    /// Most payload bytes awaiting an ack at once (default 64 MiB).
+    /// Most payload bytes awaiting an ack at once.
     #[arg(long)]
     pub max_bytes_in_flight: Option<usize>,
-    /// Instance-name lease lifetime, ms: a crashed holder's name is free after this (default 10000).
+    /// Instance-name lease lifetime, ms: a crashed holder's name is free after this.
     #[arg(long)]
     pub lease_ttl_ms: Option<u64>,
     /// Relay seq to start after when no cursor is stored for this relay (default: live).
     #[arg(long)]
     pub start_cursor: Option<i64>,
-    /// Ops HTTP address (/metrics, /health, /ready, /health/detailed); `none` disables (default 127.0.0.1:9100).
+    /// Ops HTTP address (/metrics, /health, /ready, /health/detailed); `none` disables.
     #[arg(long, env = "FPAAS_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 }
@@ -155,33 +152,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    let metrics = fpaas_ops::install_metrics();
-    let health = fpaas_ops::Health::new();
-    let shutdown = CancellationToken::new();
-    let ops_stop = CancellationToken::new();
-    let ops = match &cfg.metrics_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the ops server to {addr}"))?;
-            let router = fpaas_ops::router(metrics, health.clone());
-            Some(tokio::spawn(fpaas_ops::serve(
-                listener,
-                router,
-                ops_stop.clone(),
-            )))
-        }
-        None => None,
-    };
-    super::cancel_on_signal(
-        &shutdown,
+    let service = super::service::Service::start(
+        cfg.metrics_listen.as_deref(),
         "draining in-flight publishes and saving the cursor",
-    );
-    let result = fpaas_ingest::run(cfg, health, shutdown).await;
-    ops_stop.cancel();
-    if let Some(ops) = ops {
-        let _ = ops.await;
-    }
+    )
+    .await?;
+    // The shuffler mirrors its own NATS connection into the `nats` component.
+    let result = fpaas_ingest::run(cfg, service.health.clone(), service.shutdown.clone()).await;
+    service.stop().await;
     let stats = result?;
     tracing::info!(
         frames = stats.frames,

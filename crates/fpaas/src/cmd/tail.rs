@@ -37,21 +37,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut printed = 0u64;
     let mut backoff = Duration::from_millis(250);
     let stdout = std::io::stdout();
+    // One signal listener for the whole run: a Ctrl-C between two frames (or while connecting) is not lost.
+    let stop = tokio_util::sync::CancellationToken::new();
+    super::cancel_on_signal(&stop, "stopping");
     loop {
-        let mut conn =
-            match RelayConnection::connect(&args.relay, cursor, Duration::from_secs(30)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "connect failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    continue;
+        let connect = RelayConnection::connect(&args.relay, cursor, Duration::from_secs(30));
+        let conn = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            c = connect => c,
+        };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "connect failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
                 }
-            };
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
         backoff = Duration::from_millis(250);
         loop {
             let bytes = tokio::select! {
-                _ = super::shutdown_signal() => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
                 f = conn.next_frame() => match f {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
@@ -93,6 +103,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
     }
 }
