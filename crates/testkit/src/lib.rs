@@ -2,8 +2,10 @@
 //! (`eventually`), free loopback ports, the paths of the project-local tools, and a relay-sim harness
 //! ([`relay`]), and a cuttable TCP proxy for taking one connection path down ([`TcpProxy`]).
 //!
-//! Nothing here ships in a release binary: crates use it as a `[dev-dependencies]` entry only.
-//! A missing tool is a loud panic with the install hint, never a silent skip.
+//! Crates use it as a `[dev-dependencies]` entry, with one exception: the benchmarks (`fpaas-bench`, behind
+//! `fpaas bench`) start their nats-servers through it, so that every server of the project's tests and
+//! benches gets its ports from one allocator ([`free_port`]). A missing tool is a loud panic with the install
+//! hint, never a silent skip.
 
 mod nats;
 mod paths;

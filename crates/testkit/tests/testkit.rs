@@ -63,6 +63,21 @@ async fn max_payload_option_reaches_the_server() {
     assert_eq!(client.server_info().max_payload, 3 * 1024 * 1024);
 }
 
+#[test]
+fn binary_option_pid_and_scratch_dir() {
+    let server = NatsServer::with_options(NatsServerOptions {
+        binary: Some(fpaas_testkit::nats_server_bin()),
+        ..Default::default()
+    });
+    let pid = server.pid().expect("running server has a pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let scratch = server.scratch_dir().to_path_buf();
+    assert!(server.store_dir().starts_with(&scratch));
+    std::fs::write(scratch.join("bench.log"), "x").expect("scratch dir is writable");
+    drop(server);
+    assert!(!scratch.exists(), "scratch dir removed with the server");
+}
+
 #[tokio::test]
 async fn cluster_of_three_elects_a_leader_and_tolerates_a_node_restart() {
     let mut cluster = NatsCluster::start(3);

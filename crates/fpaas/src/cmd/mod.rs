@@ -12,6 +12,13 @@ pub mod shuffler;
 pub mod storage_estimate;
 pub mod tail;
 
+/// `fpaas bench NAME [--json]`: runs the benchmark (`fpaas_bench`) and prints its report.
+pub async fn bench(args: fpaas_bench::Args) -> anyhow::Result<()> {
+    let report = fpaas_bench::run(&args).await?;
+    println!("{}", report.render(args.json()));
+    Ok(())
+}
+
 /// A command's configuration: `T::default()`, or the JSON file at `path` (unknown fields rejected by `T`'s
 /// `deny_unknown_fields`); the caller then lays its flags over it with [`set`].
 pub fn load_config<T: serde::de::DeserializeOwned + Default>(

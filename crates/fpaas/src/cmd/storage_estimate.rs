@@ -226,7 +226,7 @@ fn bytes(x: f64) -> serde_json::Value {
 }
 
 fn gb(bytes: f64) -> f64 {
-    crate::bench::r2(bytes / 1e9)
+    fpaas_bench::r2(bytes / 1e9)
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -258,7 +258,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         max_bytes: u64::try_from(a.max_bytes).ok(),
     };
     let e = estimate(&inputs);
-    let r2 = crate::bench::r2;
+    let r2 = fpaas_bench::r2;
     let mut fig: Vec<(&str, serde_json::Value)> = vec![
         ("source", source.into()),
         ("events_per_s", r2(inputs.events_per_s).into()),
