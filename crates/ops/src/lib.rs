@@ -1,10 +1,12 @@
 //! Operations surface shared by every process: the Prometheus recorder ([`install_metrics`]), the
 //! component health registry ([`Health`]) and the HTTP endpoints serving both ([`router`],
-//! [`serve`]): `GET /metrics`, `/health`, `/ready`, `/health/detailed`.
+//! [`serve`]): `GET /metrics`, `/health`, `/ready`, `/health/detailed`; and reading that text format back
+//! ([`prom`]: the workspace's one Prometheus text parser).
 
 mod health;
 mod http;
 mod metrics_setup;
+pub mod prom;
 
 pub use health::{ComponentReport, Health, Status};
 pub use http::{OpsError, router, serve};

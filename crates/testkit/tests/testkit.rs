@@ -133,3 +133,23 @@ fn paths_and_ports() {
         std::net::TcpListener::bind(("127.0.0.1", *port)).expect("a picked port binds");
     }
 }
+
+#[test]
+fn prom_value_sums_the_series_matching_the_label_filter() {
+    let page = "# TYPE fpaas_x_drops_total counter\n\
+                fpaas_x_drops_total{reason=\"a\",stage=\"decode\"} 2\n\
+                fpaas_x_drops_total{reason=\"b\",stage=\"decode\"} 3\n\
+                fpaas_x_drops_total_other 100\n";
+    assert_eq!(
+        fpaas_testkit::prom_value(page, "fpaas_x_drops_total", ""),
+        5.0
+    );
+    assert_eq!(
+        fpaas_testkit::prom_value(page, "fpaas_x_drops_total", "reason=\"b\""),
+        3.0
+    );
+    assert_eq!(
+        fpaas_testkit::prom_value(page, "fpaas_x_drops_total", "reason=\"c\""),
+        0.0
+    );
+}

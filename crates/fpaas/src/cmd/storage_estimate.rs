@@ -9,6 +9,7 @@ use fpaas_bus::storage::{
     CORPUS_MEAN_PAYLOAD_BYTES, Inputs, MEASURED_OVERHEAD_BYTES, MEASURED_S2_RATIO,
     TYPICAL_EVENTS_PER_S, estimate,
 };
+use fpaas_ops::prom::sum;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -74,29 +75,6 @@ async fn http_get(url: &str) -> anyhow::Result<String> {
         .with_context(|| format!("reading {url}"))
 }
 
-/// Sum of every series of metric `name` (any labels) in a Prometheus text exposition; `None` when absent.
-pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        let value = rest
-            .rsplit_once('}')
-            .map_or(rest, |(_, v)| v)
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok());
-        if let Some(v) = value {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
 /// Rate and mean payload from two scrapes of a shuffler.
 struct Scraped {
     events_per_s: f64,
@@ -112,8 +90,8 @@ async fn scrape(url: &str, sample: Duration) -> anyhow::Result<Scraped> {
     tokio::time::sleep(sample).await;
     let second = http_get(url).await?;
     let dt = t0.elapsed().as_secs_f64();
-    let get = |t: &str, n: &str| metric_sum(t, n).unwrap_or(0.0);
-    if metric_sum(&second, PUBLISHED).is_none() {
+    let get = |t: &str, n: &str| sum(t, n, &[]).unwrap_or(0.0);
+    if sum(&second, PUBLISHED, &[]).is_none() {
         bail!("{url} has no {PUBLISHED}: is it a shuffler's /metrics?");
     }
     let published = get(&second, PUBLISHED) - get(&first, PUBLISHED);
@@ -222,32 +200,4 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_prometheus_text() {
-        let text = "# HELP fpaas_shuffler_published_total x\n\
-                    # TYPE fpaas_shuffler_published_total counter\n\
-                    fpaas_shuffler_published_total 1200\n\
-                    fpaas_shuffler_published_total_other 5\n\
-                    fpaas_shuffler_message_size_bytes_bucket{le=\"256\"} 3\n\
-                    fpaas_shuffler_message_size_bytes_sum 61234.5\n\
-                    fpaas_shuffler_message_size_bytes_count 100\n\
-                    fpaas_shuffler_events_total{kind=\"commit\"} 90\n\
-                    fpaas_shuffler_events_total{kind=\"sync\"} 10\n";
-        assert_eq!(
-            metric_sum(text, "fpaas_shuffler_published_total"),
-            Some(1200.0)
-        );
-        assert_eq!(
-            metric_sum(text, "fpaas_shuffler_message_size_bytes_sum"),
-            Some(61234.5)
-        );
-        assert_eq!(metric_sum(text, "fpaas_shuffler_events_total"), Some(100.0));
-        assert_eq!(metric_sum(text, "fpaas_missing"), None);
-    }
 }
