@@ -1,15 +1,14 @@
 //! Publishing for the benches' workloads and baselines: a message exactly as the shuffler publishes it
-//! ([`Prepared::event`]: subject, `Nats-Msg-Id`, DID / seq / time headers, JSON payload) or a bare KV value
+//! ([`Prepared::event`], from `fpaas_event::WireMessage`) or a bare KV value
 //! ([`Prepared::bare`]), and bare JetStream async publishing with a bounded number of acks in flight
 //! ([`publish_all`]).
 
 use std::future::IntoFuture;
 
 use async_nats::HeaderMap;
-use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
-use fpaas_event::Event;
+use fpaas_event::{Event, WireMessage};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
@@ -30,17 +29,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// `ev` exactly as the shuffler publishes it.
+    /// `ev` exactly as the shuffler publishes it: its [`WireMessage`] (subject, `Nats-Msg-Id`, DID / seq /
+    /// time headers, JSON payload).
     pub fn event(ev: &Event) -> Self {
+        let wire = WireMessage::from_event(ev);
         let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, fpaas_event::msg_id(ev).as_str());
-        headers.insert(fpaas_event::HEADER_DID, ev.did.as_str());
-        headers.insert(fpaas_event::HEADER_SEQ, ev.seq.to_string().as_str());
-        headers.insert(fpaas_event::HEADER_TIME_US, ev.time_us.to_string().as_str());
+        headers.insert(fpaas_event::HEADER_MSG_ID, wire.msg_id.as_str());
+        for (name, value) in &wire.headers {
+            headers.insert(*name, value.as_str());
+        }
         Self {
-            subject: fpaas_event::subject(ev),
+            subject: wire.subject,
             headers: Some(headers),
-            payload: ev.to_json_vec().into(),
+            payload: wire.payload.into(),
         }
     }
 
