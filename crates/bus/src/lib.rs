@@ -9,11 +9,13 @@
 //! | `publish` | [`Publisher`]: bounded acks in flight, `Nats-Msg-Id`, completions that return failed messages |
 //! | `kv` | [`KvSettings`], [`ensure_kv`], [`CursorStore`], KV key validation |
 //! | `error` | [`BusError`] with a `Copy` [`BusErrorKind`] |
+//! | [`storage`] | the stream's storage model: disk for a retention, replicas, compression (pure arithmetic) |
 
 mod connect;
 mod error;
 mod kv;
 mod publish;
+pub mod storage;
 mod stream;
 
 pub use async_nats::Client;

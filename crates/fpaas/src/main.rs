@@ -1,7 +1,7 @@
 //! The `fpaas` binary: parses the command line, sets up logging and TLS, and hands each subcommand to its module
-//! in [`cmd`] or [`bench`]. Logic worth testing lives in the library crates; this crate only wires it.
+//! in [`cmd`] (benchmarks: to `fpaas_bench`). Logic worth testing lives in the library crates; this crate only
+//! wires it.
 
-mod bench;
 mod cmd;
 
 /// mimalloc instead of glibc malloc: the shuffler allocates a few small buffers per event (JSON, subject, id,
@@ -41,7 +41,7 @@ enum Command {
     /// Run the whole stack locally: nats-server (JetStream), relay-sim and the shuffler.
     Dev(cmd::dev::Args),
     /// Run a benchmark and print a table (or one JSON object with --json).
-    Bench(bench::Args),
+    Bench(fpaas_bench::Args),
     /// Read a relay firehose and publish one message per event into the JetStream stream.
     Shuffler(Box<cmd::shuffler::Args>),
     /// Storage needed for the stream's retention, from a running shuffler's metrics or from flags.
@@ -113,7 +113,7 @@ fn main() -> std::process::ExitCode {
             Command::Decode(a) => cmd::decode::run(a),
             Command::Tail(a) => cmd::tail::run(a).await,
             Command::Dev(a) => cmd::dev::run(a).await,
-            Command::Bench(a) => bench::run(a).await,
+            Command::Bench(a) => cmd::bench(a).await,
             Command::Shuffler(a) => cmd::shuffler::run(*a).await,
             Command::StorageEstimate(a) => cmd::storage_estimate::run(a).await,
             Command::RecordKv(a) => cmd::record_kv::run(a).await,

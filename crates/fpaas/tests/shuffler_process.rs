@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use fpaas_sim::{Sim, SimConfig};
-use fpaas_testkit::{NatsServer, eventually, eventually_some, free_port, workspace_root};
+use fpaas_testkit::{
+    NatsServer, eventually, eventually_some, free_port, prom_value, workspace_root,
+};
 
 /// A running `fpaas shuffler` child process and its ops address.
 struct ShufflerProc {

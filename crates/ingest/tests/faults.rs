@@ -11,7 +11,7 @@ use common::*;
 use fpaas_ingest::Shuffler;
 use fpaas_ops::Health;
 use fpaas_sim::{FaultConfig, Sim, SimConfig, TruthEvent};
-use fpaas_testkit::{NatsServer, eventually};
+use fpaas_testkit::{NatsServer, eventually, prom_value};
 use tokio_util::sync::CancellationToken;
 
 const EVENTS: u64 = 2_000;

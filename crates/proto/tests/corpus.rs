@@ -87,7 +87,7 @@ fn corpus_matches_manifest() {
 }
 
 /// Every op of the corpus as `{seq, path, action, record}` JSON lines equals the golden file
-/// (cross-checked once against the Python `atproto` SDK). Regenerate with `FPAAS_REGEN_GOLDEN=1`.
+/// (cross-checked once against the Python `atproto` SDK). Regenerate with `FPAAS_UPDATE_GOLDEN=1`.
 #[test]
 fn corpus_records_match_golden() {
     let mut lines = String::new();
@@ -107,11 +107,11 @@ fn corpus_records_match_golden() {
     }
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/corpus_ops.jsonl");
-    if std::env::var_os("FPAAS_REGEN_GOLDEN").is_some() {
+    if std::env::var_os("FPAAS_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &lines).expect("write golden");
     }
     let golden =
-        std::fs::read_to_string(&path).expect("read golden (FPAAS_REGEN_GOLDEN=1 to create)");
+        std::fs::read_to_string(&path).expect("read golden (FPAAS_UPDATE_GOLDEN=1 to create)");
     for (i, (got, want)) in lines.lines().zip(golden.lines()).enumerate() {
         assert_eq!(got, want, "golden line {}", i + 1);
     }

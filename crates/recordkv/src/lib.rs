@@ -14,7 +14,6 @@
 //! beginning, then live (see `docs/record-kv.md` for the filters of common watches and the memory cost).
 
 pub mod apply;
-pub mod bench;
 pub mod builder;
 pub mod config;
 pub mod error;

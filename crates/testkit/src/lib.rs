@@ -1,16 +1,21 @@
-//! Dev-only test kit: real `nats-server` processes (single node and 3-node clusters), polling helpers
-//! (`eventually`), free loopback ports, the paths of the project-local tools, and a relay-sim harness
-//! ([`relay`]), and a cuttable TCP proxy for taking one connection path down ([`TcpProxy`]).
+//! Test kit: real `nats-server` processes (single node and 3-node clusters), polling helpers
+//! (`eventually`), free loopback ports, the paths of the project-local tools, a relay-sim harness
+//! ([`relay`]), a cuttable TCP proxy for taking one connection path down ([`TcpProxy`]) and reading
+//! `/metrics` pages ([`prom_value`]).
 //!
-//! Nothing here ships in a release binary: crates use it as a `[dev-dependencies]` entry only.
-//! A missing tool is a loud panic with the install hint, never a silent skip.
+//! Crates use it as a `[dev-dependencies]` entry, with one exception: the benchmarks (`fpaas-bench`, behind
+//! `fpaas bench`) start their nats-servers through it, so that every server of the project's tests and
+//! benches gets its ports from one allocator ([`free_port`]). A missing tool is a loud panic with the install
+//! hint, never a silent skip.
 
+mod metrics;
 mod nats;
 mod paths;
 mod proxy;
 pub mod relay;
 mod wait;
 
+pub use metrics::prom_value;
 pub use nats::{NatsCluster, NatsServer, NatsServerOptions, TEST_MAX_PAYLOAD};
 pub use paths::{nats_server_bin, python, workspace_root};
 pub use proxy::TcpProxy;

@@ -46,6 +46,9 @@ pub struct NatsServerOptions {
     pub max_file_store: String,
     /// Extra nats-server config text appended verbatim to the generated config file.
     pub extra_config: String,
+    /// The `nats-server` binary; `None` finds it with [`nats_server_bin`] (env `FPAAS_NATS_SERVER`,
+    /// `.tools/`, `PATH`). The benchmarks set it from their `--nats-server` flag.
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for NatsServerOptions {
@@ -54,6 +57,7 @@ impl Default for NatsServerOptions {
             max_payload: Some(TEST_MAX_PAYLOAD),
             max_file_store: TEST_MAX_FILE_STORE.to_owned(),
             extra_config: String::new(),
+            binary: None,
         }
     }
 }
@@ -65,16 +69,18 @@ struct Node {
     port: u16,
     monitor_port: u16,
     dir: PathBuf,
+    binary: PathBuf,
     child: Option<Child>,
 }
 
 impl Node {
-    fn new(name: String, dir: PathBuf) -> Self {
+    fn new(name: String, dir: PathBuf, options: &NatsServerOptions) -> Self {
         Self {
             name,
             port: free_port(),
             monitor_port: free_port(),
             dir,
+            binary: options.binary.clone().unwrap_or_else(nats_server_bin),
             child: None,
         }
     }
@@ -131,7 +137,7 @@ impl Node {
             .open(self.log_path())
             .expect("open nats-server log file");
         let log_err = log.try_clone().expect("clone nats-server log handle");
-        let child = Command::new(nats_server_bin())
+        let child = Command::new(&self.binary)
             .arg("-c")
             .arg(self.config_path())
             .stdin(Stdio::null())
@@ -233,7 +239,7 @@ pub struct NatsServer {
     node: Node,
     options: NatsServerOptions,
     // Declared last: removed after the process is killed.
-    _tmp: TempDir,
+    tmp: TempDir,
 }
 
 impl NatsServer {
@@ -251,14 +257,10 @@ impl NatsServer {
             .prefix("fpaas-nats-")
             .tempdir()
             .expect("create temp dir for nats-server");
-        let mut node = Node::new(String::new(), tmp.path().to_path_buf());
+        let mut node = Node::new(String::new(), tmp.path().to_path_buf(), &options);
         node.name = format!("fpaas-test-{}", node.port);
         node.write_config(&options, None);
-        let mut server = Self {
-            node,
-            options,
-            _tmp: tmp,
-        };
+        let mut server = Self { node, options, tmp };
         server.start();
         server
     }
@@ -309,6 +311,17 @@ impl NatsServer {
     pub fn options(&self) -> &NatsServerOptions {
         &self.options
     }
+
+    /// The server's temp directory (config, log and JetStream store inside), removed on drop: room for
+    /// a test's or bench's own scratch files that should go with the server.
+    pub fn scratch_dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The process id while running (the benchmarks read its memory from `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.node.child.as_ref().map(Child::id)
+    }
 }
 
 impl Default for NatsServer {
@@ -344,7 +357,7 @@ impl NatsCluster {
             .expect("create temp dir for nats cluster");
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let mut nodes: Vec<Node> = (0..size)
-            .map(|i| Node::new(format!("n{i}"), tmp.path().join(format!("n{i}"))))
+            .map(|i| Node::new(format!("n{i}"), tmp.path().join(format!("n{i}")), &options))
             .collect();
         for (i, node) in nodes.iter().enumerate() {
             let routes: Vec<String> = cluster_ports

@@ -63,6 +63,21 @@ async fn max_payload_option_reaches_the_server() {
     assert_eq!(client.server_info().max_payload, 3 * 1024 * 1024);
 }
 
+#[test]
+fn binary_option_pid_and_scratch_dir() {
+    let server = NatsServer::with_options(NatsServerOptions {
+        binary: Some(fpaas_testkit::nats_server_bin()),
+        ..Default::default()
+    });
+    let pid = server.pid().expect("running server has a pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let scratch = server.scratch_dir().to_path_buf();
+    assert!(server.store_dir().starts_with(&scratch));
+    std::fs::write(scratch.join("bench.log"), "x").expect("scratch dir is writable");
+    drop(server);
+    assert!(!scratch.exists(), "scratch dir removed with the server");
+}
+
 #[tokio::test]
 async fn cluster_of_three_elects_a_leader_and_tolerates_a_node_restart() {
     let mut cluster = NatsCluster::start(3);
@@ -117,4 +132,24 @@ fn paths_and_ports() {
     for port in &ports {
         std::net::TcpListener::bind(("127.0.0.1", *port)).expect("a picked port binds");
     }
+}
+
+#[test]
+fn prom_value_sums_the_series_matching_the_label_filter() {
+    let page = "# TYPE fpaas_x_drops_total counter\n\
+                fpaas_x_drops_total{reason=\"a\",stage=\"decode\"} 2\n\
+                fpaas_x_drops_total{reason=\"b\",stage=\"decode\"} 3\n\
+                fpaas_x_drops_total_other 100\n";
+    assert_eq!(
+        fpaas_testkit::prom_value(page, "fpaas_x_drops_total", ""),
+        5.0
+    );
+    assert_eq!(
+        fpaas_testkit::prom_value(page, "fpaas_x_drops_total", "reason=\"b\""),
+        3.0
+    );
+    assert_eq!(
+        fpaas_testkit::prom_value(page, "fpaas_x_drops_total", "reason=\"c\""),
+        0.0
+    );
 }

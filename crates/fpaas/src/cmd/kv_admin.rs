@@ -121,8 +121,9 @@ pub struct ResetArgs {
     pub nats_url: String,
 }
 
-/// The project's streams: the firehose stream and the KV buckets of the record KV, the like index,
-/// the shuffler cursors and the benchmarks (deleting a stream deletes its consumers).
+/// The project's streams: the firehose stream and the KV buckets of the record KV, the like index and
+/// the shuffler cursors (deleting a stream deletes its consumers). The benchmarks run on servers of their
+/// own and remove what they create.
 fn project_streams() -> Vec<String> {
     let mut names = vec![DEFAULT_STREAM.to_string()];
     for bucket in [
@@ -130,8 +131,6 @@ fn project_streams() -> Vec<String> {
         format!("{DEFAULT_RECORD_BUCKET}_accounts"),
         DEFAULT_LIKES_BUCKET.to_string(),
         "fpaas_cursors".to_string(),
-        "bench_coll_first".to_string(),
-        "bench_did_first".to_string(),
     ] {
         names.push(format!("KV_{bucket}"));
     }

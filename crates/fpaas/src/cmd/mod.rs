@@ -13,6 +13,13 @@ pub mod shuffler;
 pub mod storage_estimate;
 pub mod tail;
 
+/// `fpaas bench NAME [--json]`: runs the benchmark (`fpaas_bench`) and prints its report.
+pub async fn bench(args: fpaas_bench::Args) -> anyhow::Result<()> {
+    let report = fpaas_bench::run(&args).await?;
+    println!("{}", report.render(args.json()));
+    Ok(())
+}
+
 /// A command's configuration: `T::default()`, then the file at `path` (JSON, or TOML when it ends in `.toml`;
 /// unknown fields rejected by `T`'s `deny_unknown_fields`), then the `FPAAS_*` environment
 /// ([`fpaas_ops::config`]); the caller then lays its flags over it with [`set`].

@@ -1,26 +1,16 @@
 //! `fpaas storage-estimate`: the disk the firehose stream needs for its retention, per node and for the cluster,
 //! with replication and S2 compression — from a running shuffler's metrics (rate from
 //! `fpaas_shuffler_published_total`, mean payload from `fpaas_shuffler_message_size_bytes_sum / _count`, two
-//! scrapes `--sample-seconds` apart) or from flags. The defaults for what the metrics cannot tell (per-message
-//! overhead, compression ratio) were measured with `fpaas bench storage` on the corpus; see docs/storage.md.
-//!
-//! The model ([`estimate`]): every message is stored as a record of `payload + overhead` bytes (subject,
-//! `Nats-Msg-Id` and the DID / seq / time headers, record header, checksum). JetStream counts these
-//! uncompressed "logical" bytes against the stream's `max_bytes` (measured: `state.bytes` is identical with and
-//! without S2), while the disk holds them divided by the compression ratio, once per replica.
+//! scrapes `--sample-seconds` apart) or from flags. The model and its measured defaults are
+//! `fpaas_bus::storage`; this command gathers its inputs and prints the result (docs/storage.md).
 
 use anyhow::{Context, bail};
+use fpaas_bus::storage::{
+    CORPUS_MEAN_PAYLOAD_BYTES, Inputs, MEASURED_OVERHEAD_BYTES, MEASURED_S2_RATIO,
+    TYPICAL_EVENTS_PER_S, estimate,
+};
+use fpaas_ops::prom::sum;
 use std::time::{Duration, Instant};
-
-/// Stored bytes per message beyond the JSON payload (subject, headers, record header, checksum), measured by
-/// `fpaas bench storage` on the corpus (docs/storage.md).
-pub const MEASURED_OVERHEAD_BYTES: f64 = 293.0;
-/// Uncompressed / S2 bytes of the stream's message blocks, measured by `fpaas bench storage` (docs/storage.md).
-pub const MEASURED_S2_RATIO: f64 = 2.79;
-/// Mean JSON payload of the corpus's normalized events, bytes (`fpaas bench storage`).
-pub const CORPUS_MEAN_PAYLOAD_BYTES: f64 = 604.0;
-/// Average firehose rate in 2026 (docs/measurements.md), events/s.
-pub const TYPICAL_EVENTS_PER_S: f64 = 350.0;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -60,127 +50,29 @@ pub struct Args {
     json: bool,
 }
 
-/// What the estimate is computed from.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Inputs {
-    /// Messages per second.
-    pub events_per_s: f64,
-    /// Mean JSON payload, bytes.
-    pub mean_message_bytes: f64,
-    /// Stored bytes per message beyond the payload.
-    pub overhead_bytes: f64,
-    /// Uncompressed / stored bytes (≥ 1 in practice).
-    pub compression_ratio: f64,
-    /// Retention, hours.
-    pub retention_hours: f64,
-    /// Stream replicas.
-    pub replicas: u32,
-    /// Nodes holding the replicas.
-    pub nodes: u32,
-    /// The stream's max_bytes (logical), if limited.
-    pub max_bytes: Option<u64>,
-}
-
-/// The storage the inputs need.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    /// JSON payload bytes per day (what the shuffler publishes, before any overhead).
-    pub raw_bytes_per_day: f64,
-    /// Logical bytes (payload + overhead) held for the retention: what counts against max_bytes.
-    pub logical_bytes_retained: f64,
-    /// Disk bytes of one replica after compression.
-    pub stored_bytes_per_replica: f64,
-    /// Disk bytes per node.
-    pub stored_bytes_per_node: f64,
-    /// Disk bytes over all replicas.
-    pub cluster_total_bytes: f64,
-    /// max_bytes / logical bytes retained (> 1: the retention fits; < 1: max_bytes cuts it short).
-    pub max_bytes_headroom: Option<f64>,
-    /// Hours of data max_bytes holds at this rate.
-    pub retention_hours_at_max_bytes: Option<f64>,
-}
-
-/// The pure storage calculation.
-pub fn estimate(i: &Inputs) -> Estimate {
-    let record = i.mean_message_bytes + i.overhead_bytes;
-    let logical_per_s = i.events_per_s * record;
-    let logical = logical_per_s * i.retention_hours * 3600.0;
-    let per_replica = logical / i.compression_ratio.max(f64::MIN_POSITIVE);
-    let total = per_replica * f64::from(i.replicas);
-    let nodes = f64::from(i.nodes.max(1));
-    Estimate {
-        raw_bytes_per_day: i.events_per_s * i.mean_message_bytes * 86_400.0,
-        logical_bytes_retained: logical,
-        stored_bytes_per_replica: per_replica,
-        stored_bytes_per_node: total / nodes,
-        cluster_total_bytes: total,
-        max_bytes_headroom: i
-            .max_bytes
-            .filter(|_| logical > 0.0)
-            .map(|m| m as f64 / logical),
-        retention_hours_at_max_bytes: i
-            .max_bytes
-            .filter(|_| logical_per_s > 0.0)
-            .map(|m| m as f64 / logical_per_s / 3600.0),
-    }
-}
-
-/// A plain `http://host:port/path` GET (loopback metrics endpoints; no TLS), returning the body.
+/// `GET url` (a metrics endpoint; `http://host:port` alone means `/metrics`), returning the body.
 async fn http_get(url: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// metrics URLs are supported"))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/metrics"),
+    let url = match url.strip_prefix("http://") {
+        Some(rest) if !rest.contains('/') => format!("{url}/metrics"),
+        _ => url.to_owned(),
     };
-    let fetch = async {
-        let mut conn = tokio::net::TcpStream::connect(host).await?;
-        conn.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        conn.take(64 * 1024 * 1024).read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), fetch)
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("HTTP client")?
+        .get(&url)
+        .header(reqwest::header::ACCEPT, "text/plain")
+        .send()
         .await
-        .with_context(|| format!("{url}: timed out"))?
         .with_context(|| format!("fetching {url}"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{url}: malformed HTTP response"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
+    let status = response.status();
+    if !status.is_success() {
         bail!("{url}: {status}");
     }
-    Ok(body.to_owned())
-}
-
-/// Sum of every series of metric `name` (any labels) in a Prometheus text exposition; `None` when absent.
-pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        let value = rest
-            .rsplit_once('}')
-            .map_or(rest, |(_, v)| v)
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok());
-        if let Some(v) = value {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
+    response
+        .text()
+        .await
+        .with_context(|| format!("reading {url}"))
 }
 
 /// Rate and mean payload from two scrapes of a shuffler.
@@ -198,8 +90,8 @@ async fn scrape(url: &str, sample: Duration) -> anyhow::Result<Scraped> {
     tokio::time::sleep(sample).await;
     let second = http_get(url).await?;
     let dt = t0.elapsed().as_secs_f64();
-    let get = |t: &str, n: &str| metric_sum(t, n).unwrap_or(0.0);
-    if metric_sum(&second, PUBLISHED).is_none() {
+    let get = |t: &str, n: &str| sum(t, n, &[]).unwrap_or(0.0);
+    if sum(&second, PUBLISHED, &[]).is_none() {
         bail!("{url} has no {PUBLISHED}: is it a shuffler's /metrics?");
     }
     let published = get(&second, PUBLISHED) - get(&first, PUBLISHED);
@@ -226,7 +118,7 @@ fn bytes(x: f64) -> serde_json::Value {
 }
 
 fn gb(bytes: f64) -> f64 {
-    crate::bench::r2(bytes / 1e9)
+    fpaas_bench::r2(bytes / 1e9)
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -258,7 +150,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         max_bytes: u64::try_from(a.max_bytes).ok(),
     };
     let e = estimate(&inputs);
-    let r2 = crate::bench::r2;
+    let r2 = fpaas_bench::r2;
     let mut fig: Vec<(&str, serde_json::Value)> = vec![
         ("source", source.into()),
         ("events_per_s", r2(inputs.events_per_s).into()),
@@ -308,128 +200,4 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inputs() -> Inputs {
-        Inputs {
-            events_per_s: 350.0,
-            mean_message_bytes: 600.0,
-            overhead_bytes: 300.0,
-            compression_ratio: 3.0,
-            retention_hours: 24.0,
-            replicas: 1,
-            nodes: 1,
-            max_bytes: Some(32 * 1024 * 1024 * 1024),
-        }
-    }
-
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-6 * b.abs().max(1.0)
-    }
-
-    #[test]
-    fn single_replica_worked_example() {
-        let e = estimate(&inputs());
-        // 350/s × 86,400 s × 600 B.
-        assert!(close(e.raw_bytes_per_day, 18_144_000_000.0));
-        // 350 × 86,400 × 900 B = 27.216 GB logical, / 3 on disk.
-        assert!(close(e.logical_bytes_retained, 27_216_000_000.0));
-        assert!(close(e.stored_bytes_per_replica, 9_072_000_000.0));
-        assert!(close(e.stored_bytes_per_node, 9_072_000_000.0));
-        assert!(close(e.cluster_total_bytes, 9_072_000_000.0));
-        let headroom = e.max_bytes_headroom.expect("limited");
-        assert!(close(headroom, 34_359_738_368.0 / 27_216_000_000.0));
-        let hours = e.retention_hours_at_max_bytes.expect("limited");
-        assert!(close(hours, 24.0 * headroom));
-    }
-
-    #[test]
-    fn replicas_multiply_the_cluster_not_the_node() {
-        let one = estimate(&inputs());
-        let three = estimate(&Inputs {
-            replicas: 3,
-            nodes: 3,
-            ..inputs()
-        });
-        assert!(close(
-            three.stored_bytes_per_node,
-            one.stored_bytes_per_node
-        ));
-        assert!(close(
-            three.cluster_total_bytes,
-            3.0 * one.cluster_total_bytes
-        ));
-        // max_bytes is per stream (logical), unaffected by replication.
-        assert_eq!(three.max_bytes_headroom, one.max_bytes_headroom);
-        // Three replicas packed on one node.
-        let packed = estimate(&Inputs {
-            replicas: 3,
-            nodes: 1,
-            ..inputs()
-        });
-        assert!(close(
-            packed.stored_bytes_per_node,
-            3.0 * one.stored_bytes_per_node
-        ));
-    }
-
-    #[test]
-    fn scales_linearly_and_handles_edges() {
-        let base = estimate(&inputs());
-        let double = estimate(&Inputs {
-            retention_hours: 48.0,
-            ..inputs()
-        });
-        assert!(close(
-            double.stored_bytes_per_node,
-            2.0 * base.stored_bytes_per_node
-        ));
-        let uncompressed = estimate(&Inputs {
-            compression_ratio: 1.0,
-            ..inputs()
-        });
-        assert!(close(
-            uncompressed.stored_bytes_per_node,
-            base.logical_bytes_retained
-        ));
-        let idle = estimate(&Inputs {
-            events_per_s: 0.0,
-            ..inputs()
-        });
-        assert_eq!(idle.cluster_total_bytes, 0.0);
-        assert_eq!(idle.max_bytes_headroom, None);
-        assert_eq!(idle.retention_hours_at_max_bytes, None);
-        let unlimited = estimate(&Inputs {
-            max_bytes: None,
-            ..inputs()
-        });
-        assert_eq!(unlimited.max_bytes_headroom, None);
-    }
-
-    #[test]
-    fn parses_prometheus_text() {
-        let text = "# HELP fpaas_shuffler_published_total x\n\
-                    # TYPE fpaas_shuffler_published_total counter\n\
-                    fpaas_shuffler_published_total 1200\n\
-                    fpaas_shuffler_published_total_other 5\n\
-                    fpaas_shuffler_message_size_bytes_bucket{le=\"256\"} 3\n\
-                    fpaas_shuffler_message_size_bytes_sum 61234.5\n\
-                    fpaas_shuffler_message_size_bytes_count 100\n\
-                    fpaas_shuffler_events_total{kind=\"commit\"} 90\n\
-                    fpaas_shuffler_events_total{kind=\"sync\"} 10\n";
-        assert_eq!(
-            metric_sum(text, "fpaas_shuffler_published_total"),
-            Some(1200.0)
-        );
-        assert_eq!(
-            metric_sum(text, "fpaas_shuffler_message_size_bytes_sum"),
-            Some(61234.5)
-        );
-        assert_eq!(metric_sum(text, "fpaas_shuffler_events_total"), Some(100.0));
-        assert_eq!(metric_sum(text, "fpaas_missing"), None);
-    }
 }

@@ -174,15 +174,6 @@ pub fn assert_exactly_once(stored: &[Stored], truth: &[fpaas_sim::TruthEvent]) {
     );
 }
 
-/// Reads `name` from a Prometheus text page: the sum of every sample whose name and labels contain `filter`.
-pub fn prom_value(page: &str, name: &str, filter: &str) -> f64 {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split([' ', '{']).next().is_some_and(|n| n == name) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A shuffler config for tests: fast cursor saves and retries, a small stream, no ops server.
 pub fn test_config(nats_url: &str, relay: &str, instance: &str) -> fpaas_ingest::ShufflerConfig {
     fpaas_ingest::ShufflerConfig {

@@ -17,22 +17,18 @@
 //! in production. Record text does repeat every corpus length, which makes the S2 ratio slightly optimistic for
 //! posts (12% of events); likes, reposts and follows are nothing but identifiers and structure.
 
-use super::natsd::{NatsChild, dir_size, find_path, wait_for_messages};
-use super::{Report, r2};
-use anyhow::Context;
-use async_nats::HeaderMap;
-use async_nats::header::NATS_MESSAGE_ID;
-use async_nats::jetstream::context::PublishAckFuture;
+use crate::error::{Context, Result, ensure};
+use crate::publish::{ACKS_IN_FLIGHT, Prepared, publish_all};
+use crate::server::{NatsServerFlag, dir_size, find_path, start_nats, wait_for_messages};
+use crate::{Report, r2};
 use fpaas_event::Event;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use serde_json::Value;
-use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const STREAM: &str = "FIREHOSE";
 
+// `fpaas bench storage`'s flags (doc comments here would become clap help).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Capture file whose events are published (default: the committed corpus).
@@ -41,37 +37,12 @@ pub struct Args {
     /// Messages per stream (the corpus repeated with varied ids). Several 8 MB blocks' worth by default.
     #[arg(long, default_value_t = 150_000)]
     messages: usize,
-    /// nats-server binary.
-    #[arg(
-        long,
-        env = "FPAAS_NATS_SERVER",
-        default_value = ".tools/venv/bin/nats-server"
-    )]
-    nats_server: PathBuf,
+    #[command(flatten)]
+    nats: NatsServerFlag,
     /// Also replace the letters of record `text` fields in repetitions (random letters barely compress: a
     /// pessimistic bound for posts, where repeated corpus text is an optimistic one).
     #[arg(long)]
     scramble_text: bool,
-}
-
-/// One message as the shuffler publishes it.
-struct Prepared {
-    subject: String,
-    headers: HeaderMap,
-    payload: Vec<u8>,
-}
-
-fn prepare(ev: &Event) -> Prepared {
-    let mut headers = HeaderMap::new();
-    headers.insert(NATS_MESSAGE_ID, fpaas_event::msg_id(ev).as_str());
-    headers.insert(fpaas_event::HEADER_DID, ev.did.as_str());
-    headers.insert(fpaas_event::HEADER_SEQ, ev.seq.to_string().as_str());
-    headers.insert(fpaas_event::HEADER_TIME_US, ev.time_us.to_string().as_str());
-    Prepared {
-        subject: fpaas_event::subject(ev),
-        headers,
-        payload: ev.to_json_vec(),
-    }
 }
 
 /// splitmix64: a fast deterministic mixer for the identifier variation.
@@ -160,7 +131,7 @@ fn vary_value(v: &mut Value, rep: u64, scramble_text: bool) {
 }
 
 /// `ev` with every identifier replaced for repetition `rep` (0 = unchanged).
-fn vary(ev: &Event, rep: u64, scramble_text: bool) -> anyhow::Result<Event> {
+fn vary(ev: &Event, rep: u64, scramble_text: bool) -> Result<Event> {
     if rep == 0 {
         return Ok(ev.clone());
     }
@@ -170,7 +141,7 @@ fn vary(ev: &Event, rep: u64, scramble_text: bool) -> anyhow::Result<Event> {
 }
 
 /// The corpus's events, then varied repetitions, `n` in total.
-fn workload(corpus: &Path, n: usize, scramble_text: bool) -> anyhow::Result<(Vec<Prepared>, u64)> {
+fn workload(corpus: &Path, n: usize, scramble_text: bool) -> Result<(Vec<Prepared>, u64)> {
     let frames =
         fpaas_sim::read_capture(corpus).with_context(|| format!("reading {}", corpus.display()))?;
     let base: Vec<Event> = frames
@@ -178,7 +149,7 @@ fn workload(corpus: &Path, n: usize, scramble_text: bool) -> anyhow::Result<(Vec
         .filter_map(|f| fpaas_proto::decode_frame(f).ok())
         .flat_map(|f| fpaas_event::normalize(&f).events)
         .collect();
-    anyhow::ensure!(!base.is_empty(), "no events in {}", corpus.display());
+    ensure!(!base.is_empty(), "no events in {}", corpus.display());
     let mut out = Vec::with_capacity(n);
     let mut payload = 0u64;
     for i in 0..n {
@@ -187,7 +158,7 @@ fn workload(corpus: &Path, n: usize, scramble_text: bool) -> anyhow::Result<(Vec
             (i / base.len()) as u64,
             scramble_text,
         )?;
-        let p = prepare(&ev);
+        let p = Prepared::event(&ev);
         payload += p.payload.len() as u64;
         out.push(p);
     }
@@ -226,35 +197,16 @@ async fn measure(
     bin: &Path,
     compression: fpaas_bus::Compression,
     msgs: &[Prepared],
-) -> anyhow::Result<Footprint> {
-    let nats = NatsChild::start(bin, "bench-storage").await?;
+) -> Result<Footprint> {
+    let nats = start_nats(bin).await?;
     let client = fpaas_bus::connect(&nats.url(), "fpaas-bench-storage").await?;
-    let js = fpaas_bus::jetstream(client.clone(), 1024);
+    let js = fpaas_bus::jetstream(client.clone(), ACKS_IN_FLIGHT);
     let settings = fpaas_bus::StreamSettings {
         compression,
         ..Default::default()
     };
     fpaas_bus::ensure_stream(&js, &settings).await?;
-    type AckFuture = <PublishAckFuture as IntoFuture>::IntoFuture;
-    let mut in_flight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
-    for m in msgs {
-        while in_flight.len() >= 1024 {
-            if let Some(ack) = in_flight.next().await {
-                ack.context("publish ack")?;
-            }
-        }
-        let ack = js
-            .publish_with_headers(
-                m.subject.clone(),
-                m.headers.clone(),
-                m.payload.clone().into(),
-            )
-            .await?;
-        in_flight.push(ack.into_future());
-    }
-    while let Some(ack) = in_flight.next().await {
-        ack.context("publish ack")?;
-    }
+    publish_all(&js, msgs.iter().cloned(), ACKS_IN_FLIGHT).await?;
     let progress = wait_for_messages(
         &js,
         STREAM,
@@ -289,8 +241,12 @@ async fn measure(
     })
 }
 
-pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let bin = find_path(&args.nats_server);
+/// Runs the bench: the workload into an uncompressed stream, then into an S2 one, each on a fresh server.
+///
+/// # Errors
+/// A missing tool or corpus, a nats-server failure, a stream that stalls.
+pub async fn run(args: &Args) -> Result<Report> {
+    let bin = args.nats.binary();
     let corpus = find_path(&args.corpus);
     let n = args.messages.max(1);
     let scramble_text = args.scramble_text;

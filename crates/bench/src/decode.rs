@@ -3,11 +3,12 @@
 //! worst peak memory per input byte over the hostile suite (`testdata/hostile/`), each file decoded by a child
 //! `fpaas decode` whose peak RSS the kernel reports (`wait4`), less that of decoding an empty capture.
 
-use super::{Report, r2};
-use anyhow::Context;
+use crate::error::{Context, Result, ensure};
+use crate::{Report, r2};
 use std::time::{Duration, Instant};
 
-#[derive(clap::Args, Debug)]
+// `fpaas bench decode`'s flags (doc comments here would become clap help).
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Capture file to decode (default: the committed corpus).
     #[arg(long, default_value = "testdata/corpus/frames.bin.zst")]
@@ -21,7 +22,7 @@ pub struct Args {
 }
 
 /// Peak RSS in bytes of `fpaas decode FILE` run as a child (the kernel's `ru_maxrss`).
-fn child_decode_peak_rss(file: &std::path::Path) -> anyhow::Result<u64> {
+fn child_decode_peak_rss(file: &std::path::Path) -> Result<u64> {
     let exe = std::env::current_exe().context("own executable")?;
     // Reaped with wait4 below: std's wait does not return the child's resource usage.
     #[allow(clippy::zombie_processes)]
@@ -37,8 +38,8 @@ fn child_decode_peak_rss(file: &std::path::Path) -> anyhow::Result<u64> {
     // SAFETY: wait4 on our own child with valid out-pointers; `usage` is plain data, fully written on success.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    anyhow::ensure!(r == pid, "wait4 failed");
-    anyhow::ensure!(
+    ensure!(r == pid, "wait4 failed");
+    ensure!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "fpaas decode {} failed",
         file.display()
@@ -50,7 +51,7 @@ fn child_decode_peak_rss(file: &std::path::Path) -> anyhow::Result<u64> {
 const MIN_INPUT_FOR_RATIO: u64 = 64 * 1024;
 
 /// (worst extra peak bytes per input byte, its case, worst peak RSS in bytes, cases) over the hostile suite.
-fn hostile_memory(dir: &std::path::Path) -> anyhow::Result<(f64, String, u64, u64)> {
+fn hostile_memory(dir: &std::path::Path) -> Result<(f64, String, u64, u64)> {
     let empty = std::env::temp_dir().join(format!("fpaas-bench-empty-{}.bin", std::process::id()));
     fpaas_sim::capture::CaptureWriter::create(&empty)?.finish()?;
     let baseline = child_decode_peak_rss(&empty);
@@ -114,10 +115,14 @@ fn phase(frames: &[Vec<u8>], dur: Duration, full: bool) -> (u64, u64, u64, f64) 
     (n, bytes, events, start.elapsed().as_secs_f64())
 }
 
-pub fn run(args: Args) -> anyhow::Result<Report> {
+/// Runs the bench (blocking: one core, no runtime needed).
+///
+/// # Errors
+/// An unreadable corpus or hostile suite, or a child `fpaas decode` that fails.
+pub fn run(args: &Args) -> Result<Report> {
     let frames = fpaas_sim::capture::read_capture(&args.corpus)
         .with_context(|| format!("reading {}", args.corpus.display()))?;
-    anyhow::ensure!(!frames.is_empty(), "no frames in {}", args.corpus.display());
+    ensure!(!frames.is_empty(), "no frames in {}", args.corpus.display());
     let errors = frames
         .iter()
         .filter(|f| fpaas_proto::frame::decode_frame(f).is_err())

@@ -7,7 +7,7 @@
 //! 2. **python** — `scripts/py/ingest_baseline.py` (the `atproto` SDK's firehose client + `nats-py`, what
 //!    seed-style deployments run today) on the same relay frames, fewer of them (it is slow).
 //!
-//! Shape: one nats-server child (free port, temp store, `max_payload: 4MB`); the relay frames are generated once
+//! Shape: one nats-server child started through `fpaas-testkit` (free port, temp store, `max_payload` 4 MiB); the relay frames are generated once
 //! (deterministic seed) into a temp capture that an in-process [`fpaas_sim::Sim`] replays as fast as each client
 //! reads; the shuffler runs as a child process (`fpaas shuffler …`, this same binary) so its peak RSS
 //! (`VmHWM`) is its own. Every rate is stream messages / (last − first stored message timestamp), taken from
@@ -20,23 +20,23 @@
 //! Targets on the 2-core dev machine: ≥ 30,000 events/s, ≥ 50% of raw publish with realistic frames, shuffler
 //! RSS < 100 MB.
 
-use super::natsd::{NatsChild, find_path, peak_rss_bytes, tail, wait_for_messages};
-use super::{Report, r2};
-use anyhow::{Context, bail};
-use async_nats::HeaderMap;
-use async_nats::header::NATS_MESSAGE_ID;
-use async_nats::jetstream::context::PublishAckFuture;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use crate::error::{Context, Result, bail, ensure};
+use crate::publish::{Prepared, publish_all};
+use crate::server::{
+    NatsServerFlag, StreamProgress, find_path, peak_rss_bytes, start_nats, tail, wait_for_messages,
+};
+use crate::{Report, r2};
 use std::collections::HashSet;
-use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use fpaas_testkit::NatsServer;
+
 /// Stream the shuffler (and the baselines) publish into: the shuffler's default.
 const STREAM: &str = "FIREHOSE";
 
+// `fpaas bench ingest`'s flags (doc comments here would become clap help).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Relay events (frames) the simulator serves to the shuffler and the raw baseline.
@@ -48,13 +48,8 @@ pub struct Args {
     /// Generator seed of the relay frames.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// nats-server binary.
-    #[arg(
-        long,
-        env = "FPAAS_NATS_SERVER",
-        default_value = ".tools/venv/bin/nats-server"
-    )]
-    nats_server: PathBuf,
+    #[command(flatten)]
+    nats: NatsServerFlag,
     /// Do not run the Python baseline.
     #[arg(long)]
     skip_python: bool,
@@ -75,13 +70,6 @@ pub struct Args {
     timeout_secs: u64,
 }
 
-/// One prepared message, exactly as the shuffler publishes it.
-struct Prepared {
-    subject: String,
-    headers: HeaderMap,
-    payload: Vec<u8>,
-}
-
 /// The relay frames, written to a capture for the simulator, and what they normalize to.
 struct Workload {
     capture: PathBuf,
@@ -94,7 +82,7 @@ struct Workload {
     frame_bytes: u64,
 }
 
-fn prepare(args: &Args, dir: &std::path::Path, small: bool) -> anyhow::Result<Workload> {
+fn prepare(args: &Args, dir: &std::path::Path, small: bool) -> Result<Workload> {
     let capture = dir.join(if small { "small.bin" } else { "frames.bin" });
     let mut writer = fpaas_sim::CaptureWriter::create(&capture)?;
     let mut generator =
@@ -116,20 +104,10 @@ fn prepare(args: &Args, dir: &std::path::Path, small: bool) -> anyhow::Result<Wo
                 if ev.kind == fpaas_event::Kind::Commit {
                     commit_events += 1;
                 }
-                let id = fpaas_event::msg_id(&ev);
-                let mut headers = HeaderMap::new();
-                headers.insert(NATS_MESSAGE_ID, id.as_str());
-                headers.insert(fpaas_event::HEADER_DID, ev.did.as_str());
-                headers.insert(fpaas_event::HEADER_SEQ, ev.seq.to_string().as_str());
-                headers.insert(fpaas_event::HEADER_TIME_US, ev.time_us.to_string().as_str());
-                let payload = ev.to_json_vec();
-                payload_bytes += payload.len() as u64;
-                ids.insert(id);
-                msgs.push(Prepared {
-                    subject: fpaas_event::subject(&ev),
-                    headers,
-                    payload,
-                });
+                let msg = Prepared::event(&ev);
+                payload_bytes += msg.payload.len() as u64;
+                ids.insert(fpaas_event::msg_id(&ev));
+                msgs.push(msg);
             }
         }
     }
@@ -144,57 +122,32 @@ fn prepare(args: &Args, dir: &std::path::Path, small: bool) -> anyhow::Result<Wo
     })
 }
 
-async fn fresh_stream(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+async fn fresh_stream(js: &async_nats::jetstream::Context) -> Result<()> {
     let _ = js.delete_stream(STREAM).await;
     fpaas_bus::ensure_stream(js, &fpaas_bus::StreamSettings::default()).await?;
     Ok(())
 }
 
-/// Baseline 1: bare JetStream async publish with `max_in_flight` acks outstanding.
-async fn raw_publish(
-    js: &async_nats::jetstream::Context,
-    msgs: Vec<Prepared>,
-    max_in_flight: usize,
-) -> anyhow::Result<()> {
-    type AckFuture = <PublishAckFuture as IntoFuture>::IntoFuture;
-    let mut in_flight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
-    for m in msgs {
-        while in_flight.len() >= max_in_flight {
-            if let Some(ack) = in_flight.next().await {
-                ack.context("raw publish ack")?;
-            }
-        }
-        let ack = js
-            .publish_with_headers(m.subject, m.headers, m.payload.into())
-            .await
-            .context("raw publish")?;
-        in_flight.push(ack.into_future());
-    }
-    while let Some(ack) = in_flight.next().await {
-        ack.context("raw publish ack")?;
-    }
-    Ok(())
-}
-
 /// The figures of phases 1 and 2 on one workload.
 struct Measured {
-    raw: super::natsd::StreamProgress,
-    shuf: super::natsd::StreamProgress,
+    raw: StreamProgress,
+    shuf: StreamProgress,
     rss: Option<u64>,
 }
 
 /// Phase 1 (raw publish of the prepared messages) and phase 2 (the shuffler child reading the simulator).
 async fn raw_and_shuffler(
     args: &Args,
-    nats: &NatsChild,
+    nats: &NatsServer,
     js: &async_nats::jetstream::Context,
     work: Workload,
-) -> anyhow::Result<Measured> {
+) -> Result<Measured> {
     let expected = work.distinct;
     let timeout = Duration::from_secs(args.timeout_secs);
     let settle = Duration::from_millis(500);
     fresh_stream(js).await?;
-    raw_publish(js, work.msgs, args.acks_in_flight).await?;
+    // Baseline 1: bare JetStream async publish with the shuffler's acks in flight.
+    publish_all(js, work.msgs, args.acks_in_flight).await?;
     let raw = wait_for_messages(js, STREAM, Some(expected), settle, timeout, || Ok(())).await?;
     tracing::info!(
         messages = raw.messages,
@@ -255,16 +208,20 @@ async fn raw_and_shuffler(
     Ok(Measured { raw, shuf, rss })
 }
 
-pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let nats_bin = find_path(&args.nats_server);
-    let nats = NatsChild::start(&nats_bin, "bench-ingest").await?;
+/// Runs the bench: both frame sizes, then the Python baseline unless `--skip-python`.
+///
+/// # Errors
+/// A missing tool, a nats-server or simulator failure, a shuffler child that exits, a stream that stalls.
+pub async fn run(args: &Args) -> Result<Report> {
+    let nats_bin = args.nats.binary();
+    let nats = start_nats(&nats_bin).await?;
     let prepare_in = |small: bool| {
         let dir = nats.scratch_dir().to_path_buf();
         let a = args.clone();
         tokio::task::spawn_blocking(move || prepare(&a, &dir, small))
     };
     let work = prepare_in(false).await??;
-    anyhow::ensure!(work.distinct > 0, "the generated frames hold no events");
+    ensure!(work.distinct > 0, "the generated frames hold no events");
     let (capture, commit_events) = (work.capture.clone(), work.commit_events);
     let (payload_bytes, frame_bytes, distinct) =
         (work.payload_bytes, work.frame_bytes, work.distinct);
@@ -274,7 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let js = fpaas_bus::jetstream(client.clone(), args.acks_in_flight);
     let mut report = Report::new("ingest");
 
-    let Measured { raw, shuf, rss } = raw_and_shuffler(&args, &nats, &js, work).await?;
+    let Measured { raw, shuf, rss } = raw_and_shuffler(args, &nats, &js, work).await?;
     report.add("events", shuf.messages);
     report.add("frames", args.events);
     report.add("events_per_s", r2(shuf.rate()));
@@ -298,7 +255,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // The same phases on small frames.
     let small = prepare_in(true).await??;
     let small_frame_bytes = small.frame_bytes;
-    let m = raw_and_shuffler(&args, &nats, &js, small).await?;
+    let m = raw_and_shuffler(args, &nats, &js, small).await?;
     report.add("small_events_per_s", r2(m.shuf.rate()));
     report.add("small_raw_publish_events_per_s", r2(m.raw.rate()));
     report.add(

@@ -1,10 +1,9 @@
-//! `fpaas bench record-kv`: records/s written by the builder, likes/s indexed, like-index queries/s,
+//! The record KV workload: records/s written by the builder, likes/s indexed, like-index queries/s,
 //! the cost of the two common watches under both key orders ([`fill_bucket`] serves the server memory
 //! per record measurement, which needs server restarts and so is driven by the caller). Runs
 //! against a dedicated, empty nats-server (the caller starts it): it creates the `FIREHOSE` stream and
-//! the buckets it measures.
+//! the buckets it measures, and deletes the key-order buckets it made once measured.
 
-use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -13,13 +12,15 @@ use fpaas_event::{CommitEvent, Event, Kind, Operation};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::RecordKvBuilder;
-use crate::config::{LikeIndexConfig, RecordKvConfig};
-use crate::error::Error;
-use crate::key::{RecordKey, encode_collection, encode_token};
-use crate::likes::{LIKE_COLLECTION, LikeIndex, LikeIndexer};
-use crate::store::{BucketOptions, Kv};
-use crate::value::tid_from_micros;
+use fpaas_recordkv::RecordKvBuilder;
+use fpaas_recordkv::config::{LikeIndexConfig, RecordKvConfig};
+use fpaas_recordkv::key::{RecordKey, encode_collection, encode_token};
+use fpaas_recordkv::likes::{LIKE_COLLECTION, LikeIndex, LikeIndexer};
+use fpaas_recordkv::store::{BucketOptions, Kv, delete_streams};
+use fpaas_recordkv::value::tid_from_micros;
+
+use crate::error::{Context, Result, bail};
+use crate::publish::{ACKS_IN_FLIGHT, Prepared, publish_all};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -122,53 +123,20 @@ fn event(i: usize, options: &BenchOptions) -> Event {
     }
 }
 
-async fn publish_all(
-    js: &jetstream::Context,
-    events: impl Iterator<Item = Event>,
-) -> Result<usize, Error> {
-    let mut acks = futures::stream::FuturesOrdered::new();
-    let mut n = 0;
-    for e in events {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", fpaas_event::msg_id(&e));
-        headers.insert(fpaas_event::HEADER_DID, e.did.as_str());
-        let ack = js
-            .publish_with_headers(fpaas_event::subject(&e), headers, e.to_json_vec().into())
-            .await
-            .map_err(|err| Error::nats("publish", err))?;
-        acks.push_back(ack.into_future());
-        if acks.len() >= 1_024
-            && let Some(ack) = acks.next().await
-        {
-            ack.map_err(|err| Error::nats("publish ack", err))?;
-        }
-        n += 1;
-    }
-    while let Some(ack) = acks.next().await {
-        ack.map_err(|err| Error::nats("publish ack", err))?;
-    }
-    Ok(n)
-}
-
-async fn backlog(js: &jetstream::Context, stream: &str, durable: &str) -> Result<u64, Error> {
-    let stream = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| Error::nats("get stream", e))?;
+async fn backlog(js: &jetstream::Context, stream: &str, durable: &str) -> Result<u64> {
+    let stream = js.get_stream(stream).await.context("get stream")?;
     let info = stream
         .consumer_info(durable)
         .await
-        .map_err(|e| Error::nats("consumer info", e))?;
+        .context("consumer info")?;
     Ok(info.num_pending + info.num_ack_pending as u64)
 }
 
-async fn wait_drained(js: &jetstream::Context, stream: &str, durable: &str) -> Result<(), Error> {
+async fn wait_drained(js: &jetstream::Context, stream: &str, durable: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while backlog(js, stream, durable).await? > 0 {
         if Instant::now() > deadline {
-            return Err(Error::Config(format!(
-                "{durable} did not drain within 600 s"
-            )));
+            bail!("{durable} did not drain within 600 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -180,12 +148,9 @@ async fn wait_drained(js: &jetstream::Context, stream: &str, durable: &str) -> R
 ///
 /// # Errors
 /// Any NATS failure.
-pub async fn run(
-    client: &async_nats::Client,
-    options: &BenchOptions,
-) -> Result<BenchReport, Error> {
+pub async fn run(client: &async_nats::Client, options: &BenchOptions) -> Result<BenchReport> {
     let mut report = BenchReport::default();
-    let js = fpaas_bus::jetstream(client.clone(), 1_024);
+    let js = fpaas_bus::jetstream(client.clone(), ACKS_IN_FLIGHT);
     fpaas_bus::ensure_stream(
         &js,
         &fpaas_bus::StreamSettings {
@@ -194,11 +159,12 @@ pub async fn run(
         },
     )
     .await
-    .map_err(|e| Error::nats("ensure stream", e))?;
+    .context("ensure stream")?;
 
     // 1. Builder: records/s written, from a full stream (catch-up speed).
     let started = Instant::now();
-    let n = publish_all(&js, (0..options.records).map(|i| event(i, options))).await?;
+    let events = (0..options.records).map(|i| Prepared::event(&event(i, options)));
+    let n = publish_all(&js, events, ACKS_IN_FLIGHT).await?;
     report.add("events_published", n as f64);
     report.add(
         "publish_events_per_s",
@@ -216,9 +182,7 @@ pub async fn run(
     wait_drained(&js, "FIREHOSE", "record-kv").await?;
     let elapsed = started.elapsed().as_secs_f64();
     shutdown.cancel();
-    let stats = task
-        .await
-        .map_err(|e| Error::Config(format!("builder task: {e}")))??;
+    let stats = task.await.context("builder task")??;
     report.add("records_written", stats.writes() as f64);
     report.add("records_per_s", stats.writes() as f64 / elapsed);
     let records = Kv::open(client, "record").await?;
@@ -241,9 +205,7 @@ pub async fn run(
     wait_drained(&js, "KV_record", "like-indexer").await?;
     let elapsed = started.elapsed().as_secs_f64();
     shutdown.cancel();
-    let istats = task
-        .await
-        .map_err(|e| Error::Config(format!("indexer task: {e}")))??;
+    let istats = task.await.context("indexer task")??;
     report.add("likes_indexed", istats.indexed as f64);
     report.add("likes_indexed_per_s", istats.indexed as f64 / elapsed);
 
@@ -256,67 +218,56 @@ pub async fn run(
             did(post % options.dids)
         )
     };
-    let mut likers_seen = 0usize;
-    let started = Instant::now();
-    let results: Vec<Result<usize, Error>> = futures::stream::iter(0..options.queries)
-        .map(|i| {
-            let index = &index;
-            let uri = post_uri(i);
-            async move { index.likers(&uri).await.map(|l| l.len()) }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for r in results {
-        likers_seen += r?;
-    }
-    report.add(
-        "get_likers_queries_per_s",
-        options.queries as f64 / started.elapsed().as_secs_f64(),
-    );
+    let (rate, likers_seen) = timed_queries(options.queries, |i| {
+        let (index, uri) = (&index, post_uri(i));
+        async move { index.likers(&uri).await.map(|l| l.len()) }
+    })
+    .await?;
+    report.add("get_likers_queries_per_s", rate);
     report.add(
         "get_likers_mean_likers",
         likers_seen as f64 / options.queries.max(1) as f64,
     );
-    let started = Instant::now();
-    let counts: Vec<Result<u64, Error>> = futures::stream::iter(0..options.queries)
-        .map(|i| {
-            let index = &index;
-            let uri = post_uri(i);
-            async move { index.count(&uri).await }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for c in counts {
-        c?;
-    }
-    report.add(
-        "count_likes_queries_per_s",
-        options.queries as f64 / started.elapsed().as_secs_f64(),
-    );
-    let started = Instant::now();
-    let by: Vec<Result<usize, Error>> = futures::stream::iter(0..options.queries)
-        .map(|i| {
-            let index = &index;
-            let d = did(i % options.dids);
-            async move { index.likes_by(&d).await.map(|l| l.len()) }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for b in by {
-        b?;
-    }
-    report.add(
-        "get_likes_by_queries_per_s",
-        options.queries as f64 / started.elapsed().as_secs_f64(),
-    );
+    let (rate, _) = timed_queries(options.queries, |i| {
+        let (index, uri) = (&index, post_uri(i));
+        async move { index.count(&uri).await.map(|_| 0) }
+    })
+    .await?;
+    report.add("count_likes_queries_per_s", rate);
+    let (rate, _) = timed_queries(options.queries, |i| {
+        let (index, d) = (&index, did(i % options.dids));
+        async move { index.likes_by(&d).await.map(|l| l.len()) }
+    })
+    .await?;
+    report.add("get_likes_by_queries_per_s", rate);
 
     // 4. Key order: the two common watches on collection-first and DID-first buckets.
     key_order(client, options, &mut report).await?;
     Ok(report)
 }
+
+/// Runs queries `0..n` with 16 in flight: (queries/s, the sum of their results).
+async fn timed_queries<F, Fut>(n: usize, query: F) -> Result<(f64, usize)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<usize, fpaas_recordkv::Error>>,
+{
+    let started = Instant::now();
+    let results: Vec<_> = futures::stream::iter(0..n)
+        .map(query)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut sum = 0;
+    for r in results {
+        sum += r?;
+    }
+    Ok((n as f64 / started.elapsed().as_secs_f64(), sum))
+}
+
+/// The key-order measurement's buckets: (name, whether keys are DID-first).
+const KEY_ORDER_BUCKETS: [(&str, bool); 2] =
+    [("bench_coll_first", false), ("bench_did_first", true)];
 
 /// Fills two buckets with the same `layout_keys` records under both key orders and times reading the
 /// initial values of "one collection, all DIDs" and "one DID, all collections".
@@ -324,12 +275,12 @@ async fn key_order(
     client: &async_nats::Client,
     options: &BenchOptions,
     report: &mut BenchReport,
-) -> Result<(), Error> {
+) -> Result<()> {
     let value = Bytes::from(vec![b'x'; 400]);
     let n = options.layout_keys;
     // 2,000 DIDs (50 records each), 4 collections with the firehose mix.
     let dids = (n / 50).max(1);
-    for (bucket, did_first) in [("bench_coll_first", false), ("bench_did_first", true)] {
+    for (bucket, did_first) in KEY_ORDER_BUCKETS {
         let kv = Kv::open_or_create(
             client,
             &BucketOptions {
@@ -340,8 +291,8 @@ async fn key_order(
             },
         )
         .await?;
-        let js = fpaas_bus::jetstream(client.clone(), 1_024);
-        let mut acks = futures::stream::FuturesUnordered::new();
+        let js = fpaas_bus::jetstream(client.clone(), ACKS_IN_FLIGHT);
+        let mut msgs = Vec::with_capacity(n);
         for i in 0..n {
             let collection = COLLECTIONS[match (i * 7_919) % 100 {
                 0..=68 => 0,
@@ -358,21 +309,9 @@ async fn key_order(
             } else {
                 format!("$KV.{bucket}.{c}.{d}.{r}")
             };
-            acks.push(
-                js.publish(subject, value.clone())
-                    .await
-                    .map_err(|e| Error::nats("publish", e))?
-                    .into_future(),
-            );
-            if acks.len() >= 1_024
-                && let Some(ack) = acks.next().await
-            {
-                ack.map_err(|e| Error::nats("publish ack", e))?;
-            }
+            msgs.push(Prepared::bare(subject, value.clone()));
         }
-        while let Some(ack) = acks.next().await {
-            ack.map_err(|e| Error::nats("publish ack", e))?;
-        }
+        publish_all(&js, msgs, ACKS_IN_FLIGHT).await?;
         let like = encode_collection(LIKE_COLLECTION)?;
         let one_did = encode_token(&did(dids / 2), "did")?;
         let (collection_pattern, did_pattern) = if did_first {
@@ -398,6 +337,12 @@ async fn key_order(
             report.add(&format!("{layout}_watch_one_{what}_keys"), got as f64);
         }
     }
+    // The key-order buckets exist for this measurement only.
+    let streams: Vec<String> = KEY_ORDER_BUCKETS
+        .iter()
+        .map(|(bucket, _)| format!("KV_{bucket}"))
+        .collect();
+    delete_streams(client, &streams).await?;
     Ok(())
 }
 
@@ -411,7 +356,7 @@ pub async fn fill_bucket(
     bucket: &str,
     n: usize,
     value_size: usize,
-) -> Result<(), Error> {
+) -> Result<()> {
     Kv::open_or_create(
         client,
         &BucketOptions {
@@ -422,30 +367,21 @@ pub async fn fill_bucket(
         },
     )
     .await?;
-    let js = fpaas_bus::jetstream(client.clone(), 1_024);
+    let js = fpaas_bus::jetstream(client.clone(), ACKS_IN_FLIGHT);
     let value = Bytes::from(vec![b'x'; value_size]);
     let dids = (n / 50).max(1);
-    let mut acks = futures::stream::FuturesUnordered::new();
+    let mut msgs = Vec::with_capacity(n);
     for i in 0..n {
         let key = RecordKey::new(
             COLLECTIONS[i % 4],
             did(i % dids),
             tid_from_micros(i as u64, 0),
         );
-        acks.push(
-            js.publish(format!("$KV.{bucket}.{}", key.encode()?), value.clone())
-                .await
-                .map_err(|e| Error::nats("publish", e))?
-                .into_future(),
-        );
-        if acks.len() >= 1_024
-            && let Some(ack) = acks.next().await
-        {
-            ack.map_err(|e| Error::nats("publish ack", e))?;
-        }
+        msgs.push(Prepared::bare(
+            format!("$KV.{bucket}.{}", key.encode()?),
+            value.clone(),
+        ));
     }
-    while let Some(ack) = acks.next().await {
-        ack.map_err(|e| Error::nats("publish ack", e))?;
-    }
+    publish_all(&js, msgs, ACKS_IN_FLIGHT).await?;
     Ok(())
 }
