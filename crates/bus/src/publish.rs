@@ -10,7 +10,7 @@
 //!
 //! Metrics (handles resolved once in [`Publisher::new`], so install the recorder first):
 //! `fpaas_bus_publish_latency_seconds` (histogram, publish → ack observed),
-//! `fpaas_bus_published_total{result="stored|duplicate"}`, `fpaas_bus_publish_errors_total{kind}`.
+//! `fpaas_bus_published_total{result="stored|duplicate"}`, `fpaas_bus_publish_errors_total{error}`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -387,7 +387,7 @@ impl PublishMetrics {
                 }
             }
             Err(failed) => {
-                metrics::counter!("fpaas_bus_publish_errors_total", "kind" => failed.error.kind().as_str())
+                metrics::counter!("fpaas_bus_publish_errors_total", "error" => failed.error.kind().as_str())
                     .increment(1);
                 tracing::debug!(
                     token = failed.msg.token,

@@ -31,7 +31,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a local relay simulator serving com.atproto.sync.subscribeRepos over WebSocket.
-    RelaySim(cmd::relay_sim::Args),
+    RelaySim(cmd::relay_sim::RunArgs),
     /// Record a relay's frames into a capture file ([u32 LE length][frame]…, zstd when the name ends in .zst).
     Record(cmd::record::Args),
     /// Print a capture file's normalized events as NDJSON on stdout (errors on stderr, counted).

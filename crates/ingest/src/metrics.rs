@@ -9,7 +9,7 @@
 //! | `fpaas_shuffler_published_total` | counter | — events JetStream acked as newly stored |
 //! | `fpaas_shuffler_dedup_hits_total` | counter | — acks that said "duplicate" |
 //! | `fpaas_shuffler_publish_latency_seconds` | histogram | — publish → ack |
-//! | `fpaas_shuffler_publish_failures_total` | counter | `kind` (bus error kind) |
+//! | `fpaas_shuffler_publish_failures_total` | counter | `error` (bus error kind) |
 //! | `fpaas_shuffler_acks_in_flight` | gauge | — |
 //! | `fpaas_shuffler_pending_frames` | gauge | — frames read, not yet behind the watermark |
 //! | `fpaas_shuffler_watermark_seq` | gauge | — highest seq with everything acked |
@@ -154,6 +154,15 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        // Rare events are counted from zero, so that their series exist (alerts and dashboards see a 0, not a
+        // missing metric) before the first one happens.
+        for name in [
+            "fpaas_shuffler_nats_outages_total",
+            "fpaas_shuffler_outdated_cursor_total",
+            "fpaas_shuffler_stale_resumes_total",
+        ] {
+            counter!(name).increment(0);
+        }
         Self {
             published: counter!("fpaas_shuffler_published_total"),
             dedup_hits: counter!("fpaas_shuffler_dedup_hits_total"),

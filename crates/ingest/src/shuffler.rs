@@ -783,7 +783,7 @@ impl Runner {
                     if r.is_err() {
                         tracing::warn!(timeout_ms = timeout.as_millis() as u64, "no publish capacity within the timeout; NATS slow or down");
                         self.note_publish_error(format!("no publish capacity within {timeout:?}"));
-                        ::metrics::counter!("fpaas_shuffler_publish_failures_total", "kind" => "capacity_timeout").increment(1);
+                        ::metrics::counter!("fpaas_shuffler_publish_failures_total", "error" => "capacity_timeout").increment(1);
                         self.wm.fail(ordinal);
                         return Some(SessionEnd::PublishFailed);
                     }
@@ -829,7 +829,7 @@ impl Runner {
                         false
                     }
                     _ => {
-                        ::metrics::counter!("fpaas_shuffler_publish_failures_total", "kind" => kind.as_str()).increment(1);
+                        ::metrics::counter!("fpaas_shuffler_publish_failures_total", "error" => kind.as_str()).increment(1);
                         self.note_publish_error(format!(
                             "{}: {}",
                             failed.error,

@@ -97,8 +97,7 @@ impl BuildStats {
                 .increment(*n);
         }
         for (reason, n) in &self.dropped {
-            metrics::counter!("fpaas_recordkv_dropped_events_total", "reason" => *reason)
-                .increment(*n);
+            metrics::counter!("fpaas_recordkv_drops_total", "reason" => *reason).increment(*n);
         }
         metrics::counter!("fpaas_recordkv_messages_total").increment(self.messages);
         metrics::counter!("fpaas_recordkv_account_records_deleted_total")
@@ -261,6 +260,15 @@ impl RecordKvBuilder {
     #[instrument(skip_all, fields(bucket = %self.config.bucket, durable = %self.config.durable))]
     pub async fn run(self, shutdown: CancellationToken) -> Result<BuildStats, Error> {
         info!(collections = ?self.config.collections, dids = self.dids.len(), "record-kv builder started");
+        // Every drop, skip and retry series exists from zero (alerts see 0, not a missing series).
+        for reason in ["bad_event", "bad_key", "missing_record", "bad_record"] {
+            metrics::counter!("fpaas_recordkv_drops_total", "reason" => reason).increment(0);
+        }
+        for reason in ["did_filtered", "account_status", "identity"] {
+            metrics::counter!("fpaas_recordkv_skipped_events_total", "reason" => reason)
+                .increment(0);
+        }
+        metrics::counter!("fpaas_recordkv_batch_retries_total").increment(0);
         let mut total = BuildStats::default();
         let mut backoff = MIN_BACKOFF;
         while !shutdown.is_cancelled() {

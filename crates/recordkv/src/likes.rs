@@ -243,6 +243,16 @@ impl LikeIndexer {
     #[instrument(skip_all, fields(bucket = %self.config.bucket, durable = %self.config.durable))]
     pub async fn run(self, shutdown: CancellationToken) -> Result<IndexStats, Error> {
         info!("like indexer started");
+        // Every drop and retry series exists from zero (alerts see 0, not a missing series).
+        for reason in [
+            "foreign_subject",
+            "bad_key",
+            "not_a_like",
+            "subject_too_long",
+        ] {
+            metrics::counter!("fpaas_likeindex_drops_total", "reason" => reason).increment(0);
+        }
+        metrics::counter!("fpaas_likeindex_batch_retries_total").increment(0);
         let mut total = IndexStats::default();
         let mut backoff = MIN_BACKOFF;
         while !shutdown.is_cancelled() {
@@ -353,7 +363,7 @@ impl LikeIndexer {
         metrics::counter!("fpaas_likeindex_likes_removed_total").increment(stats.removed);
         metrics::counter!("fpaas_likeindex_unknown_unlikes_total").increment(stats.unknown_unlikes);
         for (reason, n) in &stats.dropped {
-            metrics::counter!("fpaas_likeindex_dropped_total", "reason" => *reason).increment(*n);
+            metrics::counter!("fpaas_likeindex_drops_total", "reason" => *reason).increment(*n);
         }
         metrics::histogram!("fpaas_likeindex_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());

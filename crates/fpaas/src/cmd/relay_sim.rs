@@ -1,7 +1,6 @@
 //! `fpaas relay-sim --listen ADDR`: the relay simulator (crate `fpaas-sim`) as a process.
 
 use anyhow::Context;
-use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -44,6 +43,17 @@ pub struct Args {
     pub small_frames: bool,
 }
 
+/// `fpaas relay-sim`: the simulator's flags (shared with `fpaas dev`) and the process's own.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sim: Args,
+    /// Ops HTTP address (/metrics, /health, /ready); `none` disables. (Inside `fpaas dev` the simulator's
+    /// metrics are on the dev stack's ops server.)
+    #[arg(long, env = "FPAAS_METRICS_LISTEN", default_value = "none")]
+    pub metrics_listen: String,
+}
+
 impl Args {
     /// The simulator configuration these flags describe.
     pub fn config(&self) -> fpaas_sim::SimConfig {
@@ -65,14 +75,21 @@ impl Args {
     }
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(run: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        sim: args,
+        metrics_listen,
+    } = run;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, seed = args.seed, rate = args.rate, "relay-sim listening: ws://{addr}");
-    let shutdown = CancellationToken::new();
-    super::cancel_on_signal(&shutdown, "closing client connections");
-    fpaas_sim::serve(listener, args.config(), shutdown).await?;
+    let service =
+        super::service::Service::start(Some(&metrics_listen), "closing client connections").await?;
+    service.health.up("relay-sim", format!("ws://{addr}"));
+    let result = fpaas_sim::serve(listener, args.config(), service.shutdown.clone()).await;
+    service.stop().await;
+    result?;
     Ok(())
 }

@@ -1,0 +1,182 @@
+//! `docs/metrics.md` lists exactly the metrics the processes export: this test runs relay-sim, the shuffler,
+//! record-kv and like-indexer as real processes against a real nats-server (with a NATS outage in the middle,
+//! so failure paths report too), scrapes each `/metrics`, and compares the names with the documented ones in
+//! both directions. It also checks the naming convention of `docs/metrics.md` on every exported name.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fpaas_testkit::{NatsServer, eventually, free_port, workspace_root};
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Child(
+        Command::new(env!("CARGO_BIN_EXE_fpaas"))
+            .args(args)
+            .current_dir(workspace_root())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fpaas"),
+    )
+}
+
+async fn page(ops: &str) -> Option<String> {
+    let resp = reqwest::get(format!("http://{ops}/metrics")).await.ok()?;
+    resp.status().is_success().then_some(())?;
+    resp.text().await.ok()
+}
+
+/// Metric names on a page (histogram series folded into their metric).
+fn names(page: &str) -> BTreeSet<String> {
+    fpaas_ops::prom::samples(page)
+        .map(|s| {
+            let n = s.name;
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| n.strip_suffix(suffix))
+                .unwrap_or(n)
+                .to_owned()
+        })
+        .collect()
+}
+
+fn documented() -> BTreeSet<String> {
+    let text =
+        std::fs::read_to_string(workspace_root().join("docs/metrics.md")).expect("docs/metrics.md");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("| `fpaas_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("fpaas_{n}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_metric_is_exported_and_every_exported_one_is_documented() {
+    let mut nats = NatsServer::new();
+    let url = nats.url();
+    let sim_ws = format!("127.0.0.1:{}", free_port());
+    let ops: Vec<String> = (0..4)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let _sim = spawn(&[
+        "relay-sim",
+        "--listen",
+        &sim_ws,
+        "--rate",
+        "500",
+        "--limit",
+        "3000",
+        "--repos",
+        "50",
+        "--inject-malformed-every",
+        "97",
+        "--inject-unknown-every",
+        "89",
+        "--metrics-listen",
+        &ops[0],
+    ]);
+    let relay = format!("ws://{sim_ws}");
+    let _shuffler = spawn(&[
+        "shuffler",
+        "--relay",
+        &relay,
+        "--nats-url",
+        &url,
+        "--instance",
+        "m",
+        "--metrics-listen",
+        &ops[1],
+        "--start-cursor",
+        "0",
+        "--max-bytes",
+        "268435456",
+        "--backoff-min-ms",
+        "20",
+        "--backoff-max-ms",
+        "200",
+    ]);
+    let client = fpaas_bus::connect(&url, "metrics-test")
+        .await
+        .expect("connect");
+    let js = fpaas_bus::jetstream(client.clone(), 64);
+    eventually(Duration::from_secs(30), || async {
+        js.get_stream("FIREHOSE").await.is_ok()
+    })
+    .await
+    .expect("the shuffler created the stream");
+    let _record_kv = spawn(&["record-kv", "--nats-url", &url, "--metrics-listen", &ops[2]]);
+    eventually(Duration::from_secs(30), || async {
+        page(&ops[2])
+            .await
+            .is_some_and(|p| p.contains("fpaas_recordkv_changes_total"))
+    })
+    .await
+    .expect("record-kv is writing");
+    let _likes = spawn(&[
+        "like-indexer",
+        "--nats-url",
+        &url,
+        "--metrics-listen",
+        &ops[3],
+    ]);
+    eventually(Duration::from_secs(30), || async {
+        page(&ops[3])
+            .await
+            .is_some_and(|p| p.contains("fpaas_likeindex_likes_indexed_total"))
+    })
+    .await
+    .expect("like-indexer is indexing");
+    // A NATS outage while the relay keeps sending: publish failures, reconnects, connection events.
+    tokio::task::block_in_place(|| nats.stop());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| nats.start());
+    eventually(Duration::from_secs(30), || async {
+        page(&ops[1]).await.is_some_and(|p| {
+            fpaas_testkit::prom_value(&p, "fpaas_shuffler_nats_outages_total", "") >= 1.0
+        })
+    })
+    .await
+    .expect("the shuffler recovered from the outage");
+
+    let mut exported = BTreeSet::new();
+    for o in &ops {
+        let p = page(o).await.unwrap_or_else(|| panic!("/metrics of {o}"));
+        exported.extend(names(&p));
+    }
+    let docs = documented();
+    assert!(docs.len() >= 40, "{docs:?}");
+    let undocumented: Vec<_> = exported.difference(&docs).collect();
+    let missing: Vec<_> = docs.difference(&exported).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/metrics.md: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "in docs/metrics.md but not exported: {missing:?}"
+    );
+    // The convention: a subsystem prefix, counters end in _total, no unit other than seconds and bytes.
+    let subsystems = ["shuffler", "bus", "recordkv", "likeindex", "sim", "ops"];
+    for name in &exported {
+        let rest = name.strip_prefix("fpaas_").expect("fpaas_ prefix");
+        assert!(
+            subsystems
+                .iter()
+                .any(|s| rest.starts_with(&format!("{s}_"))),
+            "{name}: subsystem"
+        );
+        for bad in ["_ms", "_millis", "_kb", "_mb", "_dropped", "_drop_"] {
+            assert!(!name.contains(bad), "{name}: unit or drop naming");
+        }
+    }
+}
