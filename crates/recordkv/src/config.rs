@@ -21,10 +21,18 @@ pub const DEFAULT_DELETE_MARKER_TTL_SECS: u64 = 7 * 86_400;
 /// (24 h, `fpaas_bus::StreamSettings` default `max_age`).
 pub const MIN_DELETE_MARKER_TTL_SECS: u64 = 86_400;
 
+/// Default NATS URL of the record-KV processes.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 /// Settings of `fpaas record-kv`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordKvConfig {
+    /// NATS URL(s), comma separated.
+    pub nats_url: String,
+    /// Address of the ops HTTP server (`/metrics`, `/health`, `/ready`, `/health/detailed`) when run as
+    /// `fpaas record-kv`; absent or `none` = no server.
+    pub metrics_listen: Option<String>,
     /// The KV bucket that holds the records (`record`).
     pub bucket: String,
     /// The JetStream stream the events are read from (`FIREHOSE`).
@@ -63,6 +71,8 @@ pub struct RecordKvConfig {
 impl Default for RecordKvConfig {
     fn default() -> Self {
         Self {
+            nats_url: DEFAULT_NATS_URL.into(),
+            metrics_listen: Some("127.0.0.1:9101".into()),
             bucket: DEFAULT_RECORD_BUCKET.into(),
             stream: DEFAULT_STREAM.into(),
             durable: "record-kv".into(),
@@ -130,6 +140,11 @@ impl RecordKvConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LikeIndexConfig {
+    /// NATS URL(s), comma separated.
+    pub nats_url: String,
+    /// Address of the ops HTTP server (`/metrics`, `/health`, `/ready`, `/health/detailed`) when run as
+    /// `fpaas like-indexer`; absent or `none` = no server.
+    pub metrics_listen: Option<String>,
     /// The record KV bucket it reads (`record`).
     pub record_bucket: String,
     /// The index bucket it writes (`likes`).
@@ -149,6 +164,8 @@ pub struct LikeIndexConfig {
 impl Default for LikeIndexConfig {
     fn default() -> Self {
         Self {
+            nats_url: DEFAULT_NATS_URL.into(),
+            metrics_listen: Some("127.0.0.1:9102".into()),
             record_bucket: DEFAULT_RECORD_BUCKET.into(),
             bucket: DEFAULT_LIKES_BUCKET.into(),
             durable: "like-indexer".into(),

@@ -13,8 +13,8 @@ pub struct Args {
     #[arg(long)]
     pub print_config: bool,
     /// NATS URL(s), comma separated.
-    #[arg(long, env = "FPAAS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[arg(long)]
+    pub nats_url: Option<String>,
     /// Record KV bucket to read.
     #[arg(long)]
     pub record_bucket: Option<String>,
@@ -31,8 +31,8 @@ pub struct Args {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Ops HTTP address (/metrics, /health, /ready); `none` disables.
-    #[arg(long, env = "FPAAS_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
-    pub metrics_listen: String,
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 impl Args {
@@ -41,6 +41,10 @@ impl Args {
         let mut cfg: LikeIndexConfig =
             super::load_config(self.config.as_deref(), "LikeIndexConfig")?;
         super::set(&mut cfg.record_bucket, &self.record_bucket);
+        super::set(&mut cfg.nats_url, &self.nats_url);
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen.clone_from(&self.metrics_listen);
+        }
         super::set(&mut cfg.bucket, &self.bucket);
         super::set(&mut cfg.durable, &self.durable);
         super::set(&mut cfg.batch_size, &self.batch_size);
@@ -56,10 +60,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    let mut service =
-        super::service::Service::start(Some(&a.metrics_listen), "finishing the batch in progress")
-            .await?;
-    let client = fpaas_bus::connect(&a.nats_url, "fpaas-like-indexer").await?;
+    let mut service = super::service::Service::start(
+        cfg.metrics_listen.as_deref(),
+        "finishing the batch in progress",
+    )
+    .await?;
+    let client = fpaas_bus::connect(&cfg.nats_url, "fpaas-like-indexer").await?;
     service.follow_nats(&client);
     let indexer = LikeIndexer::new(&client, cfg).await.context(
         "starting the like indexer (does the record bucket exist? run `fpaas record-kv`)",

@@ -14,8 +14,8 @@ pub struct Args {
     #[arg(long)]
     pub print_config: bool,
     /// NATS URL(s), comma separated.
-    #[arg(long, env = "FPAAS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[arg(long)]
+    pub nats_url: Option<String>,
     /// Record KV bucket.
     #[arg(long)]
     pub bucket: Option<String>,
@@ -45,14 +45,18 @@ pub struct Args {
     #[arg(long)]
     pub delete_marker_ttl_secs: Option<u64>,
     /// Ops HTTP address (/metrics, /health, /ready); `none` disables.
-    #[arg(long, env = "FPAAS_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
-    pub metrics_listen: String,
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 impl Args {
     /// The configuration: defaults, then the file, then the flags.
     pub fn to_config(&self) -> anyhow::Result<RecordKvConfig> {
         let mut cfg: RecordKvConfig = super::load_config(self.config.as_deref(), "RecordKvConfig")?;
+        super::set(&mut cfg.nats_url, &self.nats_url);
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen.clone_from(&self.metrics_listen);
+        }
         super::set(&mut cfg.bucket, &self.bucket);
         super::set(&mut cfg.stream, &self.stream);
         super::set(&mut cfg.durable, &self.durable);
@@ -80,10 +84,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    let mut service =
-        super::service::Service::start(Some(&a.metrics_listen), "finishing the batch in progress")
-            .await?;
-    let client = fpaas_bus::connect(&a.nats_url, "fpaas-record-kv").await?;
+    let mut service = super::service::Service::start(
+        cfg.metrics_listen.as_deref(),
+        "finishing the batch in progress",
+    )
+    .await?;
+    let client = fpaas_bus::connect(&cfg.nats_url, "fpaas-record-kv").await?;
     service.follow_nats(&client);
     let builder = RecordKvBuilder::new(&client, cfg).await.context(
         "starting the record KV builder (does the stream exist? run the shuffler or `fpaas dev`)",
