@@ -35,20 +35,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dids: HashSet<String> = args.dids.iter().cloned().collect();
     let mut cursor = args.cursor;
     let mut printed = 0u64;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = fpaas_bus::Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let stdout = std::io::stdout();
     loop {
         let mut conn =
             match RelayConnection::connect(&args.relay, cursor, Duration::from_secs(30)).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "connect failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let pause = backoff.next_delay();
+                    tracing::warn!(error = %e, ?pause, "connect failed; retrying");
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             };
-        backoff = Duration::from_millis(250);
+        backoff.reset();
         loop {
             let bytes = tokio::select! {
                 _ = super::shutdown_signal() => return Ok(()),
@@ -93,6 +93,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
