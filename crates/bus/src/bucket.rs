@@ -91,14 +91,6 @@ impl std::fmt::Debug for KvBucket {
     }
 }
 
-fn kv_error(
-    op: &str,
-    target: &str,
-    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> BusError {
-    BusError::during(BusErrorKind::Kv, op, target, source)
-}
-
 impl KvBucket {
     pub(crate) fn new(js: jetstream::Context, store: kv::Store, bucket: &str) -> Self {
         Self {
@@ -120,7 +112,7 @@ impl KvBucket {
         let store = js
             .get_key_value(bucket)
             .await
-            .map_err(|e| kv_error("open kv bucket", bucket, e))?;
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "open kv bucket", bucket, e))?;
         Ok(Self::new(js, store, bucket))
     }
 
@@ -162,7 +154,12 @@ impl KvBucket {
                 state: self.state_of(&message.headers, message.payload),
             })),
             Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(err) => Err(kv_error("kv get", &self.bucket, err)),
+            Err(err) => Err(BusError::during(
+                BusErrorKind::Kv,
+                "kv get",
+                &self.bucket,
+                err,
+            )),
         }
     }
 
@@ -260,7 +257,7 @@ impl KvBucket {
             .js
             .publish_with_headers(subject, headers, value)
             .await
-            .map_err(|e| kv_error("kv publish", &self.bucket, e))?;
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "kv publish", &self.bucket, e))?;
         match ack.await {
             Ok(ack) => Ok(KvWrite::Written(ack.sequence)),
             Err(err) => match err.kind() {
@@ -271,7 +268,12 @@ impl KvBucket {
                     format!("kv publish ack ({})", self.bucket),
                     err,
                 )),
-                _ => Err(kv_error("kv publish ack", &self.bucket, err)),
+                _ => Err(BusError::during(
+                    BusErrorKind::Kv,
+                    "kv publish ack",
+                    &self.bucket,
+                    err,
+                )),
             },
         }
     }
@@ -289,7 +291,7 @@ impl KvBucket {
             .purge()
             .filter(subject)
             .await
-            .map_err(|e| kv_error("kv remove", &self.bucket, e))?;
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "kv remove", &self.bucket, e))?;
         Ok(response.purged)
     }
 
@@ -357,10 +359,14 @@ impl KvBucket {
                 .expires(SNAPSHOT_IDLE)
                 .messages()
                 .await
-                .map_err(|e| kv_error("snapshot read", &self.bucket, e))?;
+                .map_err(|e| {
+                    BusError::during(BusErrorKind::Kv, "snapshot read", &self.bucket, e)
+                })?;
             let mut got = 0;
             while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| kv_error("snapshot read", &self.bucket, e))?;
+                let message = message.map_err(|e| {
+                    BusError::during(BusErrorKind::Kv, "snapshot read", &self.bucket, e)
+                })?;
                 got += 1;
                 let Ok(info) = message.info() else { continue };
                 let (revision, pending) = (info.stream_sequence, info.pending);
@@ -407,7 +413,14 @@ impl KvBucket {
                 ..Default::default()
             })
             .await
-            .map_err(|e| kv_error("create snapshot consumer", &self.bucket, e))
+            .map_err(|e| {
+                BusError::during(
+                    BusErrorKind::Kv,
+                    "create snapshot consumer",
+                    &self.bucket,
+                    e,
+                )
+            })
     }
 
     /// The latest entry of every key matching `pattern` in one direct batch get (ADR-31,
@@ -417,10 +430,9 @@ impl KvBucket {
     async fn direct_batch(&self, pattern: &str) -> Result<Option<Vec<KvEntry>>, BusError> {
         let client = self.js.client();
         let inbox = client.new_inbox();
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| kv_error("direct get subscribe", &self.bucket, e))?;
+        let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| {
+            BusError::during(BusErrorKind::Kv, "direct get subscribe", &self.bucket, e)
+        })?;
         let request = serde_json::json!({
             "multi_last": [format!("{}{pattern}", self.prefix)],
             "batch": DIRECT_BATCH,
@@ -432,7 +444,7 @@ impl KvBucket {
                 request.to_string().into(),
             )
             .await
-            .map_err(|e| kv_error("direct get", &self.bucket, e))?;
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "direct get", &self.bucket, e))?;
         let mut out = Vec::new();
         loop {
             let Ok(Some(message)) = tokio::time::timeout(SNAPSHOT_IDLE, replies.next()).await
@@ -507,9 +519,10 @@ impl KvBucket {
             .store
             .watch_with_history(pattern)
             .await
-            .map_err(|e| kv_error("kv watch", &self.bucket, e))?;
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "kv watch", &self.bucket, e))?;
         Ok(watch.map(move |item| {
-            let entry = item.map_err(|e| kv_error("kv watch", &bucket, e))?;
+            let entry =
+                item.map_err(|e| BusError::during(BusErrorKind::Kv, "kv watch", &bucket, e))?;
             let state = match entry.operation {
                 kv::Operation::Put => KvState::Value(entry.value),
                 kv::Operation::Delete | kv::Operation::Purge => KvState::Deleted { tag: None },
@@ -536,7 +549,7 @@ impl KvBucket {
             .stream
             .get_info()
             .await
-            .map_err(|e| kv_error("stream info", &self.bucket, e))?;
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "stream info", &self.bucket, e))?;
         Ok((info.state.messages, info.state.bytes))
     }
 

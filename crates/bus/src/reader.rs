@@ -13,14 +13,6 @@ use futures::StreamExt;
 use crate::bucket::is_marker;
 use crate::error::{BusError, BusErrorKind};
 
-fn consumer_error(
-    op: &str,
-    target: &str,
-    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> BusError {
-    BusError::during(BusErrorKind::Consumer, op, target, source)
-}
-
 /// Settings of a [`DurableReader`].
 #[derive(Clone, Debug)]
 pub struct ReaderOptions {
@@ -59,10 +51,9 @@ impl DurableReader {
         options: &ReaderOptions,
     ) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
-        let stream = js
-            .get_stream(&options.stream)
-            .await
-            .map_err(|e| consumer_error("get stream", &options.durable, e))?;
+        let stream = js.get_stream(&options.stream).await.map_err(|e| {
+            BusError::during(BusErrorKind::Consumer, "get stream", &options.durable, e)
+        })?;
         let stream_max_age = stream.cached_info().config.max_age;
         let (filter_subject, filter_subjects) = match options.filters.as_slice() {
             [one] => (one.clone(), Vec::new()),
@@ -82,7 +73,14 @@ impl DurableReader {
                 ..Default::default()
             })
             .await
-            .map_err(|e| consumer_error("create durable consumer", &options.durable, e))?;
+            .map_err(|e| {
+                BusError::during(
+                    BusErrorKind::Consumer,
+                    "create durable consumer",
+                    &options.durable,
+                    e,
+                )
+            })?;
         Ok(Self {
             consumer,
             durable: options.durable.clone(),
@@ -113,10 +111,11 @@ impl DurableReader {
             .expires(wait)
             .messages()
             .await
-            .map_err(|e| consumer_error("fetch", &self.durable, e))?;
+            .map_err(|e| BusError::during(BusErrorKind::Consumer, "fetch", &self.durable, e))?;
         let mut out = Vec::with_capacity(max);
         while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| consumer_error("fetch", &self.durable, e))?;
+            let message = message
+                .map_err(|e| BusError::during(BusErrorKind::Consumer, "fetch", &self.durable, e))?;
             let info = message.info().ok();
             out.push(Delivery {
                 redelivered: info.as_ref().is_some_and(|i| i.delivered > 1),
@@ -135,11 +134,9 @@ impl DurableReader {
     /// # Errors
     /// [`BusErrorKind::Consumer`] on a server or connection failure.
     pub async fn backlog(&mut self) -> Result<u64, BusError> {
-        let info = self
-            .consumer
-            .info()
-            .await
-            .map_err(|e| consumer_error("consumer info", &self.durable, e))?;
+        let info = self.consumer.info().await.map_err(|e| {
+            BusError::during(BusErrorKind::Consumer, "consumer info", &self.durable, e)
+        })?;
         Ok(info.num_pending + info.num_ack_pending as u64)
     }
 }
@@ -200,7 +197,7 @@ impl Delivery {
         self.message
             .ack_with(kind)
             .await
-            .map_err(|e| consumer_error("ack", &self.subject, e))
+            .map_err(|e| BusError::during(BusErrorKind::Consumer, "ack", &self.subject, e))
     }
 }
 
