@@ -217,7 +217,8 @@ impl LikeIndexer {
             &ReaderOptions {
                 stream: records.stream_name(),
                 durable: config.durable.clone(),
-                description: "fpaas like index".into(),
+                // The description existing deployments' durable has (as the builder's).
+                description: "fpaas recordkv".into(),
                 filters: vec![kv_subject(
                     &config.record_bucket,
                     &collection_pattern(LIKE_COLLECTION)?,
