@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
 
+use crate::backoff::Backoff;
 use crate::error::{BusError, BusErrorKind};
 
 /// Upper bound of the reconnect backoff.
@@ -69,8 +70,8 @@ fn reconnect_delay(attempts: usize) -> Duration {
     if attempts <= 1 {
         return Duration::ZERO;
     }
-    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
-    Duration::from_millis(10u64.saturating_mul(1u64 << exp)).min(MAX_RECONNECT_DELAY)
+    let attempt = u32::try_from(attempts - 2).unwrap_or(u32::MAX);
+    Backoff::ceiling_at(Duration::from_millis(10), MAX_RECONNECT_DELAY, attempt)
 }
 
 fn log_event(client: &str, event: &Event) {

@@ -25,6 +25,8 @@ pub enum BusErrorKind {
     InvalidMessage,
     /// A key-value operation failed.
     Kv,
+    /// A durable consumer could not be created, fetched from or acked.
+    Consumer,
     /// A key is not a valid KV key.
     InvalidKey,
     /// A stored value could not be decoded (our own data is corrupt).
@@ -46,7 +48,12 @@ impl BusErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::NoResponders | Self::Publish | Self::Kv | Self::Other
+            Self::Timeout
+                | Self::NoResponders
+                | Self::Publish
+                | Self::Kv
+                | Self::Consumer
+                | Self::Other
         )
     }
 
@@ -61,6 +68,7 @@ impl BusErrorKind {
             Self::MaxPayload => "max_payload",
             Self::InvalidMessage => "invalid_message",
             Self::Kv => "kv",
+            Self::Consumer => "consumer",
             Self::InvalidKey => "invalid_key",
             Self::Corrupt => "corrupt",
             Self::InsufficientStorage => "insufficient_storage",
@@ -109,6 +117,16 @@ impl BusError {
             detail: detail.into(),
             source: Some(source.into()),
         }
+    }
+
+    /// An error of `kind` while doing `op` on `target` (a bucket, a consumer), wrapping `source`.
+    pub(crate) fn during(
+        kind: BusErrorKind,
+        op: &str,
+        target: &str,
+        source: impl Into<Source>,
+    ) -> Self {
+        Self::with_source(kind, format!("{op} ({target})"), source)
     }
 
     /// The kind, for branching.

@@ -1,8 +1,7 @@
-//! KV buckets: generic provisioning ([`KvSettings`], [`ensure_kv`]) for the crates that keep state
-//! in JetStream KV, and the [`CursorStore`] holding each shuffler instance's last persisted relay
-//! cursor. Keys are validated against the KV key rules (`[-/_=.a-zA-Z0-9]`, no leading/trailing
-//! `.`) before they reach the server; DIDs and other free-form values need a reversible encoding
-//! by the caller.
+//! KV bucket provisioning ([`KvSettings`], [`ensure_kv`]) for the crates that keep state in
+//! JetStream KV; [`ensure_kv`] hands back the [`KvBucket`](crate::KvBucket) the operations go
+//! through. Keys must follow the KV key rules (`[-/_=.a-zA-Z0-9]`, no leading/trailing `.`,
+//! [`is_valid_kv_key`]); DIDs and other free-form values need a reversible encoding by the caller.
 //!
 //! # Per-message TTLs
 //! [`KvSettings::allow_msg_ttl`] makes the bucket's stream accept the `Nats-TTL` header
@@ -23,9 +22,9 @@ use async_nats::jetstream;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::{kv, stream};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::bucket::KvBucket;
 use crate::error::{BusError, BusErrorKind};
 use crate::stream::{Storage, map_create_error, map_get_error};
 
@@ -56,7 +55,7 @@ pub struct KvSettings {
     pub allow_msg_ttl: bool,
 }
 
-/// Default bucket of the [`CursorStore`].
+/// Default bucket: the shuffler's cursors.
 pub const DEFAULT_CURSOR_BUCKET: &str = "fpaas_cursors";
 
 impl Default for KvSettings {
@@ -159,6 +158,25 @@ impl KvSettings {
 /// request.
 #[tracing::instrument(skip_all, fields(bucket = %settings.bucket))]
 pub async fn ensure_kv(
+    js: &jetstream::Context,
+    settings: &KvSettings,
+) -> Result<KvBucket, BusError> {
+    let store = ensure_store(js, settings).await?;
+    Ok(KvBucket::new(js.clone(), store, &settings.bucket))
+}
+
+/// Like [`ensure_kv`] on a plain JetStream context of `client`.
+///
+/// # Errors
+/// As [`ensure_kv`].
+pub async fn ensure_kv_on(
+    client: &async_nats::Client,
+    settings: &KvSettings,
+) -> Result<KvBucket, BusError> {
+    ensure_kv(&jetstream::new(client.clone()), settings).await
+}
+
+async fn ensure_store(
     js: &jetstream::Context,
     settings: &KvSettings,
 ) -> Result<kv::Store, BusError> {
@@ -273,88 +291,6 @@ pub fn is_valid_kv_key(key: &str) -> bool {
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'=' | b'.'))
-}
-
-fn check_key(key: &str) -> Result<(), BusError> {
-    if is_valid_kv_key(key) {
-        Ok(())
-    } else {
-        Err(BusError::new(
-            BusErrorKind::InvalidKey,
-            format!("{key:?} is not a valid KV key ([-/_=.a-zA-Z0-9], no leading/trailing '.')"),
-        ))
-    }
-}
-
-/// The persisted relay cursor of each shuffler instance: key = instance name, value = the relay
-/// `seq` (decimal ASCII) up to which every event has been acked by JetStream.
-#[derive(Debug, Clone)]
-pub struct CursorStore {
-    store: kv::Store,
-}
-
-impl CursorStore {
-    /// Opens (creating or updating) the bucket described by `settings`
-    /// (use `KvSettings::default()` for `fpaas_cursors`).
-    pub async fn open(js: &jetstream::Context, settings: &KvSettings) -> Result<Self, BusError> {
-        Ok(Self {
-            store: ensure_kv(js, settings).await?,
-        })
-    }
-
-    /// The cursor of `instance`, or `None` when it never stored one.
-    ///
-    /// # Errors
-    /// [`BusErrorKind::InvalidKey`], [`BusErrorKind::Timeout`] / [`BusErrorKind::Kv`] on server
-    /// trouble, [`BusErrorKind::Corrupt`] when the stored value is not an integer.
-    pub async fn get(&self, instance: &str) -> Result<Option<i64>, BusError> {
-        check_key(instance)?;
-        let value = self.store.get(instance).await.map_err(|err| {
-            let kind = match err.kind() {
-                kv::EntryErrorKind::TimedOut => BusErrorKind::Timeout,
-                kv::EntryErrorKind::InvalidKey => BusErrorKind::InvalidKey,
-                kv::EntryErrorKind::Other => BusErrorKind::Kv,
-            };
-            BusError::with_source(kind, format!("get cursor of {instance}"), err)
-        })?;
-        let Some(value) = value else {
-            return Ok(None);
-        };
-        let text = std::str::from_utf8(&value).ok();
-        match text.and_then(|t| t.parse::<i64>().ok()) {
-            Some(seq) => Ok(Some(seq)),
-            None => Err(BusError::new(
-                BusErrorKind::Corrupt,
-                format!(
-                    "cursor of {instance} is not an integer: {:?}",
-                    String::from_utf8_lossy(&value)
-                ),
-            )),
-        }
-    }
-
-    /// Stores `seq` as the cursor of `instance`; returns the KV revision.
-    ///
-    /// # Errors
-    /// [`BusErrorKind::InvalidKey`], or [`BusErrorKind::Kv`] when the put is not acked.
-    pub async fn put(&self, instance: &str, seq: i64) -> Result<u64, BusError> {
-        check_key(instance)?;
-        self.store
-            .put(instance, Bytes::from(seq.to_string()))
-            .await
-            .map_err(|err| {
-                let kind = match err.kind() {
-                    kv::PutErrorKind::InvalidKey => BusErrorKind::InvalidKey,
-                    kv::PutErrorKind::Publish | kv::PutErrorKind::Ack => BusErrorKind::Kv,
-                };
-                BusError::with_source(kind, format!("put cursor of {instance}"), err)
-            })
-    }
-
-    /// The underlying KV store.
-    pub fn store(&self) -> &kv::Store {
-        &self.store
-    }
 }
 
 #[cfg(test)]

@@ -1,32 +1,49 @@
-//! The only crate that talks to NATS (async-nats 0.51): connecting with unlimited reconnects,
-//! provisioning the firehose stream and KV buckets, publishing with a bounded number of acks in
-//! flight, and the per-shuffler cursor store.
+//! The one NATS boundary (async-nats 0.51): no crate above this one depends on async-nats (the
+//! test kit and the raw-publish benchmark baseline aside; `crates/fpaas/tests/nats_boundary.rs`
+//! checks it). Connecting with unlimited reconnects, provisioning the firehose stream and KV
+//! buckets, publishing with a bounded number of acks in flight, KV compare-and-set, durable
+//! readers and the generic consume loop live here; what keys, values and messages *mean* stays
+//! with the callers (record KV, like index, shuffler cursor and lease). A second log (e.g. Kafka)
+//! would be a second implementation of these pieces.
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`connect`](connect()) | client options: background initial connect, reconnect backoff, connection events |
-//! | `stream` | [`StreamSettings`], [`ensure_stream`], the `max_payload` policy |
-//! | `publish` | [`Publisher`]: bounded acks in flight, `Nats-Msg-Id`, completions that return failed messages |
-//! | `kv` | [`KvSettings`], [`ensure_kv`], [`CursorStore`], KV key validation |
-//! | `error` | [`BusError`] with a `Copy` [`BusErrorKind`] |
+//! | `stream` | [`StreamSettings`], [`ensure_stream`], the `max_payload` policy, [`delete_streams`], [`stream_names`] |
+//! | `publish` | [`Publisher`]: bounded acks in flight, `Nats-Msg-Id`, completions that return failed messages; [`OutMsg::from_wire`] |
+//! | `kv` | [`KvSettings`], [`ensure_kv`], KV key validation |
+//! | `bucket` | [`KvBucket`]: get with revision, create / update-if-revision / delete-if-revision, tagged and expiring delete markers, keys, snapshots, watch |
+//! | `reader` | [`DurableReader`]: durable pull consumer in batches; [`Delivery`], [`Settle`] (ack / term) |
+//! | [`consume`](consume()) | the consume loop: fetch → [`BatchApply`] → settle after success, [`Backoff`] on failure, shutdown by `CancellationToken`, [`ApplyError`] retryable / fatal |
+//! | `backoff` | [`Backoff`]: the workspace's one exponential backoff with jitter |
+//! | `error` | [`BusError`] with a `Copy` [`BusErrorKind`] (which kinds are retryable) |
 //! | [`storage`] | the stream's storage model: disk for a retention, replicas, compression (pure arithmetic) |
 
+mod backoff;
+mod bucket;
 mod connect;
+mod consume;
 mod error;
 mod kv;
 mod publish;
+mod reader;
 pub mod storage;
 mod stream;
 
 pub use async_nats::Client;
+pub use async_nats::connection::State as ConnectionState;
 pub use async_nats::jetstream::Context as JetStream;
+pub use backoff::Backoff;
+pub use bucket::{KvBucket, KvEntry, KvState, KvWrite};
 pub use connect::{connect, connection_state};
+pub use consume::{ApplyError, BatchApply, ConsumeError, ConsumeOptions, Stopped, consume};
 pub use error::{BusError, BusErrorKind};
-pub use kv::{CursorStore, KvSettings, ensure_kv, is_valid_kv_key};
+pub use kv::{KvSettings, ensure_kv, ensure_kv_on, is_valid_kv_key};
 pub use publish::{Acked, Completion, Failed, OutMsg, Publisher};
+pub use reader::{Delivery, DurableReader, ReaderOptions, Settle, settle_batch};
 pub use stream::{
     Compression, DEFAULT_MAX_MSG_SIZE, DEFAULT_STREAM_MAX_BYTES, NATS_DEFAULT_MAX_PAYLOAD, Storage,
-    StreamAction, StreamReport, StreamSettings, ensure_stream,
+    StreamAction, StreamReport, StreamSettings, delete_streams, ensure_stream, stream_names,
 };
 
 /// A JetStream context on `client` whose ack-in-flight limit is at least `max_ack_inflight`

@@ -50,6 +50,20 @@ pub struct OutMsg {
     pub token: u64,
 }
 
+impl OutMsg {
+    /// The bus message of an event's wire form (`fpaas_event::wire`): its subject, `Nats-Msg-Id`,
+    /// headers and payload, tagged with `token`.
+    pub fn from_wire(wire: fpaas_event::WireMessage, token: u64) -> Self {
+        Self {
+            subject: wire.subject,
+            msg_id: wire.msg_id,
+            headers: wire.headers,
+            payload: Bytes::from(wire.payload),
+            token,
+        }
+    }
+}
+
 /// A publish JetStream stored (or recognised as a duplicate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acked {

@@ -375,6 +375,44 @@ fn payload_warnings(js: &jetstream::Context, settings: &StreamSettings) -> Vec<S
     }
 }
 
+/// Deletes the named streams that exist (KV buckets are `KV_<bucket>` streams; deleting a stream
+/// deletes its consumers). Returns the names that were deleted.
+///
+/// # Errors
+/// [`BusErrorKind::Other`] (or [`BusErrorKind::Timeout`]) on a server or connection failure.
+pub async fn delete_streams(
+    client: &async_nats::Client,
+    names: &[String],
+) -> Result<Vec<String>, BusError> {
+    let js = jetstream::new(client.clone());
+    let mut deleted = Vec::new();
+    for name in names {
+        if js.get_stream(name).await.is_ok() {
+            js.delete_stream(name).await.map_err(|e| {
+                BusError::with_source(BusErrorKind::Other, format!("delete stream {name}"), e)
+            })?;
+            tracing::info!(stream = %name, "stream deleted");
+            deleted.push(name.clone());
+        }
+    }
+    Ok(deleted)
+}
+
+/// Names of every stream in the account.
+///
+/// # Errors
+/// [`BusErrorKind::Other`] on a server or connection failure.
+pub async fn stream_names(client: &async_nats::Client) -> Result<Vec<String>, BusError> {
+    use futures::StreamExt;
+    let js = jetstream::new(client.clone());
+    let mut names = js.stream_names();
+    let mut out = Vec::new();
+    while let Some(name) = names.next().await {
+        out.push(name.map_err(|e| BusError::with_source(BusErrorKind::Other, "list streams", e))?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn map_get_error(err: async_nats::jetstream::context::GetStreamError) -> BusError {
     let kind = match err.kind() {
         GetStreamErrorKind::Request => request_kind(&err),

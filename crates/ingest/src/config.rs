@@ -185,9 +185,9 @@ impl ShufflerConfig {
     }
     /// Backoff of the probes while waiting for NATS: from `backoff_min_ms`, capped at 250 ms (or
     /// `probe_timeout_ms`, if shorter).
-    pub(crate) fn probe_backoff(&self) -> crate::backoff::Backoff {
+    pub(crate) fn probe_backoff(&self) -> fpaas_bus::Backoff {
         let cap = self.probe_timeout_ms.min(250);
-        crate::backoff::Backoff::new(
+        fpaas_bus::Backoff::new(
             Duration::from_millis(self.backoff_min_ms.min(cap)),
             Duration::from_millis(cap),
         )
@@ -195,8 +195,8 @@ impl ShufflerConfig {
     pub(crate) fn save_interval(&self) -> Duration {
         Duration::from_millis(self.cursor_save_interval_ms)
     }
-    pub(crate) fn backoff(&self) -> crate::backoff::Backoff {
-        crate::backoff::Backoff::new(
+    pub(crate) fn backoff(&self) -> fpaas_bus::Backoff {
+        fpaas_bus::Backoff::new(
             Duration::from_millis(self.backoff_min_ms),
             Duration::from_millis(self.backoff_max_ms),
         )

@@ -14,12 +14,12 @@
 //! instance's is ignored, because it may belong to another stream and adopting it could skip events (a gap,
 //! the one thing worse than a duplicate). The peer rewrites its record with the stream on its next save.
 //!
-//! The bus crate's `CursorStore` stores a bare integer; this module keeps the richer record on the same kind of
-//! bucket through the store handle the bus's `ensure_kv` returns (async-nats is a dependency here only to name
-//! that type), and still reads a bare integer as the own instance's cursor.
+//! Earlier versions stored a bare integer; it still reads as the own instance's cursor. The bucket is a
+//! [`fpaas_bus::KvBucket`] from the bus's `ensure_kv`: this module owns the key and the value, the bus the
+//! NATS operations.
 
 use bytes::Bytes;
-use futures::StreamExt;
+use fpaas_bus::{BusError, KvBucket};
 use serde::{Deserialize, Serialize};
 
 use crate::error::IngestError;
@@ -63,7 +63,7 @@ impl CursorRecord {
 pub enum StoredCursor {
     /// A JSON record.
     Record(CursorRecord),
-    /// A bare integer (the bus `CursorStore` format): seq of an unknown relay.
+    /// A bare integer (the format of earlier versions): seq of an unknown relay.
     Bare(i64),
 }
 
@@ -145,24 +145,15 @@ pub fn resume_point(
 }
 
 /// The cursor bucket (a handle from the bus's `ensure_kv`).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct CursorKv {
-    store: async_nats::jetstream::kv::Store,
+    bucket: KvBucket,
 }
 
-impl std::fmt::Debug for CursorKv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CursorKv").finish_non_exhaustive()
-    }
-}
-
-fn cursor_err(
-    what: impl Into<String>,
-    source: impl std::error::Error + Send + Sync + 'static,
-) -> IngestError {
+fn cursor_err(what: impl Into<String>, source: BusError) -> IngestError {
     IngestError::Cursor {
         what: what.into(),
-        source: Box::new(source),
+        source,
     }
 }
 
@@ -175,14 +166,14 @@ impl CursorKv {
         js: &fpaas_bus::JetStream,
         settings: &fpaas_bus::KvSettings,
     ) -> Result<Self, IngestError> {
-        let store =
+        let bucket =
             fpaas_bus::ensure_kv(js, settings)
                 .await
                 .map_err(|source| IngestError::Bus {
                     what: "open cursor bucket",
                     source,
                 })?;
-        Ok(Self { store })
+        Ok(Self { bucket })
     }
 
     /// Every readable cursor in the bucket, by key. Unreadable values are skipped with a warning.
@@ -190,20 +181,16 @@ impl CursorKv {
     /// # Errors
     /// [`IngestError::Cursor`] when listing or reading fails.
     pub async fn load_all(&self) -> Result<Vec<(String, StoredCursor)>, IngestError> {
-        let mut keys = self
-            .store
+        let names = self
+            .bucket
             .keys()
             .await
             .map_err(|e| cursor_err("list cursor keys", e))?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| cursor_err("list cursor keys", e))?);
-        }
         let mut out = Vec::with_capacity(names.len());
         for key in names {
             let Some(value) = self
-                .store
-                .get(key.as_str())
+                .bucket
+                .get(&key)
                 .await
                 .map_err(|e| cursor_err(format!("get cursor {key}"), e))?
             else {
@@ -220,12 +207,22 @@ impl CursorKv {
     /// Stores `record` under its instance's key; returns the KV revision.
     ///
     /// # Errors
-    /// [`IngestError::Cursor`] when the put is not acked.
+    /// [`IngestError::Cursor`] when the put is not acked (or the value exceeds the server's
+    /// `max_payload`).
     pub async fn save(&self, record: &CursorRecord) -> Result<u64, IngestError> {
-        self.store
-            .put(record.instance.as_str(), record.to_bytes())
+        let what = || format!("put cursor {}", record.instance);
+        match self
+            .bucket
+            .put(&record.instance, record.to_bytes())
             .await
-            .map_err(|e| cursor_err(format!("put cursor {}", record.instance), e))
+            .map_err(|e| cursor_err(what(), e))?
+        {
+            fpaas_bus::KvWrite::Written(revision) => Ok(revision),
+            other => Err(cursor_err(
+                what(),
+                BusError::new(fpaas_bus::BusErrorKind::Kv, format!("{other:?}")),
+            )),
+        }
     }
 
     /// The stored cursor of one instance.
@@ -234,7 +231,7 @@ impl CursorKv {
     /// [`IngestError::Cursor`] when the read fails.
     pub async fn get(&self, instance: &str) -> Result<Option<StoredCursor>, IngestError> {
         let value = self
-            .store
+            .bucket
             .get(instance)
             .await
             .map_err(|e| cursor_err(format!("get cursor {instance}"), e))?;

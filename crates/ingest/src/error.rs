@@ -36,8 +36,8 @@ pub enum IngestError {
     Cursor {
         /// What failed.
         what: String,
-        /// The underlying error.
+        /// The bus error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BusError,
     },
 }

@@ -18,8 +18,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
+use fpaas_bus::{BusError, BusErrorKind, KvBucket, KvEntry, KvState, KvWrite};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -109,17 +109,28 @@ pub fn lease_bucket(cursor_bucket: &str) -> String {
     format!("{cursor_bucket}_leases")
 }
 
-fn lease_err(what: String, source: impl std::error::Error + Send + Sync + 'static) -> IngestError {
-    IngestError::Cursor {
-        what,
-        source: Box::new(source),
+fn lease_err(what: String, source: BusError) -> IngestError {
+    IngestError::Cursor { what, source }
+}
+
+/// A write that neither succeeded nor conflicted (the value exceeds `max_payload`).
+fn too_large(what: String) -> IngestError {
+    let source = BusError::new(BusErrorKind::MaxPayload, "lease value too large");
+    lease_err(what, source)
+}
+
+/// The holder recorded in `entry`, if it is a readable lease value (not a delete marker).
+fn holder_of(entry: &KvEntry) -> Option<LeaseValue> {
+    match &entry.state {
+        KvState::Value(value) => LeaseValue::parse(value),
+        KvState::Deleted { .. } => None,
     }
 }
 
 /// A lease this process holds.
 #[derive(Debug)]
 pub struct HeldLease {
-    store: kv::Store,
+    bucket: KvBucket,
     value: LeaseValue,
     revision: u64,
 }
@@ -130,7 +141,7 @@ pub struct HeldLease {
 /// # Errors
 /// [`IngestError::Lease`] when a live process holds it; [`IngestError::Cursor`] when NATS fails (retry).
 pub async fn acquire(
-    store: &kv::Store,
+    bucket: &KvBucket,
     instance: &str,
     ttl: Duration,
     shutdown: &CancellationToken,
@@ -138,25 +149,26 @@ pub async fn acquire(
     let me = LeaseValue::new(instance);
     let held = |revision| {
         Some(HeldLease {
-            store: store.clone(),
+            bucket: bucket.clone(),
             value: me.clone(),
             revision,
         })
     };
     let poll = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
     loop {
-        match store.create(instance, me.to_bytes()).await {
-            Ok(revision) => return Ok(held(revision)),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+        match bucket.create(instance, me.to_bytes()).await {
+            Ok(KvWrite::Written(revision)) => return Ok(held(revision)),
+            Ok(KvWrite::Conflict) => {}
+            Ok(KvWrite::TooLarge) => return Err(too_large(format!("create lease {instance}"))),
             Err(e) => return Err(lease_err(format!("create lease {instance}"), e)),
         }
-        let entry = store
+        let entry = bucket
             .entry(instance)
             .await
             .map_err(|e| lease_err(format!("read lease {instance}"), e))?;
         let Some(seen) = entry else { continue };
-        let holder = LeaseValue::parse(&seen.value);
-        let free = seen.operation != Operation::Put
+        let holder = holder_of(&seen);
+        let free = !matches!(seen.state, KvState::Value(_))
             || holder
                 .as_ref()
                 .is_none_or(LeaseValue::is_dead_local_process);
@@ -173,15 +185,15 @@ pub async fn acquire(
                     _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(poll) => {}
                 }
-                let now = store
+                let now = bucket
                     .entry(instance)
                     .await
                     .map_err(|e| lease_err(format!("read lease {instance}"), e))?;
                 match now {
-                    Some(e) if e.revision != seen.revision && e.operation == Operation::Put => {
-                        let by = LeaseValue::parse(&e.value)
-                            .map(|v| v.describe())
-                            .unwrap_or(holder_text);
+                    Some(e)
+                        if e.revision != seen.revision && matches!(e.state, KvState::Value(_)) =>
+                    {
+                        let by = holder_of(&e).map(|v| v.describe()).unwrap_or(holder_text);
                         return Err(IngestError::Lease {
                             instance: instance.to_owned(),
                             detail: format!("held by a live process ({by}) that renewed its lease"),
@@ -196,10 +208,11 @@ pub async fn acquire(
                 }
             }
         }
-        match store.update(instance, me.to_bytes(), seen.revision).await {
-            Ok(revision) => return Ok(held(revision)),
+        match bucket.update(instance, me.to_bytes(), seen.revision).await {
+            Ok(KvWrite::Written(revision)) => return Ok(held(revision)),
             // Someone else was faster (or the holder renewed at the last moment): look again.
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Ok(KvWrite::Conflict) => continue,
+            Ok(KvWrite::TooLarge) => return Err(too_large(format!("take over lease {instance}"))),
             Err(e) => return Err(lease_err(format!("take over lease {instance}"), e)),
         }
     }
@@ -223,25 +236,24 @@ impl HeldLease {
             }
             match tokio::time::timeout(
                 every,
-                self.store
+                self.bucket
                     .update(key.as_str(), self.value.to_bytes(), self.revision),
             )
             .await
             {
-                Ok(Ok(revision)) => self.revision = revision,
-                Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                Ok(Ok(KvWrite::Written(revision))) => self.revision = revision,
+                Ok(Ok(KvWrite::Conflict)) => {
                     // Our own renewal may have landed with its ack lost: then the value is still ours.
-                    match self.store.entry(key.as_str()).await {
+                    match self.bucket.entry(key.as_str()).await {
                         Ok(Some(entry))
-                            if entry.operation == Operation::Put
-                                && LeaseValue::parse(&entry.value)
-                                    .is_some_and(|v| v.token == self.value.token) =>
+                            if holder_of(&entry).is_some_and(|v| v.token == self.value.token) =>
                         {
                             self.revision = entry.revision;
                         }
                         Ok(entry) => {
                             let by = entry
-                                .and_then(|e| LeaseValue::parse(&e.value))
+                                .as_ref()
+                                .and_then(holder_of)
                                 .map(|v| v.describe())
                                 .unwrap_or_else(|| "nobody (deleted)".to_owned());
                             tracing::error!(instance = %key, by = %by, "instance name lease lost; stopping");
@@ -258,6 +270,9 @@ impl HeldLease {
                         }
                     }
                 }
+                Ok(Ok(KvWrite::TooLarge)) => {
+                    tracing::warn!(instance = %key, "lease renewal refused (too large); retrying")
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(instance = %key, error = %e, "lease renewal failed; retrying")
                 }
@@ -266,14 +281,13 @@ impl HeldLease {
         }
         match tokio::time::timeout(
             Duration::from_secs(2),
-            self.store
-                .delete_expect_revision(key.as_str(), Some(self.revision)),
+            self.bucket.delete(key.as_str(), Some(self.revision), None),
         )
         .await
         {
-            Ok(Ok(())) => tracing::debug!(instance = %key, "lease released"),
+            Ok(Ok(KvWrite::Written(_))) => tracing::debug!(instance = %key, "lease released"),
             other => {
-                tracing::warn!(instance = %key, result = ?other.map(|r| r.err().map(|e| e.to_string())), "lease not released; it expires after lease_ttl")
+                tracing::warn!(instance = %key, result = ?other.map(|r| r.map_err(|e| e.to_string())), "lease not released; it expires after lease_ttl")
             }
         }
         Ok(())

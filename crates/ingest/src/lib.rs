@@ -6,14 +6,12 @@
 //! | [`relay`] | the WebSocket client for a relay (URL building, cursor, frame size limits) |
 //! | [`shuffler`] | the run loop: backpressure, publish failures, reconnects, shutdown ([`run`], [`Shuffler`]) |
 //! | [`watermark`] | which relay seq is safe to persist (pure, unit-tested) |
-//! | [`cursor`] | the cursor record in the KV bucket, resume point across instances |
-//! | [`lease`] | the instance-name lease (one running process per cursor key) |
+//! | [`cursor`] | the cursor record in the KV bucket (through `fpaas_bus::KvBucket`), resume point across instances |
+//! | [`lease`] | the instance-name lease (one running process per cursor key; compare-and-set through `fpaas_bus::KvBucket`) |
 //! | [`config`] | [`ShufflerConfig`] with defaults and validation |
-//! | [`backoff`] | exponential backoff with jitter |
 //! | [`metrics`] | metric names, [`LiveStats`] / [`ShufflerStats`] |
 //! | [`error`] | [`IngestError`] |
 
-pub mod backoff;
 pub mod config;
 pub mod cursor;
 pub mod error;

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fpaas_bus::{BusErrorKind, Completion, JetStream, OutMsg, Publisher, StreamAction};
+use fpaas_bus::{Backoff, BusErrorKind, Completion, JetStream, OutMsg, Publisher, StreamAction};
 use fpaas_event::WireMessage;
 use fpaas_ops::Health;
 use fpaas_proto::frame::Frame;
@@ -34,7 +34,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::ShufflerConfig;
 use crate::cursor::{Candidate, CursorKv, CursorRecord, resume_candidate};
 use crate::error::IngestError;
@@ -753,13 +752,7 @@ impl Runner {
                 continue;
             }
             self.m.message_size.record(wire.payload.len() as f64);
-            msgs.push(OutMsg {
-                subject: wire.subject,
-                msg_id: wire.msg_id,
-                headers: wire.headers,
-                payload: Bytes::from(wire.payload),
-                token: 0,
-            });
+            msgs.push(OutMsg::from_wire(wire, 0));
         }
         if let Some(ev) = normalized.events.last()
             && ev.time_us > 0
@@ -1118,7 +1111,7 @@ async fn nats_monitor(client: fpaas_bus::Client, health: Health, stop: Cancellat
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => match client.connection_state() {
-                async_nats::connection::State::Connected => health.up(COMPONENT_NATS, "connected"),
+                fpaas_bus::ConnectionState::Connected => health.up(COMPONENT_NATS, "connected"),
                 state => health.down(COMPONENT_NATS, state.to_string()),
             },
         }

@@ -157,7 +157,7 @@ pub fn decide(current: Option<&Current>, change: &Change) -> Decision {
 /// Applies `change` to `key`: read, decide, conditional write; re-read on conflict.
 ///
 /// # Errors
-/// [`Error::Nats`] on a server failure, [`Error::Contended`] after [`MAX_ATTEMPTS`] conflicts.
+/// [`Error::Bus`] on a server failure, [`Error::Contended`] after [`MAX_ATTEMPTS`] conflicts.
 pub async fn apply_change(kv: &Kv, key: &str, change: &Change) -> Result<Outcome, Error> {
     // Creates (95% of the firehose) skip the read: a write expecting "no entry" either succeeds or
     // conflicts, and only then is the entry read.
@@ -198,7 +198,7 @@ pub async fn apply_change(kv: &Kv, key: &str, change: &Change) -> Result<Outcome
 /// deletion, import pruning), whatever the value's revision. Returns whether a value was deleted.
 ///
 /// # Errors
-/// [`Error::Nats`] on a server failure, [`Error::Contended`] after repeated conflicts.
+/// [`Error::Bus`] on a server failure, [`Error::Contended`] after repeated conflicts.
 pub async fn delete_value(
     kv: &Kv,
     key: &str,

@@ -24,19 +24,16 @@ use fpaas_event::{Event, Kind, Operation};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
+use fpaas_bus::{Delivery, DurableReader, ReaderOptions, Settle, Stopped};
+
 use crate::apply::{Change, Outcome, apply_change, delete_value};
+use crate::batches::{self, Stage};
 use crate::config::RecordKvConfig;
 use crate::error::Error;
 use crate::key::{RecordKey, did_pattern, encode_token};
 use crate::keyed::run_keyed;
-use crate::store::{BucketOptions, Delivery, DurableReader, EntryState, Kv, ReaderOptions};
+use crate::store::{BucketOptions, EntryState, Kv};
 use crate::value::{RecordValue, rev_newer, tid_from_micros};
-
-/// How long one fetch waits for the first message.
-const FETCH_WAIT: Duration = Duration::from_millis(500);
-/// Pause after a failed batch before it is retried (doubling up to [`MAX_BACKOFF`]).
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Counts of one batch (or, summed, of a run).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,7 +67,9 @@ impl BuildStats {
     pub fn outcome(&self, outcome: Outcome) -> u64 {
         self.outcomes.get(outcome.as_str()).copied().unwrap_or(0)
     }
+}
 
+impl batches::Stats for BuildStats {
     fn add(&mut self, other: &BuildStats) {
         self.batches += other.batches;
         self.messages += other.messages;
@@ -87,7 +86,9 @@ impl BuildStats {
         self.account_records_deleted += other.account_records_deleted;
         self.syncs += other.syncs;
     }
+}
 
+impl BuildStats {
     fn emit_metrics(&self, elapsed: Duration) {
         for (outcome, n) in &self.outcomes {
             metrics::counter!("fpaas_recordkv_changes_total", "outcome" => *outcome).increment(*n);
@@ -147,8 +148,8 @@ impl RecordKvBuilder {
     ///
     /// # Errors
     /// [`Error::Config`] for a bad config, [`Error::MarkerTtlUnsupported`] when markers are to
-    /// expire on a server without per-message TTLs, [`Error::Nats`] when the server refuses.
-    pub async fn new(client: &async_nats::Client, config: RecordKvConfig) -> Result<Self, Error> {
+    /// expire on a server without per-message TTLs, [`Error::Bus`] when the server refuses.
+    pub async fn new(client: &fpaas_bus::Client, config: RecordKvConfig) -> Result<Self, Error> {
         let filters = config.validate()?;
         let marker_ttl = config.delete_marker_ttl();
         Self::start(client, config, filters, marker_ttl).await
@@ -163,7 +164,7 @@ impl RecordKvBuilder {
     /// As [`RecordKvBuilder::new`].
     #[doc(hidden)]
     pub async fn with_marker_ttl(
-        client: &async_nats::Client,
+        client: &fpaas_bus::Client,
         config: RecordKvConfig,
         marker_ttl: Option<Duration>,
     ) -> Result<Self, Error> {
@@ -172,7 +173,7 @@ impl RecordKvBuilder {
     }
 
     async fn start(
-        client: &async_nats::Client,
+        client: &fpaas_bus::Client,
         config: RecordKvConfig,
         filters: Vec<String>,
         marker_ttl: Option<Duration>,
@@ -203,12 +204,14 @@ impl RecordKvBuilder {
             &ReaderOptions {
                 stream: config.stream.clone(),
                 durable: config.durable.clone(),
+                description: "fpaas recordkv".into(),
                 filters,
                 ack_wait: config.ack_wait(),
                 max_ack_pending: (config.batch_size * 2) as i64,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| Error::bus("create durable consumer", e))?;
         match marker_ttl {
             None => info!("delete markers never expire"),
             Some(ttl) => {
@@ -253,10 +256,11 @@ impl RecordKvBuilder {
     }
 
     /// Runs until `shutdown` is cancelled; the batch in progress is finished and acked first.
-    /// Transient NATS failures are retried with backoff (the batch is re-applied: idempotent).
+    /// Retryable failures (NATS outages, contention) are retried with backoff (the batch is
+    /// re-applied: idempotent), by the bus's consume loop.
     ///
     /// # Errors
-    /// Only for errors that retrying cannot fix (none today: all failures are retried).
+    /// Only for errors that retrying cannot fix ([`Error::is_retryable`] false).
     #[instrument(skip_all, fields(bucket = %self.config.bucket, durable = %self.config.durable))]
     pub async fn run(self, shutdown: CancellationToken) -> Result<BuildStats, Error> {
         info!(collections = ?self.config.collections, dids = self.dids.len(), "record-kv builder started");
@@ -269,123 +273,34 @@ impl RecordKvBuilder {
                 .increment(0);
         }
         metrics::counter!("fpaas_recordkv_batch_retries_total").increment(0);
-        let mut total = BuildStats::default();
-        let mut backoff = MIN_BACKOFF;
-        while !shutdown.is_cancelled() {
-            let fetched = tokio::select! {
-                () = shutdown.cancelled() => break,
-                fetched = self.reader.next_batch(self.config.batch_size, FETCH_WAIT) => fetched,
-            };
-            let batch = match fetched {
-                Ok(batch) => batch,
-                Err(err) => {
-                    warn!(error = %err, ?backoff, "fetch failed; retrying");
-                    if sleep_or_cancel(&shutdown, &mut backoff).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            // A fetched batch is applied until it succeeds (or shutdown: then it stays unacked and
-            // is redelivered to the next run).
-            loop {
-                match self.apply_batch(&batch).await {
-                    Ok(stats) => {
-                        total.add(&stats);
-                        backoff = MIN_BACKOFF;
-                        break;
-                    }
-                    Err(err) => {
-                        warn!(error = %err, messages = batch.len(), ?backoff, "batch failed; retrying");
-                        metrics::counter!("fpaas_recordkv_batch_retries_total").increment(1);
-                        if sleep_or_cancel(&shutdown, &mut backoff).await {
-                            info!(?total, "record-kv builder stopped (last batch not acked)");
-                            return Ok(total);
-                        }
-                    }
-                }
+        let (total, stopped) =
+            batches::run(&self, &self.reader, self.config.batch_size, &shutdown).await?;
+        match stopped {
+            Stopped::Clean => info!(?total, "record-kv builder stopped"),
+            Stopped::BatchUnacked => {
+                info!(?total, "record-kv builder stopped (last batch not acked)")
             }
         }
-        info!(?total, "record-kv builder stopped");
         Ok(total)
     }
 
     /// Fetches and applies one batch (waiting up to `wait` for messages). Returns its stats.
     ///
     /// # Errors
-    /// [`Error::Nats`] when fetching or writing fails (the batch is then not acked).
+    /// [`Error::Bus`] when fetching or writing fails (the batch is then not acked).
     pub async fn step(&mut self, wait: Duration) -> Result<BuildStats, Error> {
-        let batch = self.reader.next_batch(self.config.batch_size, wait).await?;
-        if batch.is_empty() {
-            return Ok(BuildStats::default());
-        }
-        self.apply_batch(&batch).await
+        batches::step(&*self, &self.reader, self.config.batch_size, wait).await
     }
 
     /// Messages of the stream this builder has not applied yet (pending plus unacked).
     ///
     /// # Errors
-    /// [`Error::Nats`] on a server failure.
+    /// [`Error::Bus`] on a server failure.
     pub async fn backlog(&mut self) -> Result<u64, Error> {
-        self.reader.backlog().await
-    }
-
-    /// Applies a batch, then acks it.
-    async fn apply_batch(&self, batch: &[Delivery]) -> Result<BuildStats, Error> {
-        let started = Instant::now();
-        let mut stats = BuildStats {
-            batches: 1,
-            messages: batch.len() as u64,
-            ..Default::default()
-        };
-        let mut segment: Vec<(String, (String, Change, bool))> = Vec::new();
-        let mut terminated = vec![false; batch.len()];
-        for (i, delivery) in batch.iter().enumerate() {
-            match self.classify(delivery) {
-                Item::Commit {
-                    key,
-                    did,
-                    change,
-                    redelivered,
-                } => segment.push((key, (did, change, redelivered))),
-                Item::AccountDeleted { did, rev } => {
-                    self.flush(std::mem::take(&mut segment), &mut stats).await?;
-                    let removed = self.delete_account(&did, rev.as_deref()).await?;
-                    info!(%did, removed, "account deleted: records removed");
-                    stats.account_deletions += 1;
-                    stats.account_records_deleted += removed;
-                }
-                Item::Sync { did, rev } => {
-                    info!(%did, %rev, "sync event: records left as they are; re-import the repository to resync");
-                    stats.syncs += 1;
-                }
-                Item::Skip(reason) => *stats.skipped.entry(reason).or_default() += 1,
-                Item::Drop(reason) => {
-                    warn!(subject = %delivery.subject, stream_seq = delivery.stream_seq, reason, "event dropped");
-                    *stats.dropped.entry(reason).or_default() += 1;
-                    terminated[i] = true;
-                }
-            }
-        }
-        self.flush(segment, &mut stats).await?;
-        // Every write of the batch is acknowledged by the server: now the messages may go.
-        for (delivery, term) in batch.iter().zip(terminated) {
-            let acked = if term {
-                delivery.term().await
-            } else {
-                delivery.ack().await
-            };
-            if let Err(err) = acked {
-                // The message comes back and is re-applied as a duplicate.
-                debug!(error = %err, "ack failed");
-            }
-        }
-        stats.emit_metrics(started.elapsed());
-        debug!(messages = stats.messages, writes = stats.writes(), elapsed = ?started.elapsed(), "batch applied");
-        Ok(stats)
+        self.reader
+            .backlog()
+            .await
+            .map_err(|e| Error::bus("consumer info", e))
     }
 
     async fn flush(
@@ -484,7 +399,7 @@ impl RecordKvBuilder {
 
     fn classify(&self, delivery: &Delivery) -> Item {
         if !self.dids.is_empty()
-            && let Some(did) = &delivery.did
+            && let Some(did) = delivery.header(fpaas_event::HEADER_DID)
             && !self.dids.contains(did)
         {
             return Item::Skip("did_filtered");
@@ -500,6 +415,55 @@ impl RecordKvBuilder {
             *redelivered = delivery.redelivered;
         }
         item
+    }
+}
+
+impl Stage for RecordKvBuilder {
+    type Stats = BuildStats;
+    const RETRY_METRIC: &'static str = "fpaas_recordkv_batch_retries_total";
+
+    /// Applies a batch: every write acknowledged by the server; the caller acks the messages.
+    async fn apply_batch(&self, batch: &[Delivery]) -> Result<(BuildStats, Vec<Settle>), Error> {
+        let started = Instant::now();
+        let mut stats = BuildStats {
+            batches: 1,
+            messages: batch.len() as u64,
+            ..Default::default()
+        };
+        let mut segment: Vec<(String, (String, Change, bool))> = Vec::new();
+        let mut settle = vec![Settle::Ack; batch.len()];
+        for (i, delivery) in batch.iter().enumerate() {
+            match self.classify(delivery) {
+                Item::Commit {
+                    key,
+                    did,
+                    change,
+                    redelivered,
+                } => segment.push((key, (did, change, redelivered))),
+                Item::AccountDeleted { did, rev } => {
+                    self.flush(std::mem::take(&mut segment), &mut stats).await?;
+                    let removed = self.delete_account(&did, rev.as_deref()).await?;
+                    info!(%did, removed, "account deleted: records removed");
+                    stats.account_deletions += 1;
+                    stats.account_records_deleted += removed;
+                }
+                Item::Sync { did, rev } => {
+                    info!(%did, %rev, "sync event: records left as they are; re-import the repository to resync");
+                    stats.syncs += 1;
+                }
+                Item::Skip(reason) => *stats.skipped.entry(reason).or_default() += 1,
+                Item::Drop(reason) => {
+                    warn!(subject = %delivery.subject, stream_seq = delivery.stream_seq, reason, "event dropped");
+                    *stats.dropped.entry(reason).or_default() += 1;
+                    settle[i] = Settle::Term;
+                }
+            }
+        }
+        self.flush(segment, &mut stats).await?;
+        // Every write of the batch is acknowledged by the server: now the messages may go.
+        stats.emit_metrics(started.elapsed());
+        debug!(messages = stats.messages, writes = stats.writes(), elapsed = ?started.elapsed(), "batch applied");
+        Ok((stats, settle))
     }
 }
 
@@ -564,15 +528,5 @@ fn classify_event(event: Event) -> Item {
             rev: event.sync.map(|s| s.rev).unwrap_or_default(),
         },
         Kind::Identity => Item::Skip("identity"),
-    }
-}
-
-/// Sleeps `backoff` (then doubles it); true when shutdown came first.
-async fn sleep_or_cancel(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
-    let pause = *backoff;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    tokio::select! {
-        () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(pause) => false,
     }
 }

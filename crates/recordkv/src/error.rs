@@ -1,6 +1,10 @@
 //! The errors of the record KV builder, the like indexer, the queries and the CAR import.
+//! [`Error::is_retryable`] says which ones a retry can fix (the consume loops retry those and
+//! stop on the others); bus failures carry the bus's [`fpaas_bus::BusErrorKind`].
 
-/// Boxed source error from the NATS client (async-nats errors are generic over their kinds).
+use fpaas_bus::BusError;
+
+/// A boxed source error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can fail in this crate.
@@ -17,14 +21,15 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A NATS / JetStream operation failed (connection, timeout, server error).
-    #[error("NATS {op} failed")]
-    Nats {
-        /// Which operation, e.g. `kv put`, `create consumer`.
+    /// A bus operation failed (connection, timeout, server error); its kind says whether a retry
+    /// can help.
+    #[error("bus {op} failed")]
+    Bus {
+        /// Which operation, e.g. `kv put`, `fetch`.
         op: &'static str,
-        /// The client error.
+        /// The bus error.
         #[source]
-        source: BoxError,
+        source: BusError,
     },
     /// A compare-and-set write kept conflicting with concurrent writers.
     #[error("key {key} kept changing under {attempts} compare-and-set attempts")]
@@ -71,11 +76,57 @@ impl Error {
         Error::InvalidInput { what, value }
     }
 
-    /// An [`Error::Nats`] from any client error.
-    pub fn nats(op: &'static str, source: impl Into<BoxError>) -> Self {
-        Error::Nats {
-            op,
-            source: source.into(),
+    /// An [`Error::Bus`].
+    pub fn bus(op: &'static str, source: BusError) -> Self {
+        Error::Bus { op, source }
+    }
+
+    /// Whether retrying the same operation later can succeed: bus errors of a retryable kind and
+    /// compare-and-set contention; not invalid input, configuration, or a refused bucket setting.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Bus { source, .. } => source.kind().is_retryable(),
+            Error::Contended { .. } => true,
+            Error::InvalidInput { .. }
+            | Error::Config(_)
+            | Error::MarkerTtlUnsupported { .. }
+            | Error::Car(_)
+            | Error::Io { .. } => false,
         }
+    }
+
+    /// This error as a consume-loop [`fpaas_bus::ApplyError`]: retryable or fatal.
+    pub fn into_apply(self) -> fpaas_bus::ApplyError<Self> {
+        if self.is_retryable() {
+            fpaas_bus::ApplyError::Retryable(self)
+        } else {
+            fpaas_bus::ApplyError::Fatal(self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fpaas_bus::BusErrorKind;
+
+    #[test]
+    fn bus_kinds_decide_retries() {
+        let timeout = Error::bus("kv put", BusError::new(BusErrorKind::Timeout, "slow"));
+        assert!(timeout.is_retryable());
+        let bad_key = Error::bus("kv put", BusError::new(BusErrorKind::InvalidKey, "a b"));
+        assert!(!bad_key.is_retryable());
+        assert!(matches!(
+            Error::Config("x".into()).into_apply(),
+            fpaas_bus::ApplyError::Fatal(_)
+        ));
+        let contended = Error::Contended {
+            key: "k".into(),
+            attempts: 3,
+        };
+        assert!(matches!(
+            contended.into_apply(),
+            fpaas_bus::ApplyError::Retryable(_)
+        ));
     }
 }

@@ -43,7 +43,7 @@ pub struct ImportReport {
 /// older).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for a bad URI or a record that is not ATProto JSON, [`Error::Nats`] on a
+/// [`Error::InvalidInput`] for a bad URI or a record that is not ATProto JSON, [`Error::Bus`] on a
 /// server failure.
 pub async fn put_record(
     kv: &Kv,
@@ -80,7 +80,7 @@ pub async fn put_record(
 /// `keep` filters collections (`None` = all).
 ///
 /// # Errors
-/// [`Error::Car`] when the CAR, its commit or its MST cannot be read, [`Error::Nats`] on a server
+/// [`Error::Car`] when the CAR, its commit or its MST cannot be read, [`Error::Bus`] on a server
 /// failure.
 pub async fn import_car(
     kv: &Kv,

@@ -8,12 +8,15 @@
 //! - [`apply`]: the revision rules that make re-applying, redelivery and imports safe.
 //! - [`likes`]: `fpaas like-indexer` (likes-by-subject, likes-by-actor, unlikes undone) and its queries.
 //! - [`import`]: `fpaas import-car` (every record of a `getRepo` CAR via its MST) and `put-record`.
-//! - [`store`]: the only module using async-nats types (KV reads/CAS writes, snapshots, durable consumers).
+//! - [`store`]: the record KV's view of a bus [`fpaas_bus::KvBucket`] (delete markers carry `Fpaas-Rev`).
+//!   Every NATS operation goes through `fpaas-bus` (KV compare-and-set, durable readers, the consume loop
+//!   that runs the builder and the indexer); this crate does not depend on async-nats.
 //!
 //! Readers watch the bucket like a stream: `$KV.record.app_bsky_feed_like.>` is every like from the
 //! beginning, then live (see `docs/record-kv.md` for the filters of common watches and the memory cost).
 
 pub mod apply;
+mod batches;
 pub mod builder;
 pub mod config;
 pub mod error;

@@ -24,13 +24,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, info, instrument};
 
+use fpaas_bus::{Delivery, DurableReader, ReaderOptions, Settle};
+
+use crate::batches::{self, Stage};
 use crate::config::LikeIndexConfig;
 use crate::error::Error;
 use crate::key::{RecordKey, collection_pattern, encode_token, kv_subject};
 use crate::keyed::run_keyed;
-use crate::store::{BucketOptions, Delivery, DurableReader, EntryState, Kv, ReaderOptions};
+use crate::store::{BucketOptions, EntryState, Kv};
 use crate::value::RecordValue;
 
 /// The like collection.
@@ -38,10 +41,6 @@ pub const LIKE_COLLECTION: &str = "app.bsky.feed.like";
 /// Longest subject AT-URI indexed (bytes); longer ones are dropped (`subject_too_long`) so that index
 /// keys stay far below the NATS control-line limit.
 pub const MAX_SUBJECT_URI: usize = 512;
-
-const FETCH_WAIT: Duration = Duration::from_millis(500);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// One like, as stored in the index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,8 +92,8 @@ impl LikeIndex {
     /// Opens the index bucket (it must exist: the indexer creates it).
     ///
     /// # Errors
-    /// [`Error::Nats`] when the bucket does not exist or the server cannot be reached.
-    pub async fn open(client: &async_nats::Client, bucket: &str) -> Result<Self, Error> {
+    /// [`Error::Bus`] when the bucket does not exist or the server cannot be reached.
+    pub async fn open(client: &fpaas_bus::Client, bucket: &str) -> Result<Self, Error> {
         Ok(Self {
             kv: Kv::open(client, bucket).await?,
         })
@@ -103,7 +102,7 @@ impl LikeIndex {
     /// Everyone who liked `subject_uri`, sorted by liker then rkey.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an empty URI, [`Error::Nats`] on a server failure.
+    /// [`Error::InvalidInput`] for an empty URI, [`Error::Bus`] on a server failure.
     pub async fn likers(&self, subject_uri: &str) -> Result<Vec<LikeEntry>, Error> {
         let pattern = format!("s.{}.*.*", encode_token(subject_uri, "subject uri")?);
         self.read(&pattern).await
@@ -121,7 +120,7 @@ impl LikeIndex {
     /// Everything `did` liked, sorted by like rkey (TIDs: oldest first).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an empty DID, [`Error::Nats`] on a server failure.
+    /// [`Error::InvalidInput`] for an empty DID, [`Error::Bus`] on a server failure.
     pub async fn likes_by(&self, did: &str) -> Result<Vec<LikeEntry>, Error> {
         let pattern = format!("a.{}.*", encode_token(did, "did")?);
         self.read(&pattern).await
@@ -160,7 +159,7 @@ pub struct IndexStats {
     pub dropped: BTreeMap<&'static str, u64>,
 }
 
-impl IndexStats {
+impl batches::Stats for IndexStats {
     fn add(&mut self, other: &IndexStats) {
         self.batches += other.batches;
         self.messages += other.messages;
@@ -198,8 +197,8 @@ impl LikeIndexer {
     /// The record bucket must exist (the record KV builder creates it).
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad config, [`Error::Nats`] when the server refuses.
-    pub async fn new(client: &async_nats::Client, config: LikeIndexConfig) -> Result<Self, Error> {
+    /// [`Error::Config`] for a bad config, [`Error::Bus`] when the server refuses.
+    pub async fn new(client: &fpaas_bus::Client, config: LikeIndexConfig) -> Result<Self, Error> {
         config.validate()?;
         let records = Kv::open(client, &config.record_bucket).await?;
         let index = Kv::open_or_create(
@@ -218,6 +217,8 @@ impl LikeIndexer {
             &ReaderOptions {
                 stream: records.stream_name(),
                 durable: config.durable.clone(),
+                // The description existing deployments' durable has (as the builder's).
+                description: "fpaas recordkv".into(),
                 filters: vec![kv_subject(
                     &config.record_bucket,
                     &collection_pattern(LIKE_COLLECTION)?,
@@ -226,7 +227,8 @@ impl LikeIndexer {
                 max_ack_pending: (config.batch_size * 2) as i64,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| Error::bus("create durable consumer", e))?;
         Ok(Self {
             record_prefix: format!("$KV.{}.", config.record_bucket),
             config,
@@ -236,10 +238,10 @@ impl LikeIndexer {
     }
 
     /// Runs until `shutdown` is cancelled (the batch in progress is finished and acked first);
-    /// failures are retried with backoff.
+    /// retryable failures are retried with backoff by the bus's consume loop.
     ///
     /// # Errors
-    /// None today: every failure is retried.
+    /// Only for errors that retrying cannot fix ([`Error::is_retryable`] false).
     #[instrument(skip_all, fields(bucket = %self.config.bucket, durable = %self.config.durable))]
     pub async fn run(self, shutdown: CancellationToken) -> Result<IndexStats, Error> {
         info!("like indexer started");
@@ -253,43 +255,8 @@ impl LikeIndexer {
             metrics::counter!("fpaas_likeindex_drops_total", "reason" => reason).increment(0);
         }
         metrics::counter!("fpaas_likeindex_batch_retries_total").increment(0);
-        let mut total = IndexStats::default();
-        let mut backoff = MIN_BACKOFF;
-        while !shutdown.is_cancelled() {
-            let fetched = tokio::select! {
-                () = shutdown.cancelled() => break,
-                fetched = self.reader.next_batch(self.config.batch_size, FETCH_WAIT) => fetched,
-            };
-            let batch = match fetched {
-                Ok(batch) => batch,
-                Err(err) => {
-                    warn!(error = %err, ?backoff, "fetch failed; retrying");
-                    if sleep_or_cancel(&shutdown, &mut backoff).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            loop {
-                match self.apply_batch(&batch).await {
-                    Ok(stats) => {
-                        total.add(&stats);
-                        backoff = MIN_BACKOFF;
-                        break;
-                    }
-                    Err(err) => {
-                        warn!(error = %err, ?backoff, "batch failed; retrying");
-                        metrics::counter!("fpaas_likeindex_batch_retries_total").increment(1);
-                        if sleep_or_cancel(&shutdown, &mut backoff).await {
-                            return Ok(total);
-                        }
-                    }
-                }
-            }
-        }
+        let (total, _) =
+            batches::run(&self, &self.reader, self.config.batch_size, &shutdown).await?;
         info!(?total, "like indexer stopped");
         Ok(total)
     }
@@ -297,77 +264,20 @@ impl LikeIndexer {
     /// Fetches and applies one batch.
     ///
     /// # Errors
-    /// [`Error::Nats`] when fetching or writing fails (the batch is then not acked).
+    /// [`Error::Bus`] when fetching or writing fails (the batch is then not acked).
     pub async fn step(&mut self, wait: Duration) -> Result<IndexStats, Error> {
-        let batch = self.reader.next_batch(self.config.batch_size, wait).await?;
-        if batch.is_empty() {
-            return Ok(IndexStats::default());
-        }
-        self.apply_batch(&batch).await
+        batches::step(&*self, &self.reader, self.config.batch_size, wait).await
     }
 
     /// Record KV changes not yet indexed.
     ///
     /// # Errors
-    /// [`Error::Nats`] on a server failure.
+    /// [`Error::Bus`] on a server failure.
     pub async fn backlog(&mut self) -> Result<u64, Error> {
-        self.reader.backlog().await
-    }
-
-    async fn apply_batch(&self, batch: &[Delivery]) -> Result<IndexStats, Error> {
-        let started = Instant::now();
-        let mut stats = IndexStats {
-            batches: 1,
-            messages: batch.len() as u64,
-            ..Default::default()
-        };
-        let mut work: Vec<(String, (String, String, LikeChange))> = Vec::with_capacity(batch.len());
-        let mut terminated = vec![false; batch.len()];
-        for (i, delivery) in batch.iter().enumerate() {
-            match self.classify(delivery) {
-                Ok((liker, rkey, change)) => {
-                    work.push((format!("{liker}/{rkey}"), (liker, rkey, change)));
-                }
-                Err(reason) => {
-                    debug!(subject = %delivery.subject, reason, "like not indexed");
-                    *stats.dropped.entry(reason).or_default() += 1;
-                    terminated[i] = true;
-                }
-            }
-        }
-        let index = &self.index;
-        let applied = run_keyed(
-            work,
-            self.config.concurrency,
-            |_, (liker, rkey, change)| async move { apply_like(index, &liker, &rkey, change).await },
-        )
-        .await?;
-        for a in applied {
-            match a {
-                Applied::Indexed => stats.indexed += 1,
-                Applied::Removed => stats.removed += 1,
-                Applied::Unknown => stats.unknown_unlikes += 1,
-            }
-        }
-        for (delivery, term) in batch.iter().zip(terminated) {
-            let acked = if term {
-                delivery.term().await
-            } else {
-                delivery.ack().await
-            };
-            if let Err(err) = acked {
-                debug!(error = %err, "ack failed");
-            }
-        }
-        metrics::counter!("fpaas_likeindex_likes_indexed_total").increment(stats.indexed);
-        metrics::counter!("fpaas_likeindex_likes_removed_total").increment(stats.removed);
-        metrics::counter!("fpaas_likeindex_unknown_unlikes_total").increment(stats.unknown_unlikes);
-        for (reason, n) in &stats.dropped {
-            metrics::counter!("fpaas_likeindex_drops_total", "reason" => *reason).increment(*n);
-        }
-        metrics::histogram!("fpaas_likeindex_batch_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        Ok(stats)
+        self.reader
+            .backlog()
+            .await
+            .map_err(|e| Error::bus("consumer info", e))
     }
 
     /// (liker, rkey, change) of a record KV message, or a drop reason.
@@ -464,11 +374,54 @@ async fn apply_like(
     }
 }
 
-async fn sleep_or_cancel(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
-    let pause = *backoff;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    tokio::select! {
-        () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(pause) => false,
+impl Stage for LikeIndexer {
+    type Stats = IndexStats;
+    const RETRY_METRIC: &'static str = "fpaas_likeindex_batch_retries_total";
+
+    /// Applies a batch: every index write acknowledged by the server; the caller acks the messages.
+    async fn apply_batch(&self, batch: &[Delivery]) -> Result<(IndexStats, Vec<Settle>), Error> {
+        let started = Instant::now();
+        let mut stats = IndexStats {
+            batches: 1,
+            messages: batch.len() as u64,
+            ..Default::default()
+        };
+        let mut work: Vec<(String, (String, String, LikeChange))> = Vec::with_capacity(batch.len());
+        let mut settle = vec![Settle::Ack; batch.len()];
+        for (i, delivery) in batch.iter().enumerate() {
+            match self.classify(delivery) {
+                Ok((liker, rkey, change)) => {
+                    work.push((format!("{liker}/{rkey}"), (liker, rkey, change)));
+                }
+                Err(reason) => {
+                    debug!(subject = %delivery.subject, reason, "like not indexed");
+                    *stats.dropped.entry(reason).or_default() += 1;
+                    settle[i] = Settle::Term;
+                }
+            }
+        }
+        let index = &self.index;
+        let applied = run_keyed(
+            work,
+            self.config.concurrency,
+            |_, (liker, rkey, change)| async move { apply_like(index, &liker, &rkey, change).await },
+        )
+        .await?;
+        for a in applied {
+            match a {
+                Applied::Indexed => stats.indexed += 1,
+                Applied::Removed => stats.removed += 1,
+                Applied::Unknown => stats.unknown_unlikes += 1,
+            }
+        }
+        metrics::counter!("fpaas_likeindex_likes_indexed_total").increment(stats.indexed);
+        metrics::counter!("fpaas_likeindex_likes_removed_total").increment(stats.removed);
+        metrics::counter!("fpaas_likeindex_unknown_unlikes_total").increment(stats.unknown_unlikes);
+        for (reason, n) in &stats.dropped {
+            metrics::counter!("fpaas_likeindex_drops_total", "reason" => *reason).increment(*n);
+        }
+        metrics::histogram!("fpaas_likeindex_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok((stats, settle))
     }
 }

@@ -12,11 +12,12 @@ use fpaas_event::{CommitEvent, Event, Kind, Operation};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use fpaas_bus::delete_streams;
 use fpaas_recordkv::RecordKvBuilder;
 use fpaas_recordkv::config::{LikeIndexConfig, RecordKvConfig};
 use fpaas_recordkv::key::{RecordKey, encode_collection, encode_token};
 use fpaas_recordkv::likes::{LIKE_COLLECTION, LikeIndex, LikeIndexer};
-use fpaas_recordkv::store::{BucketOptions, Kv, delete_streams};
+use fpaas_recordkv::store::{BucketOptions, Kv};
 use fpaas_recordkv::value::tid_from_micros;
 
 use crate::error::{Context, Result, bail};

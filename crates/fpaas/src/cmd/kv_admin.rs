@@ -5,8 +5,9 @@
 use std::io::Write;
 
 use anyhow::Context;
+use fpaas_bus::{delete_streams, stream_names};
 use fpaas_recordkv::import::{import_car as import, put_record as put};
-use fpaas_recordkv::store::{BucketOptions, Kv, delete_streams, stream_names};
+use fpaas_recordkv::store::{BucketOptions, Kv};
 use fpaas_recordkv::{DEFAULT_LIKES_BUCKET, DEFAULT_RECORD_BUCKET, DEFAULT_STREAM};
 
 #[derive(clap::Args, Debug)]

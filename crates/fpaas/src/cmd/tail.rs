@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let dids: HashSet<String> = args.dids.iter().cloned().collect();
     let mut cursor = args.cursor;
     let mut printed = 0u64;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = fpaas_bus::Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let stdout = std::io::stdout();
     // One signal listener for the whole run: a Ctrl-C between two frames (or while connecting) is not lost.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -49,16 +49,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut conn = match conn {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "connect failed; retrying");
+                let pause = backoff.next_delay();
+                tracing::warn!(error = %e, ?pause, "connect failed; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
-        backoff = Duration::from_millis(250);
+        backoff.reset();
         loop {
             let bytes = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -105,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }

@@ -1,52 +1,83 @@
-//! `CursorStore` and `ensure_kv` against a real nats-server: get/put, key validation and
-//! persistence across a server restart.
+//! `ensure_kv` and `KvBucket` against a real nats-server: compare-and-set, tagged delete markers,
+//! keys, persistence across a server restart, per-message TTLs.
 
 mod common;
 
 use std::time::Duration;
 
-use fpaas_bus::{BusErrorKind, CursorStore, KvSettings, ensure_kv};
+use bytes::Bytes;
+use fpaas_bus::{BusErrorKind, KvEntry, KvSettings, KvState, KvWrite, ensure_kv};
 use fpaas_testkit::{NatsServer, eventually_some};
 
 #[tokio::test]
-async fn cursor_survives_a_server_restart() {
+async fn compare_and_set_and_markers_survive_a_server_restart() {
     let mut server = NatsServer::new();
     let js = common::js_with_timeout(&server.url()).await;
-    let cursors = CursorStore::open(&js, &KvSettings::default())
+    let bucket = ensure_kv(&js, &KvSettings::bucket("cas"))
         .await
-        .expect("open cursor store");
+        .expect("open bucket")
+        .with_markers(Some("Test-Tag"), None);
+    let v = |s: &'static str| Bytes::from_static(s.as_bytes());
 
-    assert_eq!(cursors.get("shuffler-0").await.expect("get"), None);
-    cursors.put("shuffler-0", 41).await.expect("put");
-    cursors.put("shuffler-0", 42).await.expect("put");
-    cursors.put("shuffler-1", -1).await.expect("put");
-    assert_eq!(cursors.get("shuffler-0").await.expect("get"), Some(42));
-
-    let err = cursors
-        .put("did:plc:abc", 1)
+    assert_eq!(bucket.entry("a").await.expect("entry"), None);
+    let KvWrite::Written(r1) = bucket.create("a", v("1")).await.expect("create") else {
+        panic!("first create must write");
+    };
+    assert_eq!(
+        bucket.create("a", v("x")).await.expect("create"),
+        KvWrite::Conflict
+    );
+    assert_eq!(
+        bucket.update("a", v("x"), r1 + 100).await.expect("update"),
+        KvWrite::Conflict
+    );
+    let KvWrite::Written(r2) = bucket.update("a", v("2"), r1).await.expect("update") else {
+        panic!("update at the revision read must write");
+    };
+    assert_eq!(bucket.get("a").await.expect("get"), Some(v("2")));
+    bucket.put("b", v("3")).await.expect("put");
+    assert_eq!(
+        bucket
+            .delete("a", Some(r1), Some("t1"))
+            .await
+            .expect("delete"),
+        KvWrite::Conflict,
+        "a stale revision does not delete"
+    );
+    let KvWrite::Written(r3) = bucket
+        .delete("a", Some(r2), Some("t1"))
         .await
-        .expect_err("invalid key");
-    assert_eq!(err.kind(), BusErrorKind::InvalidKey);
-    let err = cursors.get(".hidden").await.expect_err("invalid key");
-    assert_eq!(err.kind(), BusErrorKind::InvalidKey);
+        .expect("delete")
+    else {
+        panic!("delete at the revision read must write");
+    };
+    assert_eq!(bucket.keys().await.expect("keys"), vec!["b".to_owned()]);
 
     server.stop();
     server.start();
 
-    let reopened = eventually_some(Duration::from_secs(15), || {
-        let js = js.clone();
-        async move { CursorStore::open(&js, &KvSettings::default()).await.ok() }
+    let entry = eventually_some(Duration::from_secs(15), || {
+        let bucket = bucket.clone();
+        async move { bucket.entry("a").await.ok() }
     })
     .await
-    .expect("reopen after restart");
-    let value = eventually_some(Duration::from_secs(15), || {
-        let reopened = reopened.clone();
-        async move { reopened.get("shuffler-0").await.ok() }
-    })
-    .await
-    .expect("get after restart");
-    assert_eq!(value, Some(42));
-    assert_eq!(reopened.get("shuffler-1").await.expect("get"), Some(-1));
+    .expect("entry after restart");
+    assert_eq!(
+        entry,
+        Some(KvEntry {
+            key: "a".to_owned(),
+            revision: r3,
+            state: KvState::Deleted {
+                tag: Some("t1".to_owned())
+            },
+        })
+    );
+    // A create over a delete marker writes.
+    assert!(matches!(
+        bucket.create("a", v("4")).await.expect("create"),
+        KvWrite::Written(_)
+    ));
+    assert_eq!(bucket.get("b").await.expect("get"), Some(v("3")));
 }
 
 #[tokio::test]
@@ -67,8 +98,8 @@ async fn ensure_kv_is_idempotent_and_validates() {
         second.get("a").await.expect("get").as_deref(),
         Some(&b"1"[..])
     );
-    let status = second.status().await.expect("status");
-    assert_eq!(status.history(), 5);
+    let config = stream_config(&js, "KV_records").await;
+    assert_eq!(config.max_messages_per_subject, 5);
 
     let err = ensure_kv(&js, &KvSettings::bucket("no.dots"))
         .await
@@ -88,7 +119,7 @@ async fn ensure_kv_turns_message_ttls_on_for_an_existing_bucket_and_keeps_them()
         ..KvSettings::bucket("ttl")
     };
     let store = ensure_kv(&js, &plain).await.expect("create without TTLs");
-    assert!(!store.stream.cached_info().config.allow_message_ttl);
+    assert!(!stream_config(&js, "KV_ttl").await.allow_message_ttl);
     store
         .put("kept", bytes::Bytes::from_static(b"1"))
         .await
@@ -98,15 +129,15 @@ async fn ensure_kv_turns_message_ttls_on_for_an_existing_bucket_and_keeps_them()
         allow_msg_ttl: true,
         ..plain.clone()
     };
-    let store = ensure_kv(&js, &with_ttl).await.expect("turn TTLs on");
-    let config = &store.stream.cached_info().config;
+    ensure_kv(&js, &with_ttl).await.expect("turn TTLs on");
+    let config = &stream_config(&js, "KV_ttl").await;
     assert!(config.allow_message_ttl);
     assert_eq!(config.subject_delete_marker_ttl, None, "no server markers");
     assert_eq!(config.max_messages_per_subject, 3, "history kept");
     ensure_kv(&js, &with_ttl).await.expect("idempotent");
     // Without the flag the bucket keeps its TTLs (turning them off would be refused).
     let store = ensure_kv(&js, &plain).await.expect("keeps TTLs");
-    assert!(store.stream.cached_info().config.allow_message_ttl);
+    assert!(stream_config(&js, "KV_ttl").await.allow_message_ttl);
     assert_eq!(
         store.get("kept").await.expect("get").as_deref(),
         Some(&b"1"[..])
@@ -125,17 +156,14 @@ async fn ensure_kv_turns_message_ttls_on_for_an_existing_bucket_and_keeps_them()
     })
     .await;
     assert!(gone.is_ok(), "the TTL entry did not expire");
-    let last = store
-        .stream
-        .direct_get_last_for_subject("$KV.ttl.brief")
-        .await;
+    let last = store.entry("brief").await;
     assert!(
-        last.is_err(),
+        matches!(last, Ok(None)),
         "nothing left on the expired subject: {last:?}"
     );
 
     // A new bucket gets them right away.
-    let fresh = ensure_kv(
+    ensure_kv(
         &js,
         &KvSettings {
             allow_msg_ttl: true,
@@ -144,5 +172,13 @@ async fn ensure_kv_turns_message_ttls_on_for_an_existing_bucket_and_keeps_them()
     )
     .await
     .expect("create with TTLs");
-    assert!(fresh.stream.cached_info().config.allow_message_ttl);
+    assert!(stream_config(&js, "KV_fresh").await.allow_message_ttl);
+}
+
+async fn stream_config(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> async_nats::jetstream::stream::Config {
+    let stream = js.get_stream(stream).await.expect("stream");
+    stream.cached_info().config.clone()
 }

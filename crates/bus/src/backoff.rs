@@ -1,6 +1,8 @@
-//! Exponential backoff with jitter for every retry loop of the shuffler (relay reconnects, waiting for NATS,
-//! cursor saves): the delay doubles from `min` up to `max`, and each delay is drawn uniformly from
-//! `[d/2, d]` so that several shufflers restarted together do not retry in lockstep.
+//! The one exponential backoff of the workspace, for every retry loop (the shuffler's relay
+//! reconnects, NATS waits and cursor saves, the [`consume`](crate::consume()) loop, `fpaas tail`,
+//! the client's reconnect delay): the delay doubles from `min` up to `max`, and each delay is drawn
+//! uniformly from `[d/2, d]` so that several processes restarted together do not retry in lockstep.
+//! [`Backoff::ceiling_at`] is the same curve without jitter and without state.
 
 use rand::Rng;
 use std::time::Duration;
@@ -25,8 +27,13 @@ impl Backoff {
 
     /// The ceiling of the next delay, without jitter.
     pub fn ceiling(&self) -> Duration {
-        let factor = 1u32 << self.attempt.min(20);
-        self.min.saturating_mul(factor).min(self.max)
+        Self::ceiling_at(self.min, self.max, self.attempt)
+    }
+
+    /// The delay after `attempt` failures (0-based) without jitter: `min · 2^attempt`, at most `max`.
+    pub fn ceiling_at(min: Duration, max: Duration, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.min(20);
+        min.saturating_mul(factor).min(max.max(min))
     }
 
     /// The next delay (jittered) and one step further.
