@@ -9,29 +9,7 @@ use fpaas_proto::cbor_json::{
 use ipld_core::ipld::Ipld;
 use rand::{Rng, SeedableRng};
 
-/// A CBOR head with the shortest argument encoding.
-fn head(major: u8, n: u64) -> Vec<u8> {
-    let m = major << 5;
-    match n {
-        0..=23 => vec![m | n as u8],
-        24..=0xff => vec![m | 24, n as u8],
-        0x100..=0xffff => {
-            let mut v = vec![m | 25];
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-            v
-        }
-        0x1_0000..=0xffff_ffff => {
-            let mut v = vec![m | 26];
-            v.extend_from_slice(&(n as u32).to_be_bytes());
-            v
-        }
-        _ => {
-            let mut v = vec![m | 27];
-            v.extend_from_slice(&n.to_be_bytes());
-            v
-        }
-    }
-}
+use fpaas_sim::encode::cbor_head as head;
 
 fn text(s: &str) -> Vec<u8> {
     let mut v = head(3, s.len() as u64);

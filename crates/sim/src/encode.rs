@@ -364,6 +364,14 @@ impl CommitBody<'_> {
     }
 }
 
+/// A CBOR data item head (major type and argument) in its shortest form, e.g. `cbor_head(4, 3)` starts an
+/// array of three items. For hand-built (also deliberately malformed) DAG-CBOR in tests and the hostile suite.
+pub fn cbor_head(major: u8, v: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    head(&mut out, major, v);
+    out
+}
+
 /// Writes a CBOR head with the minimal-length argument.
 fn head(out: &mut Vec<u8>, major: u8, v: u64) {
     let m = major << 5;

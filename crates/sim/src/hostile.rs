@@ -76,28 +76,8 @@ fn raw_block(bytes: Vec<u8>) -> Result<Block, EncodeError> {
     })
 }
 
-/// A CBOR head with the shortest argument.
 fn head(major: u8, n: u64) -> Vec<u8> {
-    let m = major << 5;
-    match n {
-        0..=23 => vec![m | n as u8],
-        24..=0xff => vec![m | 24, n as u8],
-        0x100..=0xffff => {
-            let mut v = vec![m | 25];
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-            v
-        }
-        0x1_0000..=0xffff_ffff => {
-            let mut v = vec![m | 26];
-            v.extend_from_slice(&(n as u32).to_be_bytes());
-            v
-        }
-        _ => {
-            let mut v = vec![m | 27];
-            v.extend_from_slice(&n.to_be_bytes());
-            v
-        }
-    }
+    crate::encode::cbor_head(major, n)
 }
 
 /// `{"a": <value bytes>}` — keys of one letter keep canonical order trivial.

@@ -56,25 +56,24 @@ impl Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = a.to_config()?;
-    if a.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
+    if super::service::print_config(a.print_config, &cfg)? {
         return Ok(());
     }
-    let mut service = super::service::Service::start(
-        cfg.metrics_listen.as_deref(),
+    let (url, listen) = (cfg.nats_url.clone(), cfg.metrics_listen.clone());
+    let stats = super::service::with_nats(
+        "like-indexer",
+        &url,
+        listen.as_deref(),
         "finishing the batch in progress",
+        |client, health, shutdown| async move {
+            let indexer = LikeIndexer::new(&client, cfg).await.context(
+                "starting the like indexer (does the record bucket exist? run `fpaas record-kv`)",
+            )?;
+            health.up("like-indexer", "running");
+            Ok(indexer.run(shutdown).await?)
+        },
     )
     .await?;
-    let client = fpaas_bus::connect(&cfg.nats_url, "fpaas-like-indexer").await?;
-    service.follow_nats(&client);
-    let indexer = LikeIndexer::new(&client, cfg).await.context(
-        "starting the like indexer (does the record bucket exist? run `fpaas record-kv`)",
-    )?;
-    service.health.up("like-indexer", "running");
-    let result = indexer.run(service.shutdown.clone()).await;
-    let _ = client.flush().await;
-    service.stop().await;
-    let stats = result?;
     tracing::info!(
         indexed = stats.indexed,
         removed = stats.removed,

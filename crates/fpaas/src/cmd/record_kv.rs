@@ -80,25 +80,24 @@ impl Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = a.to_config()?;
-    if a.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
+    if super::service::print_config(a.print_config, &cfg)? {
         return Ok(());
     }
-    let mut service = super::service::Service::start(
-        cfg.metrics_listen.as_deref(),
+    let (url, listen) = (cfg.nats_url.clone(), cfg.metrics_listen.clone());
+    let stats = super::service::with_nats(
+        "record-kv",
+        &url,
+        listen.as_deref(),
         "finishing the batch in progress",
+        |client, health, shutdown| async move {
+            let builder = RecordKvBuilder::new(&client, cfg).await.context(
+                "starting the record KV builder (does the stream exist? run the shuffler or `fpaas dev`)",
+            )?;
+            health.up("record-kv", "running");
+            Ok(builder.run(shutdown).await?)
+        },
     )
     .await?;
-    let client = fpaas_bus::connect(&cfg.nats_url, "fpaas-record-kv").await?;
-    service.follow_nats(&client);
-    let builder = RecordKvBuilder::new(&client, cfg).await.context(
-        "starting the record KV builder (does the stream exist? run the shuffler or `fpaas dev`)",
-    )?;
-    service.health.up("record-kv", "running");
-    let result = builder.run(service.shutdown.clone()).await;
-    let _ = client.flush().await;
-    service.stop().await;
-    let stats = result?;
     tracing::info!(
         messages = stats.messages,
         writes = stats.writes(),

@@ -13,6 +13,47 @@ use tokio_util::sync::CancellationToken;
 /// Health component that mirrors the NATS connection.
 pub const COMPONENT_NATS: &str = "nats";
 
+/// `--print-config`: prints `cfg` as pretty JSON when `print` is set; `true` when it did (the command then exits).
+///
+/// # Errors
+/// Serializing the configuration failed.
+pub fn print_config<T: serde::Serialize>(print: bool, cfg: &T) -> anyhow::Result<bool> {
+    if print {
+        println!("{}", serde_json::to_string_pretty(cfg)?);
+    }
+    Ok(print)
+}
+
+/// Runs a service that works on NATS: [`Service::start`], a client named `fpaas-<component>` whose connection
+/// the `nats` health component follows, then `body` (given the client, the health registry and the shutdown
+/// token) until it returns; then flushes the client and stops the ops server.
+///
+/// # Errors
+/// The ops address cannot be bound, a NATS URL is invalid, or what `body` returned.
+pub async fn with_nats<R, Fut>(
+    component: &'static str,
+    nats_url: &str,
+    metrics_listen: Option<&str>,
+    on_signal: &'static str,
+    body: impl FnOnce(fpaas_bus::Client, fpaas_ops::Health, CancellationToken) -> Fut,
+) -> anyhow::Result<R>
+where
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
+    let mut service = Service::start(metrics_listen, on_signal).await?;
+    let client = fpaas_bus::connect(nats_url, &format!("fpaas-{component}")).await?;
+    service.follow_nats(&client);
+    let result = body(
+        client.clone(),
+        service.health.clone(),
+        service.shutdown.clone(),
+    )
+    .await;
+    let _ = client.flush().await;
+    service.stop().await;
+    result
+}
+
 /// A running service's shell; see the module docs.
 pub struct Service {
     /// The health registry the ops server reports.

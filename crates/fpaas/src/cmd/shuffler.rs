@@ -148,8 +148,7 @@ impl Args {
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = a.to_config()?;
-    if a.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
+    if super::service::print_config(a.print_config, &cfg)? {
         return Ok(());
     }
     let service = super::service::Service::start(
