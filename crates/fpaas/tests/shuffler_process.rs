@@ -2,14 +2,11 @@
 //! and two shufflers on different relays with one killed and restarted. In every case the stream must hold
 //! every simulated event exactly once (compared with the simulator's ground truth).
 
-#[path = "../../ingest/tests/common/mod.rs"]
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use fpaas_sim::{Sim, SimConfig};
+use fpaas_testkit::stream::*;
 use fpaas_testkit::{
     NatsServer, eventually, eventually_some, free_port, prom_value, workspace_root,
 };

@@ -1,7 +1,8 @@
 //! Test kit: real `nats-server` processes (single node and 3-node clusters), polling helpers
 //! (`eventually`), free loopback ports, the paths of the project-local tools, a relay-sim harness
 //! ([`relay`]), a cuttable TCP proxy for taking one connection path down ([`TcpProxy`]) and reading
-//! `/metrics` pages ([`prom_value`]).
+//! `/metrics` pages ([`prom_value`]), and reading the firehose stream back with ground-truth assertions
+//! ([`stream`]).
 //!
 //! Crates use it as a `[dev-dependencies]` entry, with one exception: the benchmarks (`fpaas-bench`, behind
 //! `fpaas bench`) start their nats-servers through it, so that every server of the project's tests and
@@ -13,6 +14,7 @@ mod nats;
 mod paths;
 mod proxy;
 pub mod relay;
+pub mod stream;
 mod wait;
 
 pub use metrics::prom_value;
