@@ -35,8 +35,9 @@ fn child_decode_peak_rss(file: &std::path::Path) -> Result<u64> {
         .context("spawn fpaas decode")?;
     let pid = libc::pid_t::try_from(child.id()).context("pid")?;
     let mut status = 0;
-    // SAFETY: wait4 on our own child with valid out-pointers; `usage` is plain data, fully written on success.
+    // SAFETY: `rusage` is plain old data; all zeroes is a valid value of it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers; `usage` is fully written on success.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     ensure!(r == pid, "wait4 failed");
     ensure!(

@@ -306,7 +306,7 @@ fn map_publish_error(err: PublishError) -> BusError {
         PublishErrorKind::MaxPayloadExceeded => BusErrorKind::MaxPayload,
         PublishErrorKind::Other => {
             match std::error::Error::source(&err)
-                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
                 .map(|e| e.error_code())
             {
                 Some(
@@ -336,7 +336,7 @@ struct InFlight {
 impl InFlight {
     fn new(ack: PublishAckFuture, msg: OutMsg, started: Instant) -> Self {
         Self {
-            ack: std::future::IntoFuture::into_future(ack),
+            ack: IntoFuture::into_future(ack),
             msg: Some(msg),
             started,
         }

@@ -413,7 +413,7 @@ pub async fn stream_names(client: &async_nats::Client) -> Result<Vec<String>, Bu
     Ok(out)
 }
 
-pub(crate) fn map_get_error(err: async_nats::jetstream::context::GetStreamError) -> BusError {
+pub(crate) fn map_get_error(err: jetstream::context::GetStreamError) -> BusError {
     let kind = match err.kind() {
         GetStreamErrorKind::Request => request_kind(&err),
         GetStreamErrorKind::EmptyName | GetStreamErrorKind::InvalidStreamName => {

@@ -89,10 +89,7 @@ async fn ensure_kv_is_idempotent_and_validates() {
         ..KvSettings::bucket("records")
     };
     let first = ensure_kv(&js, &settings).await.expect("create");
-    first
-        .put("a", bytes::Bytes::from_static(b"1"))
-        .await
-        .expect("put");
+    first.put("a", Bytes::from_static(b"1")).await.expect("put");
     let second = ensure_kv(&js, &settings).await.expect("idempotent");
     assert_eq!(
         second.get("a").await.expect("get").as_deref(),
@@ -121,7 +118,7 @@ async fn ensure_kv_turns_message_ttls_on_for_an_existing_bucket_and_keeps_them()
     let store = ensure_kv(&js, &plain).await.expect("create without TTLs");
     assert!(!stream_config(&js, "KV_ttl").await.allow_message_ttl);
     store
-        .put("kept", bytes::Bytes::from_static(b"1"))
+        .put("kept", Bytes::from_static(b"1"))
         .await
         .expect("put");
 
@@ -145,7 +142,7 @@ async fn ensure_kv_turns_message_ttls_on_for_an_existing_bucket_and_keeps_them()
 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_TTL, "1");
-    js.publish_with_headers("$KV.ttl.brief", headers, bytes::Bytes::from_static(b"x"))
+    js.publish_with_headers("$KV.ttl.brief", headers, Bytes::from_static(b"x"))
         .await
         .expect("publish")
         .await

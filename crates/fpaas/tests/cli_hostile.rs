@@ -30,8 +30,9 @@ fn decode(file: &std::path::Path, strict: bool) -> (i32, String, f64) {
         s
     });
     let mut status = 0;
-    // SAFETY: wait4 on our own child with valid out-pointers; the rusage struct is fully written on success.
+    // SAFETY: `rusage` is plain old data; all zeroes is a valid value of it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers; `usage` is fully written on success.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4");
     let code = if libc::WIFEXITED(status) {

@@ -148,13 +148,24 @@ async fn every_documented_metric_is_exported_and_every_exported_one_is_documente
     .await
     .expect("the shuffler recovered from the outage");
 
-    let mut exported = BTreeSet::new();
-    for o in &ops {
-        let p = page(o).await.unwrap_or_else(|| panic!("/metrics of {o}"));
-        exported.extend(names(&p));
-    }
     let docs = documented();
     assert!(docs.len() >= 40, "{docs:?}");
+    // Event-driven series appear when their first event happens: scrape until every documented one is there
+    // (or time runs out and the assertions below name the missing ones).
+    let scrape = || async {
+        let mut exported = BTreeSet::new();
+        for o in &ops {
+            if let Some(p) = page(o).await {
+                exported.extend(names(&p));
+            }
+        }
+        exported
+    };
+    let _ = eventually(Duration::from_secs(30), || async {
+        docs.is_subset(&scrape().await)
+    })
+    .await;
+    let exported = scrape().await;
     let undocumented: Vec<_> = exported.difference(&docs).collect();
     let missing: Vec<_> = docs.difference(&exported).collect();
     assert!(

@@ -1012,7 +1012,7 @@ async fn retry<T, F, Fut>(
 ) -> Result<Option<T>, IngestError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, IngestError>>,
+    Fut: Future<Output = Result<T, IngestError>>,
 {
     loop {
         let attempt = tokio::select! {

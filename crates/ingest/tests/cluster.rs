@@ -19,7 +19,7 @@ const EVENTS: u64 = 4_000;
 
 /// The index of the node leading `stream` (server names are `n0`, `n1`, …), if the cluster answers.
 async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> Option<usize> {
-    let info = common::stream_info(js, stream).await?;
+    let info = stream_info(js, stream).await?;
     let leader = info.cluster.as_ref()?.leader.as_ref()?;
     leader.strip_prefix('n')?.parse().ok()
 }

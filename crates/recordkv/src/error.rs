@@ -50,7 +50,7 @@ pub enum Error {
         bucket: String,
         /// The bus error (kind `message_ttl`).
         #[source]
-        source: fpaas_bus::BusError,
+        source: BusError,
     },
     /// A repository export could not be read.
     #[error("repository export: {0}")]

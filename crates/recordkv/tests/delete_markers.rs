@@ -196,7 +196,7 @@ async fn a_marker_written_by_the_server_on_expiry_reads_as_a_marker_without_rev(
     // Someone created the bucket with server delete markers (`subject_delete_marker_ttl`); the
     // builder keeps that setting (it only ever turns `allow_msg_ttl` on).
     let js = jetstream::new(client.clone());
-    js.create_key_value(async_nats::jetstream::kv::Config {
+    js.create_key_value(jetstream::kv::Config {
         bucket: "record".into(),
         limit_markers: Some(Duration::from_secs(60)),
         ..Default::default()

@@ -1072,7 +1072,7 @@ fn proof_path(did: &str) -> Result<Vec<Block>, EncodeError> {
             let key = format!(
                 "{}/{}",
                 collections[rng.random_range(0..collections.len())],
-                crate::tid::tid(
+                tid(
                     rng.random_range(1_600_000_000_000_000..1_800_000_000_000_000),
                     0
                 )

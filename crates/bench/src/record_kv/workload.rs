@@ -251,7 +251,7 @@ pub async fn run(client: &async_nats::Client, options: &BenchOptions) -> Result<
 async fn timed_queries<F, Fut>(n: usize, query: F) -> Result<(f64, usize)>
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<usize, fpaas_recordkv::Error>>,
+    Fut: Future<Output = Result<usize, fpaas_recordkv::Error>>,
 {
     let started = Instant::now();
     let results: Vec<_> = futures::stream::iter(0..n)

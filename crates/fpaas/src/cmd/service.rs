@@ -38,7 +38,7 @@ pub async fn with_nats<R, Fut>(
     body: impl FnOnce(fpaas_bus::Client, fpaas_ops::Health, CancellationToken) -> Fut,
 ) -> anyhow::Result<R>
 where
-    Fut: std::future::Future<Output = anyhow::Result<R>>,
+    Fut: Future<Output = anyhow::Result<R>>,
 {
     let mut service = Service::start(metrics_listen, on_signal).await?;
     let client = fpaas_bus::connect(nats_url, &format!("fpaas-{component}")).await?;
