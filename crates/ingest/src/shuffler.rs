@@ -369,6 +369,16 @@ fn decode_and_normalize(
     Ok((frame, normalized, wires))
 }
 
+/// What decoding a frame came to.
+enum Decode {
+    /// A decoded frame with its events and messages (boxed: the other variants are empty).
+    Frame(Box<Decoded>),
+    /// Undecodable: counted and passed.
+    Dropped,
+    /// Shutdown came first.
+    Shutdown,
+}
+
 /// Aborts the task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -666,6 +676,30 @@ impl Runner {
     async fn on_frame(&mut self, bytes: Bytes, shutdown: &CancellationToken) -> Option<SessionEnd> {
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         self.m.frame_size.record(bytes.len() as f64);
+        let (frame, normalized, wires) = match self.decode(bytes, shutdown).await {
+            Decode::Frame(d) => *d,
+            Decode::Dropped => return None,
+            Decode::Shutdown => return Some(SessionEnd::Shutdown),
+        };
+        let seq = match self.control_frame(&frame) {
+            Ok(seq) => seq,
+            Err(end) => return end,
+        };
+        metrics::frame(frame.kind_label());
+        if self.first_seq.is_none() && self.wm.watermark().is_none() {
+            self.first_seq = seq;
+        }
+        drop(frame);
+        let msgs = self.messages(&normalized, wires);
+        if let Some(s) = seq {
+            self.m.relay_seq.set(s as f64);
+        }
+        self.publish_frame(seq, msgs, shutdown).await
+    }
+
+    /// Decodes and normalizes a frame: inline, or off the runtime when it is large. An undecodable frame is
+    /// counted and passed (the watermark moves over it).
+    async fn decode(&mut self, bytes: Bytes, shutdown: &CancellationToken) -> Decode {
         let size = bytes.len();
         let decoded = if size >= OFFLOAD_FRAME_BYTES {
             // A large frame takes milliseconds to decode and convert: off the runtime, so that acks keep
@@ -673,7 +707,7 @@ impl Runner {
             let limits = self.limits;
             let job = tokio::task::spawn_blocking(move || decode_and_normalize(&bytes, limits));
             tokio::select! {
-                _ = shutdown.cancelled() => return Some(SessionEnd::Shutdown),
+                _ = shutdown.cancelled() => return Decode::Shutdown,
                 r = job => match r {
                     Ok(d) => d,
                     Err(e) => {
@@ -681,38 +715,43 @@ impl Runner {
                         tracing::error!(error = %e, size, "decoding a frame failed on the blocking pool; dropped");
                         self.count_drop("decode_panic");
                         self.wm.push(None, 0);
-                        return None;
+                        return Decode::Dropped;
                     }
                 },
             }
         } else {
             decode_and_normalize(&bytes, self.limits)
         };
-        let (frame, normalized, wires) = match decoded {
-            Ok(d) => d,
+        match decoded {
+            Ok(d) => Decode::Frame(Box::new(d)),
             Err(e) => {
                 metrics::frame("undecodable");
                 self.count_drop(e.kind().as_str());
                 tracing::debug!(reason = e.kind().as_str(), error = %e, size, "undecodable frame dropped");
                 self.wm.push(None, 0);
-                return None;
+                Decode::Dropped
             }
-        };
-        let seq = match &frame {
-            Frame::Commit(c) => Some(c.seq),
-            Frame::Identity(m) => Some(m.seq),
-            Frame::Account(m) => Some(m.seq),
-            Frame::Sync(m) => Some(m.seq),
+        }
+    }
+
+    /// The seq of a message frame; for the relay's control frames (error, info, unknown) what to do instead:
+    /// `Err(Some(end))` ends the session, `Err(None)` passes the frame.
+    fn control_frame(&mut self, frame: &Frame) -> Result<Option<i64>, Option<SessionEnd>> {
+        match frame {
+            Frame::Commit(c) => Ok(Some(c.seq)),
+            Frame::Identity(m) => Ok(Some(m.seq)),
+            Frame::Account(m) => Ok(Some(m.seq)),
+            Frame::Sync(m) => Ok(Some(m.seq)),
             Frame::Error(e) => {
                 metrics::frame("error");
-                return Some(match e.error.as_str() {
+                Err(Some(match e.error.as_str() {
                     "FutureCursor" => SessionEnd::FutureCursor,
                     "ConsumerTooSlow" => SessionEnd::ConsumerTooSlow,
                     other => SessionEnd::RelayErrorFrame(format!(
                         "{other}: {}",
                         e.message.as_deref().unwrap_or("")
                     )),
-                });
+                }))
             }
             Frame::Info(i) => {
                 metrics::frame("info");
@@ -723,20 +762,23 @@ impl Runner {
                     tracing::info!(name = %i.name, message = ?i.message, "relay info frame");
                 }
                 self.wm.push(None, 0);
-                return None;
+                Err(None)
             }
             Frame::Unknown(_) => {
                 metrics::frame("unknown");
                 self.count_drop("unknown_frame");
                 self.wm.push(None, 0);
-                return None;
+                Err(None)
             }
-        };
-        metrics::frame(frame.kind_label());
-        if self.first_seq.is_none() && self.wm.watermark().is_none() {
-            self.first_seq = seq;
         }
-        drop(frame);
+    }
+
+    /// The frame's bus messages: drops counted, events over the stream's `max_msg_size` dropped.
+    fn messages(
+        &mut self,
+        normalized: &fpaas_event::Normalized,
+        wires: Vec<WireMessage>,
+    ) -> Vec<OutMsg> {
         for d in &normalized.dropped {
             self.count_drop(d.reason.0);
             tracing::debug!(reason = d.reason.0, what = %d.what, detail = %d.detail, "op dropped");
@@ -760,9 +802,17 @@ impl Runner {
             let now_us = chrono::Utc::now().timestamp_micros();
             self.m.behind.set((now_us - ev.time_us) as f64 / 1e6);
         }
-        if let Some(s) = seq {
-            self.m.relay_seq.set(s as f64);
-        }
+        msgs
+    }
+
+    /// Registers the frame with the watermark and publishes its messages (waiting for capacity). `Some` ends
+    /// the session: shutdown, or no capacity within the publish timeout (the frame then fails the watermark).
+    async fn publish_frame(
+        &mut self,
+        seq: Option<i64>,
+        msgs: Vec<OutMsg>,
+        shutdown: &CancellationToken,
+    ) -> Option<SessionEnd> {
         let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
         let ordinal = self.wm.push(seq, count);
         let timeout = self.cfg.publish_timeout();
