@@ -1,0 +1,135 @@
+//! JMESPath expressions of subscriptions (a predicate that keeps an event, a transform that reshapes it),
+//! compiled once when a subscription is created and evaluated on each event's JSON. A bad expression is a typed
+//! error naming the expression and where it failed; evaluating never panics.
+
+use std::sync::Arc;
+
+/// Longest expression accepted, in bytes: expressions are compiled per subscription and kept in memory.
+pub const MAX_EXPRESSION_BYTES: usize = 4_096;
+
+/// A compiled JMESPath expression. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Expr {
+    text: Arc<str>,
+    compiled: Arc<jmespath::Expression<'static>>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Expr").field(&self.text).finish()
+    }
+}
+
+/// Why an expression cannot be compiled or evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum ExprError {
+    /// Longer than [`MAX_EXPRESSION_BYTES`].
+    #[error("expression of {0} bytes; at most {MAX_EXPRESSION_BYTES}")]
+    TooLong(usize),
+    /// Not valid JMESPath.
+    #[error("invalid JMESPath {expression:?}: {message}")]
+    Syntax {
+        /// The expression.
+        expression: String,
+        /// What the parser said (with the offset).
+        message: String,
+    },
+    /// Evaluation failed (e.g. a function given an argument of the wrong type).
+    #[error("evaluating {expression:?}: {message}")]
+    Runtime {
+        /// The expression.
+        expression: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Expr {
+    /// Compiles `text`.
+    ///
+    /// # Errors
+    /// [`ExprError::TooLong`] or [`ExprError::Syntax`].
+    pub fn compile(text: &str) -> Result<Self, ExprError> {
+        if text.len() > MAX_EXPRESSION_BYTES {
+            return Err(ExprError::TooLong(text.len()));
+        }
+        let compiled = jmespath::compile(text).map_err(|e| ExprError::Syntax {
+            expression: text.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            text: Arc::from(text),
+            compiled: Arc::new(compiled),
+        })
+    }
+
+    /// The expression's text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Evaluates the expression on `data`.
+    ///
+    /// # Errors
+    /// [`ExprError::Runtime`].
+    pub fn search(&self, data: &serde_json::Value) -> Result<serde_json::Value, ExprError> {
+        let result = self
+            .compiled
+            .search(data)
+            .map_err(|e| self.runtime(e.to_string()))?;
+        serde_json::to_value(&*result).map_err(|e| self.runtime(e.to_string()))
+    }
+
+    /// Whether the expression is truthy on `data` (JMESPath truthiness); an evaluation error is `false`.
+    pub fn matches(&self, data: &serde_json::Value) -> bool {
+        self.compiled.search(data).is_ok_and(|v| v.is_truthy())
+    }
+
+    fn runtime(&self, message: String) -> ExprError {
+        ExprError::Runtime {
+            expression: self.text.to_string(),
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn predicates_and_transforms_on_an_event() {
+        let ev = json!({"did": "did:plc:a", "kind": "commit", "commit": {"operation": "create",
+            "collection": "app.bsky.feed.post", "record": {"text": "hello world", "langs": ["en", "pt"]}}});
+        let p =
+            Expr::compile("commit.operation == 'create' && contains(commit.record.langs, 'pt')")
+                .unwrap();
+        assert!(p.matches(&ev));
+        let q = Expr::compile("length(commit.record.text) > `20`").unwrap();
+        assert!(!q.matches(&ev));
+        let t = Expr::compile("{did: did, text: commit.record.text}").unwrap();
+        assert_eq!(
+            t.search(&ev).unwrap(),
+            json!({"did": "did:plc:a", "text": "hello world"})
+        );
+        // A runtime type error is an error for a transform and a non-match for a predicate.
+        let bad = Expr::compile("length(`1`)").unwrap();
+        assert!(matches!(bad.search(&ev), Err(ExprError::Runtime { .. })));
+        assert!(!bad.matches(&ev));
+        assert!(matches!(
+            Expr::compile("a.["),
+            Err(ExprError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Expr::compile(&"a".repeat(MAX_EXPRESSION_BYTES + 1)),
+            Err(ExprError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn expressions_are_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Expr>();
+    }
+}
