@@ -53,10 +53,13 @@ impl Expr {
         if text.len() > MAX_EXPRESSION_BYTES {
             return Err(ExprError::TooLong(text.len()));
         }
-        let compiled = jmespath::compile(text).map_err(|e| ExprError::Syntax {
-            expression: text.to_owned(),
-            message: e.to_string(),
-        })?;
+        let compiled =
+            crate::functions::runtime()
+                .compile(text)
+                .map_err(|e| ExprError::Syntax {
+                    expression: text.to_owned(),
+                    message: e.to_string(),
+                })?;
         Ok(Self {
             text: Arc::from(text),
             compiled: Arc::new(compiled),

@@ -5,10 +5,13 @@
 //! - [`spec`]: the [`FilterSpec`] (kinds, operations, collections exact or `prefix.*`, DIDs, a JMESPath predicate)
 //!   and its validation, with one typed error per mistake.
 //! - [`expr`]: the JMESPath expressions (predicates and transforms) compiled once and evaluated on the event JSON.
+//! - [`functions`]: the ATProto functions of expressions (AT-URI parts, facet mentions / links / tags, text
+//!   length, a spam score).
 //! - [`index`]: the [`Index`], which finds the subscriptions an event may match by collection, NSID prefix and
 //!   DID without looking at the others, then checks kinds, operations and predicates.
 
 pub mod expr;
+pub mod functions;
 pub mod index;
 pub mod spec;
 
