@@ -24,28 +24,14 @@ pub struct Args {
 /// Peak RSS in bytes of `fpaas decode FILE` run as a child (the kernel's `ru_maxrss`).
 fn child_decode_peak_rss(file: &std::path::Path) -> Result<u64> {
     let exe = std::env::current_exe().context("own executable")?;
-    // Reaped with wait4 below: std's wait does not return the child's resource usage.
-    #[allow(clippy::zombie_processes)]
-    let child = std::process::Command::new(exe)
-        .arg("decode")
-        .arg(file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("spawn fpaas decode")?;
-    let pid = libc::pid_t::try_from(child.id()).context("pid")?;
-    let mut status = 0;
-    // SAFETY: `rusage` is plain old data; all zeroes is a valid value of it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child with valid out-pointers; `usage` is fully written on success.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    ensure!(r == pid, "wait4 failed");
+    let done = fpaas_testkit::run_measured(std::process::Command::new(exe).arg("decode").arg(file))
+        .context("run fpaas decode")?;
     ensure!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        done.code == Some(0),
         "fpaas decode {} failed",
         file.display()
     );
-    Ok(u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+    Ok(done.peak_rss_bytes)
 }
 
 /// Smallest hostile input whose memory per byte is meaningful.

@@ -3,9 +3,9 @@
 //! bounded (read from the kernel's accounting of the child, `wait4`'s `ru_maxrss`) — a record of a million
 //! empty byte strings once took ~725 MB in one op.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use fpaas_testkit::workspace_root;
+use fpaas_testkit::{run_measured, workspace_root};
 
 /// Runs `fpaas decode [--strict] FILE`; exit code, stderr and peak RSS in MB.
 fn decode(file: &std::path::Path, strict: bool) -> (i32, String, f64) {
@@ -14,34 +14,12 @@ fn decode(file: &std::path::Path, strict: bool) -> (i32, String, f64) {
     if strict {
         cmd.arg("--strict");
     }
-    // Reaped below with wait4, which std's Child::wait cannot replace (it does not return the rusage).
-    #[allow(clippy::zombie_processes)]
-    let child = cmd
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn fpaas decode");
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).expect("read stderr");
-        s
-    });
-    let mut status = 0;
-    // SAFETY: `rusage` is plain old data; all zeroes is a valid value of it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child with valid out-pointers; `usage` is fully written on success.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4");
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    let stderr = reader.join().expect("stderr thread");
-    (code, stderr, usage.ru_maxrss as f64 / 1024.0)
+    let done = run_measured(cmd.arg(file)).expect("run fpaas decode");
+    (
+        done.code.unwrap_or(-1),
+        done.stderr,
+        done.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+    )
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! (`eventually`), free loopback ports, the paths of the project-local tools, a relay-sim harness
 //! ([`relay`]), a cuttable TCP proxy for taking one connection path down ([`TcpProxy`]) and reading
 //! `/metrics` pages ([`prom_value`]), and reading the firehose stream back with ground-truth assertions
-//! ([`stream`]).
+//! ([`stream`]), and running a child with its peak memory ([`run_measured`]).
 //!
 //! Crates use it as a `[dev-dependencies]` entry, with one exception: the benchmarks (`fpaas-bench`, behind
 //! `fpaas bench`) start their nats-servers through it, so that every server of the project's tests and
@@ -12,6 +12,7 @@
 mod metrics;
 mod nats;
 mod paths;
+mod process;
 mod proxy;
 pub mod relay;
 pub mod stream;
@@ -20,5 +21,6 @@ mod wait;
 pub use metrics::prom_value;
 pub use nats::{NatsCluster, NatsServer, NatsServerOptions, TEST_MAX_PAYLOAD};
 pub use paths::{nats_server_bin, python, workspace_root};
+pub use process::{Finished, run_measured};
 pub use proxy::TcpProxy;
 pub use wait::{Elapsed, eventually, eventually_some, free_port};
