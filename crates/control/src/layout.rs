@@ -1,0 +1,104 @@
+//! Where the control plane lives in NATS: bucket and stream names, key and subject builders, DLQ header
+//! names. Every id ([`crate::ids`]) is a valid KV key token and NATS subject token, so keys are built by
+//! plain concatenation.
+//!
+//! | bucket / stream | key / subject | value | written by |
+//! |---|---|---|---|
+//! | [`TENANTS_BUCKET`] | `tenant.<tenant_id>` | [`crate::Tenant`] | API (admin) |
+//! | [`TENANTS_BUCKET`] | `key.<sha256hex(token)>` | [`crate::ApiKeyRecord`] | API (admin) |
+//! | [`SUBS_BUCKET`] | `<tenant_id>.<sub_id>` | [`crate::Subscription`] | API (compare-and-set), worker (disable on 410) |
+//! | [`PROGRESS_BUCKET`] | `<sub_id>` | [`crate::Progress`] | worker |
+//! | [`STATS_BUCKET`] | `<sub_id>` | [`crate::SubStats`] | worker (≤ 1/s per subscription) |
+//! | [`LEASES_BUCKET`] | pipeline's format | heartbeats, partition leases | worker |
+//! | stream [`DLQ_STREAM`] | `fpaas.dlq.<tenant_id>.<sub_id>` | the exact batch body that was POSTed, headers below | worker |
+
+/// KV bucket of tenants and API keys.
+pub const TENANTS_BUCKET: &str = "fpaas_tenants";
+/// KV bucket of subscriptions.
+pub const SUBS_BUCKET: &str = "fpaas_subs";
+/// KV bucket of per-subscription progress.
+pub const PROGRESS_BUCKET: &str = "fpaas_progress";
+/// KV bucket of per-subscription stats.
+pub const STATS_BUCKET: &str = "fpaas_stats";
+/// KV bucket of worker heartbeats and partition leases (entries expire; the pipeline owns the format).
+pub const LEASES_BUCKET: &str = "fpaas_leases";
+
+/// Stream of dead-lettered batches.
+pub const DLQ_STREAM: &str = "FPAAS_DLQ";
+/// Subjects of [`DLQ_STREAM`].
+pub const DLQ_SUBJECTS: &str = "fpaas.dlq.>";
+/// Default retention of dead letters: 7 days.
+pub const DLQ_DEFAULT_MAX_AGE_SECS: u64 = 7 * 24 * 60 * 60;
+
+/// Header: the batch id (= the `webhook-id` of its deliveries).
+pub const HDR_BATCH_ID: &str = "Fpaas-Batch-Id";
+/// Header: how many delivery attempts were made.
+pub const HDR_ATTEMPTS: &str = "Fpaas-Attempts";
+/// Header: the last error (status or transport error), one line.
+pub const HDR_LAST_ERROR: &str = "Fpaas-Last-Error";
+/// Header: the first stream sequence of the batch.
+pub const HDR_FROM_SEQ: &str = "Fpaas-From-Seq";
+/// Header: the last stream sequence of the batch.
+pub const HDR_TO_SEQ: &str = "Fpaas-To-Seq";
+/// Header: the number of events in the batch.
+pub const HDR_EVENTS: &str = "Fpaas-Events";
+
+/// Prefix of tenant keys in [`TENANTS_BUCKET`].
+pub const TENANT_KEY_PREFIX: &str = "tenant.";
+/// Prefix of API key records in [`TENANTS_BUCKET`].
+pub const API_KEY_PREFIX: &str = "key.";
+
+/// `tenant.<tenant_id>`
+pub fn tenant_key(tenant_id: &str) -> String {
+    format!("{TENANT_KEY_PREFIX}{tenant_id}")
+}
+
+/// `key.<sha256hex(token)>`
+pub fn api_key_key(token_hash_hex: &str) -> String {
+    format!("{API_KEY_PREFIX}{token_hash_hex}")
+}
+
+/// `<tenant_id>.<sub_id>`
+pub fn sub_key(tenant_id: &str, sub_id: &str) -> String {
+    format!("{tenant_id}.{sub_id}")
+}
+
+/// Pattern of every subscription of a tenant: `<tenant_id>.*`.
+pub fn tenant_subs_pattern(tenant_id: &str) -> String {
+    format!("{tenant_id}.*")
+}
+
+/// The `(tenant_id, sub_id)` of a [`SUBS_BUCKET`] key.
+pub fn parse_sub_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('.')
+}
+
+/// Key of a subscription's progress and stats: `<sub_id>`.
+pub fn progress_key(sub_id: &str) -> String {
+    sub_id.to_owned()
+}
+
+/// Key of a subscription's stats: `<sub_id>`.
+pub fn stats_key(sub_id: &str) -> String {
+    sub_id.to_owned()
+}
+
+/// `fpaas.dlq.<tenant_id>.<sub_id>`
+pub fn dlq_subject(tenant_id: &str, sub_id: &str) -> String {
+    format!("fpaas.dlq.{tenant_id}.{sub_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_subjects() {
+        assert_eq!(tenant_key("t_a"), "tenant.t_a");
+        assert_eq!(api_key_key("ab12"), "key.ab12");
+        assert_eq!(sub_key("t_a", "s_b"), "t_a.s_b");
+        assert_eq!(parse_sub_key("t_a.s_b"), Some(("t_a", "s_b")));
+        assert_eq!(dlq_subject("t_a", "s_b"), "fpaas.dlq.t_a.s_b");
+        assert!(fpaas_bus::is_valid_kv_key(&sub_key("t_a", "s_b")));
+    }
+}

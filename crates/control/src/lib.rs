@@ -1,0 +1,29 @@
+//! The control plane of FPaaS: what a tenant configures and what the workers report back, as typed JSON
+//! documents in bus KV buckets (the layout is `docs/api.md` and [`layout`]). The HTTP API (`crates/api`)
+//! is a thin shell over this crate; the pipeline worker (`crates/pipeline`) reads subscriptions from the
+//! same buckets and writes progress and stats.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`model`] | the documents: [`Tenant`], [`Quotas`], [`ApiKeyRecord`], [`Subscription`] and what a tenant writes ([`SubscriptionSpec`], [`SubscriptionPatch`]), [`Progress`], [`SubStats`] |
+//! | [`layout`] | bucket, stream and subject names, key builders, DLQ header names |
+//! | [`validate`] | checking a spec or patch completely before anything is written: [`ValidationError`] with a stable code |
+//! | [`ids`] | ids (`t_`, `s_`, `k_`), API tokens (`fpk_`) and their SHA-256, webhook secrets (`whsec_`) |
+//! | [`store`] | [`Store`]: tenant, key and subscription CRUD (tenant-scoped), compare-and-set updates, progress and stats reads |
+//! | `error` | [`StoreError`] with a `Copy` [`StoreErrorKind`] |
+
+mod error;
+pub mod ids;
+pub mod layout;
+pub mod model;
+pub mod store;
+pub mod validate;
+
+pub use error::{StoreError, StoreErrorKind};
+pub use model::{
+    ApiKeyRecord, Batching, BatchingPatch, Delivery, PendingBatch, Progress, Quotas, QuotasPatch,
+    RetryPolicy, SecretEntry, Source, Start, SubState, SubStats, Subscription, SubscriptionPatch,
+    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Usage, WebhookDelivery,
+};
+pub use store::{Store, StoreSettings};
+pub use validate::{ValidationCode, ValidationError, validate_webhook_url};

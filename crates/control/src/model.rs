@@ -1,0 +1,749 @@
+//! The control-plane documents, as stored in KV and exchanged over the API (JSON). What a tenant (or the
+//! admin) writes — [`SubscriptionSpec`], [`SubscriptionPatch`], [`TenantSpec`], [`TenantPatch`] and the
+//! objects inside them — rejects unknown fields, so a typo is an error instead of a silently ignored
+//! setting. Documents written by the server ([`Subscription`], [`Tenant`], [`Progress`], [`SubStats`])
+//! accept unknown fields so an older reader keeps working after a newer writer added one.
+
+use chrono::{DateTime, Utc};
+use fpaas_filter::FilterSpec;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The current time, as stored in documents.
+pub fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+/// Per-tenant limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Most subscriptions the tenant may have (enforced by the API: 429 `quota_exceeded`).
+    pub max_subscriptions: u32,
+    /// Most DIDs in one subscription's filter (enforced by the API; the hard limit is 10,000).
+    pub max_dids_per_filter: u32,
+    /// Most events per second delivered to the tenant's receivers, all subscriptions together (read and
+    /// enforced by the worker).
+    pub max_delivery_events_per_s: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: 100,
+            max_dids_per_filter: 10_000,
+            max_delivery_events_per_s: 10_000,
+        }
+    }
+}
+
+/// A change of some quotas (admin `PATCH`); absent fields keep their value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasPatch {
+    /// New [`Quotas::max_subscriptions`].
+    pub max_subscriptions: Option<u32>,
+    /// New [`Quotas::max_dids_per_filter`].
+    pub max_dids_per_filter: Option<u32>,
+    /// New [`Quotas::max_delivery_events_per_s`].
+    pub max_delivery_events_per_s: Option<u64>,
+}
+
+impl QuotasPatch {
+    /// Applies the present fields to `quotas`.
+    pub fn apply(&self, quotas: &mut Quotas) {
+        if let Some(v) = self.max_subscriptions {
+            quotas.max_subscriptions = v;
+        }
+        if let Some(v) = self.max_dids_per_filter {
+            quotas.max_dids_per_filter = v;
+        }
+        if let Some(v) = self.max_delivery_events_per_s {
+            quotas.max_delivery_events_per_s = v;
+        }
+    }
+}
+
+/// A tenant: the owner of API keys and subscriptions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// `t_` + 16 base32 characters.
+    pub id: String,
+    /// Display name (≤ 200 characters).
+    pub name: String,
+    /// Limits.
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the admin posts to create a tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Display name (≤ 200 characters).
+    pub name: String,
+    /// Limits; absent fields take their defaults.
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+/// What the admin patches on a tenant; absent fields are unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantPatch {
+    /// New display name.
+    pub name: Option<String>,
+    /// Quotas to change.
+    pub quotas: Option<QuotasPatch>,
+}
+
+/// An API key as stored (under the SHA-256 of its token; the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// The tenant the key acts for.
+    pub tenant_id: String,
+    /// `k_` + 16 base32 characters (to list and revoke keys without their tokens).
+    pub key_id: String,
+    /// Free text to tell keys apart.
+    #[serde(default)]
+    pub label: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a subscription's events come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The firehose stream (the only source for now).
+    #[default]
+    Firehose,
+}
+
+/// The lifecycle state of a subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubState {
+    /// Matching and delivering.
+    #[default]
+    Active,
+    /// Stopped by the tenant; resumes from its saved progress.
+    Paused,
+    /// Stopped by the server (the receiver answered `410 Gone`); see `disabled_reason`. Resume re-enables it.
+    Disabled,
+}
+
+/// Batch limits: a batch is sent when any is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    /// Most events in a batch (1..=10,000).
+    pub max_events: u32,
+    /// Most bytes of a batch body (1 KiB..=8 MiB).
+    pub max_bytes: u64,
+    /// Longest time the first event of a batch waits before the batch is sent, in ms (0..=60,000).
+    pub max_wait_ms: u64,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_events: 1_000,
+            max_bytes: 1024 * 1024,
+            max_wait_ms: 1_000,
+        }
+    }
+}
+
+/// A change of some batch limits; absent fields keep their value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingPatch {
+    /// New [`Batching::max_events`].
+    pub max_events: Option<u32>,
+    /// New [`Batching::max_bytes`].
+    pub max_bytes: Option<u64>,
+    /// New [`Batching::max_wait_ms`].
+    pub max_wait_ms: Option<u64>,
+}
+
+impl BatchingPatch {
+    /// `batching` with the present fields replaced.
+    pub fn applied_to(&self, batching: &Batching) -> Batching {
+        Batching {
+            max_events: self.max_events.unwrap_or(batching.max_events),
+            max_bytes: self.max_bytes.unwrap_or(batching.max_bytes),
+            max_wait_ms: self.max_wait_ms.unwrap_or(batching.max_wait_ms),
+        }
+    }
+}
+
+/// Where in the stream a new subscription starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "at", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Start {
+    /// With the events published from now on. (Variants without data are written `Live {}` so that
+    /// unknown fields next to `at` are refused too.)
+    Live {},
+    /// With the oldest event the stream still holds.
+    RetentionStart {},
+    /// With the first event published at or after `time`.
+    Time {
+        /// RFC 3339.
+        time: DateTime<Utc>,
+    },
+    /// With the event at stream sequence `seq` (or the first after it).
+    Seq {
+        /// Stream sequence.
+        seq: u64,
+    },
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start::Live {}
+    }
+}
+
+/// A retry schedule: attempts = 1 + its length; after the last, the batch is dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Waits before each retry, in ms (≤ 20 entries, each ≤ 24 h); jitter is added by the worker, and a
+    /// receiver's `Retry-After` (capped at 1 h) replaces the wait.
+    pub schedule_ms: Vec<u64>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            schedule_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000],
+        }
+    }
+}
+
+/// A webhook target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDelivery {
+    /// `https://…` (or `http://…`); checked for syntax here and against the SSRF policy by the worker.
+    pub url: String,
+    /// How long one POST may take, in ms (100..=60,000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// How batches are delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Delivery {
+    /// POST to a URL, signed (Standard Webhooks).
+    Webhook(WebhookDelivery),
+}
+
+impl Delivery {
+    /// The webhook part.
+    pub fn webhook(&self) -> &WebhookDelivery {
+        match self {
+            Delivery::Webhook(w) => w,
+        }
+    }
+}
+
+/// A signing secret of a subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEntry {
+    /// `whsec_` + base64 of the key bytes.
+    pub secret: String,
+    /// When it stops being used (set on rotation); `None` = current.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl SecretEntry {
+    /// Whether the worker still signs with it at `at`.
+    pub fn is_live(&self, at: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|e| e > at)
+    }
+}
+
+/// What a tenant posts to create a subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Optional display name (≤ 200 characters).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Event source.
+    #[serde(default)]
+    pub source: Source,
+    /// Which events (an empty filter matches every event).
+    #[serde(default)]
+    pub filter: FilterSpec,
+    /// Optional JMESPath projection applied to each matched event's JSON.
+    #[serde(default)]
+    pub transform: Option<String>,
+    /// Batch limits.
+    #[serde(default)]
+    pub batching: Batching,
+    /// Where to start (fixed at creation).
+    #[serde(default)]
+    pub start: Start,
+    /// Where to deliver.
+    pub delivery: Delivery,
+}
+
+/// What a tenant patches on a subscription: every field optional, absent fields unchanged. `transform:
+/// null` removes the transform; `filter` and `delivery` replace the whole object; `batching` changes the
+/// given limits. The start position is fixed at creation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionPatch {
+    /// New name (`null` removes it).
+    #[serde(
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<Option<String>>,
+    /// New state: `active` or `paused` (`disabled` is the server's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<SubState>,
+    /// New filter (replaces the old one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
+    /// New transform (`null` removes it).
+    #[serde(
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub transform: Option<Option<String>>,
+    /// Batch limits to change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingPatch>,
+    /// New delivery (replaces the old one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+/// `Some(None)` for an explicit `null`, `Some(Some(v))` for a value (absent = `None` through `default`).
+fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// A subscription as stored and returned: the spec and the server's fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `s_` + 16 base32 characters.
+    pub id: String,
+    /// The owner.
+    pub tenant_id: String,
+    /// Optional display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Lifecycle state.
+    pub state: SubState,
+    /// Why the server disabled it (`state: disabled`).
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// Event source.
+    #[serde(default)]
+    pub source: Source,
+    /// Which events.
+    #[serde(default)]
+    pub filter: FilterSpec,
+    /// Optional JMESPath projection.
+    #[serde(default)]
+    pub transform: Option<String>,
+    /// Batch limits.
+    #[serde(default)]
+    pub batching: Batching,
+    /// Where it started.
+    #[serde(default)]
+    pub start: Start,
+    /// Where to deliver.
+    pub delivery: Delivery,
+    /// Signing secrets, newest first (the worker signs with every live one). The API shows them only on
+    /// create and rotate.
+    pub secrets: Vec<SecretEntry>,
+    /// +1 on every change of filter, transform, batching, delivery or state (part of batch ids).
+    pub generation: u64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    /// A new active subscription of `tenant_id` from a (validated) spec, with one fresh secret.
+    pub fn from_spec(id: String, tenant_id: String, spec: SubscriptionSpec) -> Self {
+        let at = now();
+        Self {
+            id,
+            tenant_id,
+            name: spec.name,
+            state: SubState::Active,
+            disabled_reason: None,
+            source: spec.source,
+            filter: spec.filter,
+            transform: spec.transform,
+            batching: spec.batching,
+            start: spec.start,
+            delivery: spec.delivery,
+            secrets: vec![SecretEntry {
+                secret: crate::ids::new_webhook_secret(),
+                expires_at: None,
+            }],
+            generation: 1,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    /// The subscription with `patch` applied (not validated: see [`crate::validate::subscription`]).
+    /// The generation grows by one when filter, transform, batching, delivery or state change.
+    pub fn patched(&self, patch: &SubscriptionPatch) -> Self {
+        let mut next = self.clone();
+        if let Some(name) = &patch.name {
+            next.name.clone_from(name);
+        }
+        if let Some(state) = patch.state {
+            next.set_state(state);
+        }
+        if let Some(filter) = &patch.filter {
+            next.filter = filter.clone();
+        }
+        if let Some(transform) = &patch.transform {
+            next.transform.clone_from(transform);
+        }
+        if let Some(batching) = &patch.batching {
+            next.batching = batching.applied_to(&self.batching);
+        }
+        if let Some(delivery) = &patch.delivery {
+            next.delivery = delivery.clone();
+        }
+        next.bump_if_changed(self);
+        next
+    }
+
+    /// Sets the state (clearing `disabled_reason` unless disabled).
+    pub fn set_state(&mut self, state: SubState) {
+        self.state = state;
+        if state != SubState::Disabled {
+            self.disabled_reason = None;
+        }
+    }
+
+    /// Adds one to the generation and stamps `updated_at` when anything the worker acts on differs from
+    /// `before`; stamps `updated_at` for other changes.
+    pub fn bump_if_changed(&mut self, before: &Subscription) {
+        let worker_visible = self.filter != before.filter
+            || self.transform != before.transform
+            || self.batching != before.batching
+            || self.delivery != before.delivery
+            || self.state != before.state;
+        if worker_visible {
+            self.generation = before.generation + 1;
+        }
+        if worker_visible || self != before {
+            self.updated_at = now();
+        }
+    }
+
+    /// The subscription with a new secret first and every current secret expiring `overlap_secs` from now
+    /// (already-expired ones are dropped). Not a generation change: signing follows the secrets list.
+    pub fn rotated(&self, overlap_secs: u64) -> Self {
+        let at = now();
+        let expires = at
+            + chrono::Duration::seconds(
+                i64::try_from(overlap_secs).unwrap_or(i64::MAX / 1_000_000),
+            );
+        let mut next = self.clone();
+        next.secrets = std::iter::once(SecretEntry {
+            secret: crate::ids::new_webhook_secret(),
+            expires_at: None,
+        })
+        .chain(
+            self.secrets
+                .iter()
+                .filter(|s| s.is_live(at))
+                .map(|s| SecretEntry {
+                    secret: s.secret.clone(),
+                    expires_at: Some(s.expires_at.map_or(expires, |e| e.min(expires))),
+                }),
+        )
+        .collect();
+        next.updated_at = at;
+        next
+    }
+
+    /// The subscription as shown by reads: secrets hidden (`"whsec_…"` replaced by a hint).
+    pub fn redacted(&self) -> Self {
+        let mut out = self.clone();
+        for s in &mut out.secrets {
+            s.secret = redact_secret(&s.secret);
+        }
+        out
+    }
+}
+
+/// `whsec_abcd…` (prefix and the first 4 characters).
+pub fn redact_secret(secret: &str) -> String {
+    let shown: String = secret
+        .strip_prefix(crate::ids::SECRET_PREFIX)
+        .unwrap_or(secret)
+        .chars()
+        .take(4)
+        .collect();
+    format!("{}{shown}…", crate::ids::SECRET_PREFIX)
+}
+
+/// A batch in flight (written before the first attempt, cleared after the receiver accepted it or it was
+/// dead-lettered).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingBatch {
+    /// `<sub_id>.<from_seq>-<to_seq>.g<generation>`.
+    pub batch_id: String,
+    /// First stream sequence.
+    pub from_seq: u64,
+    /// Last stream sequence.
+    pub to_seq: u64,
+    /// Attempts made so far.
+    pub attempt: u32,
+}
+
+/// A subscription's position, written by the worker only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Every matching event with stream sequence ≤ this was accepted (2xx) or dead-lettered.
+    pub acked_seq: u64,
+    /// The batch in flight, if any.
+    #[serde(default)]
+    pub pending: Option<PendingBatch>,
+}
+
+/// A subscription's counters, written by the worker (at most once a second per subscription).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubStats {
+    /// Events that matched the filter.
+    pub matched_events: u64,
+    /// Events in batches the receiver accepted.
+    pub delivered_events: u64,
+    /// Batches the receiver accepted.
+    pub delivered_batches: u64,
+    /// Body bytes of the batches the receiver accepted.
+    pub delivered_bytes: u64,
+    /// Attempts that failed (each retry counts).
+    pub failed_attempts: u64,
+    /// Events in dead-lettered batches.
+    pub dead_lettered_events: u64,
+    /// Whether a batch is waiting for a retry.
+    pub retrying: bool,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Matching events not yet delivered (estimate).
+    pub lag_events: u64,
+    /// Age of the oldest undelivered matching event, in seconds.
+    pub lag_seconds: f64,
+    /// When the worker wrote these figures.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A tenant's metering: sums over its subscriptions' stats.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Its subscriptions.
+    pub subscriptions: u64,
+    /// Events that matched its filters.
+    pub matched_events: u64,
+    /// Events delivered (accepted by its receivers).
+    pub delivered_events: u64,
+    /// Body bytes delivered.
+    pub delivered_bytes: u64,
+    /// Batches delivered.
+    pub delivered_batches: u64,
+    /// Events dead-lettered.
+    pub dead_lettered_events: u64,
+}
+
+impl Usage {
+    /// Adds one subscription's stats.
+    pub fn add(&mut self, stats: &SubStats) {
+        self.matched_events += stats.matched_events;
+        self.delivered_events += stats.delivered_events;
+        self.delivered_bytes += stats.delivered_bytes;
+        self.delivered_batches += stats.delivered_batches;
+        self.dead_lettered_events += stats.dead_lettered_events;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec_json() -> serde_json::Value {
+        json!({
+            "name": "likes",
+            "filter": {"collections": ["app.bsky.feed.like"]},
+            "batching": {"max_events": 500},
+            "start": {"at": "seq", "seq": 42},
+            "delivery": {"type": "webhook", "url": "https://example.com/hook"}
+        })
+    }
+
+    #[test]
+    fn spec_defaults_and_round_trip() {
+        let spec: SubscriptionSpec = serde_json::from_value(spec_json()).unwrap();
+        assert_eq!(spec.batching.max_events, 500);
+        assert_eq!(spec.batching.max_wait_ms, 1_000);
+        assert_eq!(spec.start, Start::Seq { seq: 42 });
+        assert_eq!(spec.delivery.webhook().timeout_ms, 10_000);
+        assert_eq!(spec.delivery.webhook().retry.schedule_ms.len(), 7);
+        let back: SubscriptionSpec =
+            serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+
+        let sub = Subscription::from_spec("s_a".into(), "t_a".into(), spec);
+        let text = serde_json::to_string(&sub).unwrap();
+        let back: Subscription = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, sub);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["state"], "active");
+        assert_eq!(v["delivery"]["type"], "webhook");
+        assert_eq!(v["source"], "firehose");
+        assert_eq!(v["start"], json!({"at": "seq", "seq": 42}));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_everywhere_a_tenant_writes() {
+        let with = |path: &[&str], extra: &str| {
+            let mut v = spec_json();
+            let mut at = &mut v;
+            for p in path {
+                at = at.get_mut(*p).unwrap();
+            }
+            at[extra] = json!(1);
+            serde_json::from_value::<SubscriptionSpec>(v)
+        };
+        assert!(with(&[], "bogus").is_err());
+        assert!(with(&["filter"], "bogus").is_err());
+        assert!(with(&["batching"], "bogus").is_err());
+        assert!(with(&["start"], "bogus").is_err());
+        assert!(with(&["delivery"], "bogus").is_err());
+        let live = json!({"delivery": {"type": "webhook", "url": "https://x.example"},
+            "start": {"at": "live", "bogus": 1}});
+        assert!(serde_json::from_value::<SubscriptionSpec>(live).is_err());
+        let start: Start = serde_json::from_value(json!({"at": "retention_start"})).unwrap();
+        assert_eq!(start, Start::RetentionStart {});
+        assert_eq!(
+            serde_json::to_value(Start::default()).unwrap(),
+            json!({"at": "live"})
+        );
+        let retry = json!({"delivery": {"type": "webhook", "url": "https://x.example",
+            "retry": {"schedule_ms": [1], "x": 2}}});
+        assert!(serde_json::from_value::<SubscriptionSpec>(retry).is_err());
+        assert!(serde_json::from_value::<SubscriptionPatch>(json!({"nme": "x"})).is_err());
+        assert!(serde_json::from_value::<TenantSpec>(json!({"name": "a", "x": 1})).is_err());
+        assert!(serde_json::from_value::<TenantPatch>(json!({"quotas": {"max_subs": 1}})).is_err());
+        let other_type = json!({"delivery": {"type": "kafka", "url": "https://x.example"}});
+        assert!(serde_json::from_value::<SubscriptionSpec>(other_type).is_err());
+    }
+
+    #[test]
+    fn patch_null_absent_and_generation() {
+        let p: SubscriptionPatch = serde_json::from_value(json!({"transform": null})).unwrap();
+        assert_eq!(p.transform, Some(None));
+        assert_eq!(p.name, None);
+        let p2: SubscriptionPatch = serde_json::from_value(json!({"name": "n"})).unwrap();
+        assert_eq!(p2.name, Some(Some("n".into())));
+
+        let spec: SubscriptionSpec = serde_json::from_value(spec_json()).unwrap();
+        let mut sub = Subscription::from_spec("s_a".into(), "t_a".into(), spec);
+        sub.transform = Some("did".into());
+        let renamed = sub.patched(&p2);
+        assert_eq!(
+            renamed.generation, sub.generation,
+            "a name is not worker-visible"
+        );
+        let cleared = sub.patched(&p);
+        assert_eq!(cleared.transform, None);
+        assert_eq!(cleared.generation, sub.generation + 1);
+        let batching: SubscriptionPatch =
+            serde_json::from_value(json!({"batching": {"max_wait_ms": 5}})).unwrap();
+        let b = sub.patched(&batching);
+        assert_eq!(b.batching.max_wait_ms, 5);
+        assert_eq!(b.batching.max_events, 500);
+        assert_eq!(b.generation, sub.generation + 1);
+        let paused = sub.patched(&SubscriptionPatch {
+            state: Some(SubState::Paused),
+            ..Default::default()
+        });
+        assert_eq!(paused.state, SubState::Paused);
+        assert_eq!(paused.generation, sub.generation + 1);
+    }
+
+    #[test]
+    fn stored_documents_tolerate_new_fields_and_defaults() {
+        let stats: SubStats =
+            serde_json::from_value(json!({"delivered_events": 3, "new": 1})).unwrap();
+        assert_eq!(stats.delivered_events, 3);
+        let progress: Progress = serde_json::from_value(json!({"acked_seq": 9, "pending":
+            {"batch_id": "s_a.1-9.g1", "from_seq": 1, "to_seq": 9, "attempt": 2}}))
+        .unwrap();
+        assert_eq!(progress.pending.unwrap().attempt, 2);
+        let q: Quotas = serde_json::from_value(json!({"max_subscriptions": 3})).unwrap();
+        assert_eq!(q.max_dids_per_filter, 10_000);
+        assert_eq!(q.max_delivery_events_per_s, 10_000);
+    }
+
+    #[test]
+    fn secrets() {
+        let live = SecretEntry {
+            secret: "whsec_abcdefgh".into(),
+            expires_at: None,
+        };
+        assert!(live.is_live(now()));
+        let expired = SecretEntry {
+            expires_at: Some(now() - chrono::Duration::seconds(1)),
+            ..live.clone()
+        };
+        assert!(!expired.is_live(now()));
+        assert_eq!(redact_secret("whsec_abcdefgh"), "whsec_abcd…");
+
+        let spec: SubscriptionSpec = serde_json::from_value(spec_json()).unwrap();
+        let sub = Subscription::from_spec("s_a".into(), "t_a".into(), spec);
+        let r = sub.rotated(60);
+        assert_eq!(r.secrets.len(), 2);
+        assert_ne!(r.secrets[0].secret, sub.secrets[0].secret);
+        assert_eq!(r.secrets[0].expires_at, None);
+        assert_eq!(r.secrets[1].secret, sub.secrets[0].secret);
+        assert!(r.secrets[1].expires_at.unwrap() > now());
+        assert_eq!(r.generation, sub.generation);
+        let r0 = r.rotated(0);
+        assert_eq!(
+            r0.secrets.len(),
+            3,
+            "expiring now, dropped on the next rotation"
+        );
+        assert_eq!(r0.rotated(0).secrets.len(), 2);
+    }
+}
