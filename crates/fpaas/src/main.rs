@@ -46,6 +46,8 @@ enum Command {
     Shuffler(Box<cmd::shuffler::Args>),
     /// Storage needed for the stream's retention, from a running shuffler's metrics or from flags.
     StorageEstimate(cmd::storage_estimate::Args),
+    /// Run a subscription worker: match the firehose stream against subscriptions and deliver signed batches.
+    Worker(cmd::worker::Args),
     /// Build the record KV bucket (DID / collection / rkey -> record) from the firehose stream.
     RecordKv(cmd::record_kv::Args),
     /// Maintain likes-by-subject and likes-by-actor indexes from the record KV.
@@ -117,6 +119,7 @@ fn main() -> std::process::ExitCode {
             Command::Shuffler(a) => cmd::shuffler::run(*a).await,
             Command::StorageEstimate(a) => cmd::storage_estimate::run(a).await,
             Command::RecordKv(a) => cmd::record_kv::run(a).await,
+            Command::Worker(a) => cmd::worker::run(a).await,
             Command::LikeIndexer(a) => cmd::like_indexer::run(a).await,
             Command::GetLikesBy(a) => cmd::likes::get_likes_by(a).await,
             Command::GetLikers(a) => cmd::likes::get_likers(a).await,

@@ -182,3 +182,61 @@ pub async fn stored_cursor(js: &async_nats::jetstream::Context, instance: &str) 
     let v: serde_json::Value = serde_json::from_slice(&value).ok()?;
     v.get("seq")?.as_i64()
 }
+
+/// `n` distinct events made from the real corpus (`testdata/corpus/events.ndjson`), cycling through it: the
+/// i-th copy of a commit gets `-<i>` appended to its rkey, every copy a new `seq` and `time_us`, so every
+/// event has its own dedup id and the mix of kinds, collections and records is the relay's.
+pub fn corpus_events(n: usize) -> Vec<fpaas_event::Event> {
+    let path = crate::workspace_root().join("testdata/corpus/events.ndjson");
+    let text = std::fs::read_to_string(&path).expect("read the corpus events");
+    let base: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("corpus event"))
+        .collect();
+    let t0 = 1_790_000_000_000_000i64;
+    (0..n)
+        .map(|i| {
+            let mut v = base[i % base.len()].clone();
+            let round = i / base.len();
+            v["seq"] = serde_json::json!(1_000_000 + i as i64);
+            v["time_us"] = serde_json::json!(t0 + i as i64 * 1_000);
+            if round > 0
+                && let Some(rkey) = v["commit"]["rkey"].as_str()
+            {
+                v["commit"]["rkey"] = serde_json::json!(format!("{rkey}-{round}"));
+            }
+            let bytes = serde_json::to_vec(&v).expect("json");
+            fpaas_event::wire::decode_payload(&bytes).expect("corpus event decodes")
+        })
+        .collect()
+}
+
+/// Publishes `events` to the firehose stream exactly as the shuffler does (subject, `Nats-Msg-Id` and the
+/// `Fpaas-*` headers of [`fpaas_event::WireMessage`]); returns the stream sequence of each.
+pub async fn publish_events(
+    client: &async_nats::Client,
+    events: &[fpaas_event::Event],
+) -> Vec<u64> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut seqs = Vec::with_capacity(events.len());
+    for chunk in events.chunks(256) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            let wire = fpaas_event::WireMessage::from_event(event);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(fpaas_event::HEADER_MSG_ID, wire.msg_id.as_str());
+            for (name, value) in &wire.headers {
+                headers.insert(*name, value.as_str());
+            }
+            acks.push(
+                js.publish_with_headers(wire.subject, headers, wire.payload.into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            seqs.push(ack.await.expect("publish ack").sequence);
+        }
+    }
+    seqs
+}

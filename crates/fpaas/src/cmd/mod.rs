@@ -12,6 +12,7 @@ pub mod service;
 pub mod shuffler;
 pub mod storage_estimate;
 pub mod tail;
+pub mod worker;
 
 /// `fpaas bench NAME [--json]`: runs the benchmark (`fpaas_bench`) and prints its report.
 pub async fn bench(args: fpaas_bench::Args) -> anyhow::Result<()> {

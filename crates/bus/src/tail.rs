@@ -1,0 +1,329 @@
+//! Unacknowledged readers: a [`StreamTail`] reads a stream in order from a chosen position through an
+//! ordered (ephemeral, no-ack) consumer, with optional subject filters. It costs the server one small
+//! consumer and no acks, so a process can open one per subscription that needs to catch up; the reader
+//! remembers where it is and, after a connection loss or a consumer the server dropped, continues from
+//! the next sequence. Also: the bounds of a stream ([`stream_bounds`]) and the first sequence at or after
+//! a time ([`first_seq_at_or_after`]).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::error::{BusError, BusErrorKind};
+
+/// Where a [`StreamTail`] starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum From {
+    /// The first message still in the stream.
+    First,
+    /// The message with this stream sequence, or the next one that exists.
+    Seq(u64),
+    /// Only messages published after the reader was opened.
+    New,
+}
+
+/// One message read by a [`StreamTail`].
+#[derive(Clone, Debug)]
+pub struct TailMsg {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Subject.
+    pub subject: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Messages after this one that the server still holds for this reader (0 = this is the last one
+    /// published so far, up to the filters).
+    pub pending: u64,
+    headers: Option<HeaderMap>,
+}
+
+impl TailMsg {
+    /// The value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+}
+
+/// An in-order, unacknowledged reader of one stream (see the module docs).
+pub struct StreamTail {
+    js: jetstream::Context,
+    stream: String,
+    filters: Vec<String>,
+    /// The next sequence to read (after the last one returned).
+    next_seq: u64,
+    first: Option<From>,
+    messages: Option<pull::Ordered>,
+}
+
+impl std::fmt::Debug for StreamTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTail")
+            .field("stream", &self.stream)
+            .field("filters", &self.filters)
+            .field("next_seq", &self.next_seq)
+            .finish()
+    }
+}
+
+impl StreamTail {
+    /// A reader of `stream` from `from`, restricted to `filters` (empty = every subject). Nothing is
+    /// asked of the server until the first [`StreamTail::next`].
+    pub fn new(
+        client: &async_nats::Client,
+        stream: &str,
+        from: From,
+        filters: Vec<String>,
+    ) -> Self {
+        Self {
+            js: jetstream::new(client.clone()),
+            stream: stream.to_owned(),
+            filters,
+            next_seq: 0,
+            first: Some(from),
+            messages: None,
+        }
+    }
+
+    /// The sequence the next message will have at least.
+    pub fn position(&self) -> u64 {
+        self.next_seq
+    }
+
+    async fn open(&mut self) -> Result<(), BusError> {
+        let deliver_policy = match self.first.take() {
+            Some(From::First) => DeliverPolicy::All,
+            Some(From::New) => DeliverPolicy::New,
+            Some(From::Seq(seq)) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq.max(1),
+            },
+            None => DeliverPolicy::ByStartSequence {
+                start_sequence: self.next_seq.max(1),
+            },
+        };
+        let (filter_subject, filter_subjects) = match self.filters.as_slice() {
+            [one] => (one.clone(), Vec::new()),
+            many => (String::new(), many.to_vec()),
+        };
+        let stream =
+            self.js.get_stream(&self.stream).await.map_err(|e| {
+                BusError::during(BusErrorKind::Consumer, "get stream", &self.stream, e)
+            })?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy,
+                filter_subject,
+                filter_subjects,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                BusError::during(
+                    BusErrorKind::Consumer,
+                    "create ordered consumer",
+                    &self.stream,
+                    e,
+                )
+            })?;
+        let messages = consumer.messages().await.map_err(|e| {
+            BusError::during(BusErrorKind::Consumer, "ordered messages", &self.stream, e)
+        })?;
+        self.messages = Some(messages);
+        Ok(())
+    }
+
+    /// The next message, waiting at most `wait` for it (`Ok(None)` when none arrived in time).
+    ///
+    /// # Errors
+    /// [`BusErrorKind::Consumer`] when the consumer cannot be created or reading fails; the next call
+    /// starts over from the sequence after the last message returned.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<TailMsg>, BusError> {
+        if self.messages.is_none() {
+            let opened = tokio::time::timeout(wait.max(Duration::from_secs(2)), self.open()).await;
+            match opened {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(BusError::new(
+                        BusErrorKind::Consumer,
+                        format!("opening a reader of {} timed out", self.stream),
+                    ));
+                }
+            }
+        }
+        let Some(messages) = self.messages.as_mut() else {
+            return Ok(None);
+        };
+        let item = match tokio::time::timeout(wait, messages.next()).await {
+            Err(_) => return Ok(None),
+            Ok(item) => item,
+        };
+        match item {
+            Some(Ok(message)) => {
+                let (seq, pending) = match message.info() {
+                    Ok(info) => (info.stream_sequence, info.pending),
+                    Err(e) => {
+                        self.messages = None;
+                        return Err(BusError::new(
+                            BusErrorKind::Consumer,
+                            format!("message without info on {}: {e}", self.stream),
+                        ));
+                    }
+                };
+                self.next_seq = seq + 1;
+                Ok(Some(TailMsg {
+                    seq,
+                    subject: message.subject.to_string(),
+                    payload: message.payload.clone(),
+                    pending,
+                    headers: message.headers.clone(),
+                }))
+            }
+            Some(Err(e)) => {
+                self.messages = None;
+                Err(BusError::during(
+                    BusErrorKind::Consumer,
+                    "read",
+                    &self.stream,
+                    e,
+                ))
+            }
+            None => {
+                self.messages = None;
+                Err(BusError::new(
+                    BusErrorKind::Consumer,
+                    format!("the reader of {} ended", self.stream),
+                ))
+            }
+        }
+    }
+}
+
+/// First and last sequence of a stream and its message count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamBounds {
+    /// Sequence of the oldest message (last + 1 when empty).
+    pub first_seq: u64,
+    /// Sequence of the newest message (0 when nothing was ever stored).
+    pub last_seq: u64,
+    /// Messages stored.
+    pub messages: u64,
+}
+
+/// The bounds of `stream` now.
+///
+/// # Errors
+/// [`BusErrorKind::Consumer`] when the stream does not exist or the server does not answer.
+pub async fn stream_bounds(
+    client: &async_nats::Client,
+    stream: &str,
+) -> Result<StreamBounds, BusError> {
+    let js = jetstream::new(client.clone());
+    let mut s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| BusError::during(BusErrorKind::Consumer, "get stream", stream, e))?;
+    let info = s
+        .info()
+        .await
+        .map_err(|e| BusError::during(BusErrorKind::Consumer, "stream info", stream, e))?;
+    Ok(StreamBounds {
+        first_seq: info.state.first_sequence,
+        last_seq: info.state.last_sequence,
+        messages: info.state.messages,
+    })
+}
+
+/// The sequence of the first message of `stream` stored at or after `rfc3339` (a time in RFC 3339), or the
+/// sequence the next message will get when there is none.
+///
+/// # Errors
+/// [`BusErrorKind::Consumer`] for a bad time, a missing stream or a server failure.
+pub async fn first_seq_at_or_after(
+    client: &async_nats::Client,
+    stream: &str,
+    rfc3339: &str,
+) -> Result<u64, BusError> {
+    // The policy is built through serde so this works with either datetime type async-nats is built with.
+    let deliver_policy: DeliverPolicy = serde_json::from_value(serde_json::json!({
+        "deliver_policy": "by_start_time",
+        "opt_start_time": rfc3339,
+    }))
+    .map_err(|e| BusError::new(BusErrorKind::Consumer, format!("bad start time: {e}")))?;
+    let js = jetstream::new(client.clone());
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| BusError::during(BusErrorKind::Consumer, "get stream", stream, e))?;
+    let consumer = s
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            BusError::during(BusErrorKind::Consumer, "create ordered consumer", stream, e)
+        })?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| BusError::during(BusErrorKind::Consumer, "ordered messages", stream, e))?;
+    match tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
+        Ok(Some(Ok(m))) => m
+            .info()
+            .map(|i| i.stream_sequence)
+            .map_err(|e| BusError::new(BusErrorKind::Consumer, format!("message info: {e}"))),
+        _ => Ok(stream_bounds(client, stream).await?.last_seq + 1),
+    }
+}
+
+/// The sequence of the first message of `stream` at or after `from_seq` whose subject matches one of
+/// `filters` (every subject when empty); `None` when there is none yet. One server request per filter.
+///
+/// # Errors
+/// [`BusErrorKind::Consumer`] on a missing stream or a server failure.
+pub async fn next_seq_matching(
+    client: &async_nats::Client,
+    stream: &str,
+    filters: &[String],
+    from_seq: u64,
+) -> Result<Option<u64>, BusError> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let js = jetstream::new(client.clone());
+    let s = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| BusError::during(BusErrorKind::Consumer, "get stream", stream, e))?;
+    let all = [">".to_owned()];
+    let filters = if filters.is_empty() {
+        &all[..]
+    } else {
+        filters
+    };
+    let mut first: Option<u64> = None;
+    for filter in filters {
+        match s
+            .raw_message_builder()
+            .sequence(from_seq.max(1))
+            .next_by_subject(filter.clone())
+            .send()
+            .await
+        {
+            Ok(m) => first = Some(first.map_or(m.sequence, |f| f.min(m.sequence))),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => {
+                return Err(BusError::during(
+                    BusErrorKind::Consumer,
+                    "next message by subject",
+                    stream,
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(first)
+}

@@ -1,0 +1,205 @@
+//! The edges of delivery: a stored [`Subscription`] compiled into a [`SubConfig`] ([`compile`]), one signed
+//! POST of a batch and what its outcome means for the runner ([`send`]: accepted, gone, or retry after a
+//! wait from the subscription's schedule), and the dead-letter stream ([`DeadLetters`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use fpaas_bus::BusError;
+use fpaas_bus::{MsgLog, MsgLogSettings, ensure_msglog};
+use fpaas_control::{Start as CtlStart, Subscription, layout};
+use fpaas_webhook::{AddrPolicy, BatchRequest, Outcome, RetrySchedule, Secret};
+
+use crate::batch::{Batch, Limits};
+use crate::sub::{Start, SubConfig, SubConfigError, WebhookTarget};
+
+/// The HTTP side of a worker: one guarded client for every subscription.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    inner: fpaas_webhook::Sender,
+}
+
+impl Sender {
+    /// A sender whose targets must pass `policy`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(policy: &AddrPolicy) -> Result<Self, fpaas_webhook::SenderError> {
+        Ok(Self {
+            inner: fpaas_webhook::Sender::new(policy.clone())?,
+        })
+    }
+}
+
+/// What an attempt came to, for the runner.
+pub(crate) enum Sent {
+    Accepted,
+    Gone,
+    Retry {
+        error: String,
+        /// The wait before the next attempt after `attempt` attempts, or `None` when the schedule is over.
+        delay: Box<dyn Fn(u32) -> Option<Duration> + Send>,
+    },
+}
+
+/// One attempt of `batch` for `sub`.
+pub(crate) async fn send(shared: &crate::worker::Shared, sub: &SubConfig, batch: &Batch) -> Sent {
+    let now = Utc::now().timestamp();
+    let secrets: Vec<Secret> = sub
+        .webhook
+        .secrets
+        .iter()
+        .filter(|(_, expires)| expires.is_none_or(|e| e > now))
+        .filter_map(|(s, _)| Secret::parse(s).ok())
+        .collect();
+    let request = BatchRequest {
+        url: sub.webhook.url.clone(),
+        batch_id: batch.id.clone(),
+        body: Bytes::from(batch.body.clone()),
+        secrets,
+        timeout: sub.webhook.timeout,
+    };
+    let started = std::time::Instant::now();
+    let outcome = shared.sender.inner.deliver(&request).await;
+    metrics::histogram!("fpaas_pipeline_attempt_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
+        Outcome::Accepted { .. } => {
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "accepted")
+                .increment(1);
+            Sent::Accepted
+        }
+        Outcome::Gone => {
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "gone").increment(1);
+            Sent::Gone
+        }
+        Outcome::Retry {
+            reason,
+            retry_after,
+            detail,
+        } => {
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => reason.label())
+                .increment(1);
+            let schedule = RetrySchedule {
+                schedule_ms: sub.webhook.retry_schedule_ms.clone(),
+            };
+            Sent::Retry {
+                error: detail,
+                delay: Box::new(move |attempt| schedule.delay(attempt, retry_after)),
+            }
+        }
+    }
+}
+
+/// The dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    log: MsgLog,
+}
+
+impl DeadLetters {
+    /// Creates or updates the stream.
+    ///
+    /// # Errors
+    /// When the server refuses or cannot be reached.
+    pub async fn ensure(
+        client: &fpaas_bus::Client,
+        replicas: usize,
+        max_age_secs: u64,
+    ) -> Result<Self, BusError> {
+        let settings = MsgLogSettings {
+            name: layout::DLQ_STREAM.to_owned(),
+            subjects: vec![layout::DLQ_SUBJECTS.to_owned()],
+            max_age_secs,
+            replicas,
+            ..MsgLogSettings::default()
+        };
+        let js = fpaas_bus::jetstream(client.clone(), 256);
+        Ok(Self {
+            log: ensure_msglog(&js, &settings).await?,
+        })
+    }
+}
+
+/// Stores `batch` as a dead letter of `sub` (retried until stored or cancelled by the caller's timeout).
+pub(crate) async fn dead_letter(
+    shared: &crate::worker::Shared,
+    sub: &SubConfig,
+    batch: &Batch,
+    attempts: u32,
+    last_error: &str,
+) -> Result<u64, BusError> {
+    let subject = layout::dlq_subject(&sub.tenant, &sub.id);
+    let attempts = attempts.to_string();
+    let from = batch.from_seq.to_string();
+    let to = batch.to_seq.to_string();
+    let events = batch.events.to_string();
+    // Header values are one line.
+    let error: String = last_error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect();
+    let headers = [
+        (layout::HDR_BATCH_ID, batch.id.as_str()),
+        (layout::HDR_ATTEMPTS, attempts.as_str()),
+        (layout::HDR_LAST_ERROR, error.as_str()),
+        (layout::HDR_FROM_SEQ, from.as_str()),
+        (layout::HDR_TO_SEQ, to.as_str()),
+        (layout::HDR_EVENTS, events.as_str()),
+    ];
+    let mut backoff = fpaas_bus::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match shared
+            .dlq
+            .log
+            .publish(&subject, &headers, Bytes::from(batch.body.clone()))
+            .await
+        {
+            Ok(seq) => return Ok(seq),
+            Err(e) if e.kind().is_retryable() => {
+                tracing::warn!(subscription = %sub.id, error = %e, "storing a dead letter failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A stored subscription compiled for the worker.
+///
+/// # Errors
+/// [`SubConfigError`] when its filter or transform no longer compiles.
+pub fn compile(sub: &Subscription) -> Result<SubConfig, SubConfigError> {
+    let webhook = sub.delivery.webhook();
+    let start = match &sub.start {
+        CtlStart::Live {} => Start::Live,
+        CtlStart::RetentionStart {} => Start::RetentionStart,
+        CtlStart::Time { time } => Start::Time(time.to_rfc3339()),
+        CtlStart::Seq { seq } => Start::Seq(*seq),
+    };
+    SubConfig::new(
+        &sub.id,
+        &sub.tenant_id,
+        sub.generation,
+        sub.filter.clone(),
+        sub.transform.as_deref(),
+        Limits {
+            max_events: sub.batching.max_events.max(1) as usize,
+            max_bytes: usize::try_from(sub.batching.max_bytes).unwrap_or(usize::MAX),
+            max_wait: Duration::from_millis(sub.batching.max_wait_ms),
+        },
+        start,
+        WebhookTarget {
+            url: webhook.url.clone(),
+            timeout: Duration::from_millis(webhook.timeout_ms),
+            retry_schedule_ms: webhook.retry.schedule_ms.clone(),
+            secrets: sub
+                .secrets
+                .iter()
+                .map(|s| (s.secret.clone(), s.expires_at.map(|e| e.timestamp())))
+                .collect(),
+        },
+        0,
+    )
+}

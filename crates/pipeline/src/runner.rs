@@ -1,0 +1,584 @@
+//! One subscription's runner: from its saved progress it first finishes a batch that was in flight
+//! (same events, same id), then catches up on a reader of its own (server-side subject filters, so it reads
+//! only what its collections can match), joins the shared reader near the live edge, and falls back to
+//! catching up whenever its queue overflowed. Everything it matches goes through the batcher and is
+//! delivered one batch at a time, in stream order; progress moves only after the receiver accepted a batch
+//! (or it was dead-lettered).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use fpaas_bus::tail::{From, StreamTail, first_seq_at_or_after, next_seq_matching, stream_bounds};
+use fpaas_bus::{Backoff, BusError, KvWrite};
+use fpaas_control::{PendingBatch, Progress, SubState, Subscription, layout};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Batch, Batcher};
+use crate::event::StreamEvent;
+use crate::reader::{Ctrl, Feed};
+use crate::stats::SubCounters;
+use crate::sub::{Start, SubConfig, Transformed};
+use crate::worker::Shared;
+
+/// How long a read waits before the runner looks at its batch deadline again.
+const READ_WAIT: Duration = Duration::from_millis(100);
+/// Idle progress (no match for a while) is saved at most this often.
+const IDLE_SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a runner stopped for good.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// Cancelled (worker shutdown, subscription changed, paused, deleted or moved).
+    Cancelled,
+    /// The receiver answered 410 Gone: the subscription was disabled.
+    Disabled,
+}
+
+/// A failure that makes the runner start over from its saved progress.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("progress of {0} is not readable: {1}")]
+    BadProgress(String, String),
+}
+
+enum Step {
+    Stop(Stop),
+    Continue,
+}
+
+pub(crate) struct Runner {
+    pub(crate) sub: Arc<SubConfig>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) counters: Arc<SubCounters>,
+    pub(crate) cancel: CancellationToken,
+    progress: Progress,
+    last_saved: Instant,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        sub: Arc<SubConfig>,
+        shared: Arc<Shared>,
+        counters: Arc<SubCounters>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            sub,
+            shared,
+            counters,
+            cancel,
+            progress: Progress::default(),
+            last_saved: Instant::now(),
+        }
+    }
+
+    /// Runs until cancelled or disabled; failures start over from the saved progress after a backoff.
+    pub(crate) async fn run(mut self) -> Stop {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let result = self.run_once().await;
+            self.leave().await;
+            match result {
+                Ok(stop) => return stop,
+                Err(e) => {
+                    tracing::warn!(subscription = %self.sub.id, error = %e, "runner failed; starting over from saved progress");
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Stop::Cancelled,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn leave(&self) {
+        let _ = self
+            .shared
+            .reader_ctrl
+            .send(Ctrl::Leave {
+                id: self.sub.id.clone(),
+            })
+            .await;
+    }
+
+    async fn run_once(&mut self) -> Result<Stop, RunError> {
+        self.progress = self.load_progress().await?;
+        self.counters
+            .acked_seq
+            .store(self.progress.acked_seq, Ordering::Relaxed);
+        if let Some(pending) = self.progress.pending.clone()
+            && let Step::Stop(s) = self.redeliver(pending).await?
+        {
+            return Ok(s);
+        }
+        let mut batcher = Batcher::new(
+            &self.sub.id,
+            self.sub.generation,
+            self.sub.limits,
+            self.progress.acked_seq,
+        );
+        loop {
+            let rx = match self.catch_up(&mut batcher).await? {
+                CatchUp::Stop(s) => return Ok(s),
+                CatchUp::Live(rx) => rx,
+            };
+            if let Step::Stop(s) = self.live(&mut batcher, rx).await? {
+                return Ok(s);
+            }
+        }
+    }
+
+    /// The saved progress, or a new one from the subscription's start.
+    async fn load_progress(&self) -> Result<Progress, RunError> {
+        let key = layout::progress_key(&self.sub.id);
+        if let Some(bytes) = self.shared.progress.get(&key).await? {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| RunError::BadProgress(self.sub.id.clone(), e.to_string()));
+        }
+        let client = &self.shared.client;
+        let stream = &self.shared.stream;
+        let first = match &self.sub.start {
+            Start::Live => stream_bounds(client, stream).await?.last_seq + 1,
+            Start::RetentionStart => stream_bounds(client, stream).await?.first_seq,
+            Start::Time(t) => first_seq_at_or_after(client, stream, t).await?,
+            Start::Seq(s) => *s,
+        };
+        let progress = Progress {
+            acked_seq: first.saturating_sub(1),
+            pending: None,
+        };
+        // Only the first writer fixes the start; a concurrent owner's value wins.
+        let bytes = serde_json::to_vec(&progress).unwrap_or_default();
+        match self.shared.progress.create(&key, bytes.into()).await? {
+            KvWrite::Written(_) => Ok(progress),
+            _ => match self.shared.progress.get(&key).await? {
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| RunError::BadProgress(self.sub.id.clone(), e.to_string())),
+                None => Ok(progress),
+            },
+        }
+    }
+
+    async fn save_progress(&mut self, progress: Progress) -> Result<(), RunError> {
+        let key = layout::progress_key(&self.sub.id);
+        let bytes = serde_json::to_vec(&progress).unwrap_or_default();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            match self.shared.progress.put(&key, bytes.clone().into()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(subscription = %self.sub.id, error = %e, "saving progress failed; retrying");
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Err(RunError::Bus(e)),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.counters
+            .acked_seq
+            .store(progress.acked_seq, Ordering::Relaxed);
+        self.progress = progress;
+        self.last_saved = Instant::now();
+        Ok(())
+    }
+
+    /// Moves progress over events that matched nothing (so a restart does not re-read them), at most every
+    /// few seconds.
+    async fn save_idle(&mut self, batcher: &Batcher) -> Result<(), RunError> {
+        if batcher.is_empty()
+            && batcher.scanned_to() > self.progress.acked_seq
+            && self.last_saved.elapsed() >= IDLE_SAVE_EVERY
+        {
+            self.save_progress(Progress {
+                acked_seq: batcher.scanned_to(),
+                pending: None,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the batch that was in flight when the last owner stopped: the same range, the same id.
+    async fn redeliver(&mut self, pending: PendingBatch) -> Result<Step, RunError> {
+        let mut tail = StreamTail::new(
+            &self.shared.client,
+            &self.shared.stream,
+            From::Seq(pending.from_seq),
+            self.sub.subject_filters(),
+        );
+        let mut items = Vec::new();
+        'read: loop {
+            let msg = tokio::select! {
+                () = self.cancel.cancelled() => return Ok(Step::Stop(Stop::Cancelled)),
+                m = tail.next(Duration::from_secs(1)) => m?,
+            };
+            let Some(msg) = msg else {
+                // Nothing more up to `to_seq` (the rest was removed by retention, or never matched).
+                match next_seq_matching(
+                    &self.shared.client,
+                    &self.shared.stream,
+                    &self.sub.subject_filters(),
+                    tail.position().max(pending.from_seq),
+                )
+                .await?
+                {
+                    Some(s) if s <= pending.to_seq => continue 'read,
+                    _ => break 'read,
+                }
+            };
+            if msg.seq > pending.to_seq {
+                break;
+            }
+            if let Some(event) = StreamEvent::from_msg(&msg)
+                && self.sub.matches(&event)
+                && let Transformed::Item(item) = self.sub.transform(&event)
+            {
+                items.push(item);
+            }
+            if msg.pending == 0 {
+                break;
+            }
+        }
+        if items.is_empty() {
+            self.save_progress(Progress {
+                acked_seq: pending.to_seq.max(self.progress.acked_seq),
+                pending: None,
+            })
+            .await?;
+            return Ok(Step::Continue);
+        }
+        let body = crate::batch::body(&self.sub.id, &pending.batch_id, &items);
+        let batch = Batch {
+            id: pending.batch_id.clone(),
+            from_seq: items[0].seq,
+            to_seq: items[items.len() - 1].seq,
+            covers_to: pending.to_seq,
+            events: items.len(),
+            first_time_us: items[0].time_us,
+            body,
+        };
+        self.counters
+            .redelivered_batches
+            .fetch_add(1, Ordering::Relaxed);
+        self.deliver(batch, pending.attempt).await
+    }
+
+    /// Reads on its own from the saved position until it is at the live edge, then joins the shared
+    /// reader.
+    async fn catch_up(&mut self, batcher: &mut Batcher) -> Result<CatchUp, RunError> {
+        let filters = self.sub.subject_filters();
+        let mut tail = StreamTail::new(
+            &self.shared.client,
+            &self.shared.stream,
+            From::Seq(batcher.scanned_to() + 1),
+            filters.clone(),
+        );
+        // After a join: the queue and the reader's position at the join; the tail must cover up to it.
+        let mut joined: Option<(mpsc::Receiver<Feed>, u64)> = None;
+        loop {
+            if let Step::Stop(s) = self.flush_if_due(batcher).await? {
+                return Ok(CatchUp::Stop(s));
+            }
+            let msg = tokio::select! {
+                () = self.cancel.cancelled() => return Ok(CatchUp::Stop(Stop::Cancelled)),
+                m = tail.next(READ_WAIT) => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(subscription = %self.sub.id, error = %e, "catch-up read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match msg {
+                Some(msg) => {
+                    if let Some((_, joined_at)) = &joined
+                        && msg.seq > *joined_at
+                    {
+                        // Covered up to the join position; the queue has everything after it.
+                        batcher.scanned(*joined_at);
+                        if let Some(rx) = self.switch(&mut joined) {
+                            return Ok(CatchUp::Live(rx));
+                        }
+                    }
+                    if let Step::Stop(s) = self.consider(batcher, &msg).await? {
+                        return Ok(CatchUp::Stop(s));
+                    }
+                    if msg.pending == 0 && joined.is_none() {
+                        joined = self.join().await;
+                    }
+                }
+                None => {
+                    match &joined {
+                        None => joined = self.join().await,
+                        Some((_, joined_at)) => {
+                            let joined_at = *joined_at;
+                            let next = next_seq_matching(
+                                &self.shared.client,
+                                &self.shared.stream,
+                                &filters,
+                                batcher.scanned_to() + 1,
+                            )
+                            .await?;
+                            if next.is_none_or(|n| n > joined_at) {
+                                batcher.scanned(joined_at);
+                                if let Some(rx) = self.switch(&mut joined) {
+                                    return Ok(CatchUp::Live(rx));
+                                }
+                            }
+                        }
+                    }
+                    self.save_idle(batcher).await?;
+                }
+            }
+        }
+    }
+
+    /// The queue after a join, unless the reader already dropped it (then keep catching up).
+    fn switch(
+        &self,
+        joined: &mut Option<(mpsc::Receiver<Feed>, u64)>,
+    ) -> Option<mpsc::Receiver<Feed>> {
+        let (rx, _) = joined.take()?;
+        if rx.is_closed() { None } else { Some(rx) }
+    }
+
+    async fn join(&self) -> Option<(mpsc::Receiver<Feed>, u64)> {
+        let (tx, rx) = mpsc::channel(self.shared.queue_capacity);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.shared
+            .reader_ctrl
+            .send(Ctrl::Join {
+                sub: self.sub.clone(),
+                tx,
+                reply: reply_tx,
+            })
+            .await
+            .ok()?;
+        let at = reply_rx.await.ok()?;
+        Some((rx, at))
+    }
+
+    async fn consider(
+        &mut self,
+        batcher: &mut Batcher,
+        msg: &fpaas_bus::tail::TailMsg,
+    ) -> Result<Step, RunError> {
+        if msg.seq <= batcher.scanned_to() {
+            return Ok(Step::Continue);
+        }
+        match StreamEvent::from_msg(msg) {
+            Some(event) if self.sub.matches(&event) => self.add(batcher, &event).await,
+            _ => {
+                batcher.scanned(msg.seq);
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Adds a matched event to the batch (sending the batch first when the event would overflow it).
+    async fn add(&mut self, batcher: &mut Batcher, event: &StreamEvent) -> Result<Step, RunError> {
+        self.counters.matched.fetch_add(1, Ordering::Relaxed);
+        match self.sub.transform(event) {
+            Transformed::Item(item) => {
+                if batcher.would_overflow(item.data.len())
+                    && let Some(batch) = batcher.take()
+                    && let Step::Stop(s) = self.deliver(batch, 0).await?
+                {
+                    return Ok(Step::Stop(s));
+                }
+                batcher.push(item);
+                Ok(Step::Continue)
+            }
+            Transformed::Failed(reason) => {
+                self.counters
+                    .transform_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(subscription = %self.sub.id, seq = event.seq, reason, "transform failed; event skipped");
+                batcher.scanned(event.seq);
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Reads the shared reader's queue until it is closed (fell behind) or the runner stops.
+    async fn live(
+        &mut self,
+        batcher: &mut Batcher,
+        mut rx: mpsc::Receiver<Feed>,
+    ) -> Result<Step, RunError> {
+        loop {
+            if let Step::Stop(s) = self.flush_if_due(batcher).await? {
+                return Ok(Step::Stop(s));
+            }
+            let wait = batcher
+                .deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1));
+            let feed = tokio::select! {
+                () = self.cancel.cancelled() => return Ok(Step::Stop(Stop::Cancelled)),
+                f = tokio::time::timeout(wait, rx.recv()) => f,
+            };
+            match feed {
+                Err(_) => {}
+                Ok(None) => {
+                    self.counters.fell_behind.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Step::Continue);
+                }
+                Ok(Some(Feed::Tick(position))) => {
+                    batcher.scanned(position);
+                    self.save_idle(batcher).await?;
+                }
+                Ok(Some(Feed::Event(event))) => {
+                    if event.seq > batcher.scanned_to()
+                        && let Step::Stop(s) = self.add(batcher, &event).await?
+                    {
+                        return Ok(Step::Stop(s));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the batch when it is full or its wait is over.
+    async fn flush_if_due(&mut self, batcher: &mut Batcher) -> Result<Step, RunError> {
+        let full = batcher.is_full() || batcher.deadline().is_some_and(|d| d <= Instant::now());
+        if !full {
+            return Ok(Step::Continue);
+        }
+        let Some(batch) = batcher.take() else {
+            return Ok(Step::Continue);
+        };
+        self.deliver(batch, 0).await
+    }
+
+    /// Delivers one batch: pending saved first, then attempts by the retry schedule; progress after a 2xx
+    /// or after the dead letter is stored; 410 disables the subscription.
+    async fn deliver(&mut self, batch: Batch, attempts_before: u32) -> Result<Step, RunError> {
+        self.counters
+            .oldest_undelivered_us
+            .store(batch.first_time_us, Ordering::Relaxed);
+        self.save_progress(Progress {
+            acked_seq: self.progress.acked_seq,
+            pending: Some(PendingBatch {
+                batch_id: batch.id.clone(),
+                from_seq: batch.from_seq,
+                to_seq: batch.covers_to,
+                attempt: attempts_before,
+            }),
+        })
+        .await?;
+        let mut attempt = attempts_before;
+        loop {
+            self.shared
+                .rate
+                .acquire(&self.sub.tenant, self.sub.max_events_per_s, batch.events)
+                .await;
+            attempt += 1;
+            let outcome = tokio::select! {
+                () = self.cancel.cancelled() => return Ok(Step::Stop(Stop::Cancelled)),
+                o = crate::deliver::send(&self.shared, &self.sub, &batch) => o,
+            };
+            match outcome {
+                crate::deliver::Sent::Accepted => {
+                    self.counters.delivered(&batch);
+                    self.counters
+                        .oldest_undelivered_us
+                        .store(0, Ordering::Relaxed);
+                    self.counters.retrying.store(false, Ordering::Relaxed);
+                    self.save_progress(Progress {
+                        acked_seq: batch.covers_to,
+                        pending: None,
+                    })
+                    .await?;
+                    return Ok(Step::Continue);
+                }
+                crate::deliver::Sent::Gone => {
+                    self.counters
+                        .failed("410 Gone: subscription disabled".into());
+                    self.disable().await?;
+                    return Ok(Step::Stop(Stop::Disabled));
+                }
+                crate::deliver::Sent::Retry { error, delay } => {
+                    self.counters.failed(error.clone());
+                    let next = delay(attempt);
+                    match next {
+                        Some(wait) => {
+                            self.counters.retrying.store(true, Ordering::Relaxed);
+                            tracing::debug!(subscription = %self.sub.id, batch = %batch.id, attempt, error, wait_ms = wait.as_millis() as u64, "delivery failed; retrying");
+                            tokio::select! {
+                                () = self.cancel.cancelled() => return Ok(Step::Stop(Stop::Cancelled)),
+                                () = tokio::time::sleep(wait) => {}
+                            }
+                        }
+                        None => {
+                            self.counters.retrying.store(false, Ordering::Relaxed);
+                            crate::deliver::dead_letter(
+                                &self.shared,
+                                &self.sub,
+                                &batch,
+                                attempt,
+                                &error,
+                            )
+                            .await?;
+                            self.counters.dead_lettered(&batch);
+                            tracing::info!(subscription = %self.sub.id, batch = %batch.id, attempt, error, "batch dead-lettered");
+                            self.save_progress(Progress {
+                                acked_seq: batch.covers_to,
+                                pending: None,
+                            })
+                            .await?;
+                            return Ok(Step::Continue);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks the subscription disabled (the receiver answered 410 Gone), unless it changed meanwhile.
+    async fn disable(&self) -> Result<(), RunError> {
+        let key = layout::sub_key(&self.sub.tenant, &self.sub.id);
+        for _ in 0..5 {
+            let Some(entry) = self.shared.subs.entry(&key).await? else {
+                return Ok(());
+            };
+            let fpaas_bus::KvState::Value(bytes) = entry.state else {
+                return Ok(());
+            };
+            let Ok(mut sub) = serde_json::from_slice::<Subscription>(&bytes) else {
+                return Ok(());
+            };
+            if sub.generation != self.sub.generation {
+                return Ok(());
+            }
+            let before = sub.clone();
+            sub.set_state(SubState::Disabled);
+            sub.disabled_reason = Some("the receiver answered 410 Gone".into());
+            sub.bump_if_changed(&before);
+            let bytes = serde_json::to_vec(&sub).unwrap_or_default();
+            if let KvWrite::Written(_) = self
+                .shared
+                .subs
+                .update(&key, bytes.into(), entry.revision)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+enum CatchUp {
+    Stop(Stop),
+    Live(mpsc::Receiver<Feed>),
+}

@@ -1,0 +1,155 @@
+//! Per-subscription counters ([`SubCounters`]): kept in memory by the runner, exported as Prometheus
+//! metrics labelled by tenant and subscription, and written to the stats bucket (at most once a second,
+//! only when they changed) for the API. Counts are cumulative across workers: a runner starts from the
+//! figures its subscription already has in the bucket.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use fpaas_control::SubStats;
+
+use crate::batch::Batch;
+
+/// Counters of one subscription (see the module docs).
+#[derive(Debug, Default)]
+pub struct SubCounters {
+    /// Tenant (metric label).
+    pub tenant: String,
+    /// Subscription (metric label).
+    pub subscription: String,
+    /// Events matched.
+    pub matched: AtomicU64,
+    /// Events accepted by the receiver.
+    pub delivered_events: AtomicU64,
+    /// Batches accepted.
+    pub delivered_batches: AtomicU64,
+    /// Body bytes accepted.
+    pub delivered_bytes: AtomicU64,
+    /// Failed attempts.
+    pub failed_attempts: AtomicU64,
+    /// Events dead-lettered.
+    pub dead_lettered_events: AtomicU64,
+    /// Events the transform failed on (skipped).
+    pub transform_errors: AtomicU64,
+    /// Batches finished after a restart or a move (same id as their first attempt).
+    pub redelivered_batches: AtomicU64,
+    /// Times the queue overflowed and the subscription caught up on its own.
+    pub fell_behind: AtomicU64,
+    /// Waiting for a retry.
+    pub retrying: AtomicBool,
+    /// Saved progress.
+    pub acked_seq: AtomicU64,
+    /// Event time (µs) of the oldest event of the batch being delivered, 0 when none.
+    pub oldest_undelivered_us: AtomicI64,
+    last_error: Mutex<Option<(String, DateTime<Utc>)>>,
+}
+
+impl SubCounters {
+    /// Counters starting from `stats` (the figures already in the bucket).
+    pub fn new(tenant: &str, subscription: &str, stats: &SubStats) -> Self {
+        let c = Self {
+            tenant: tenant.to_owned(),
+            subscription: subscription.to_owned(),
+            ..Self::default()
+        };
+        c.matched.store(stats.matched_events, Ordering::Relaxed);
+        c.delivered_events
+            .store(stats.delivered_events, Ordering::Relaxed);
+        c.delivered_batches
+            .store(stats.delivered_batches, Ordering::Relaxed);
+        c.delivered_bytes
+            .store(stats.delivered_bytes, Ordering::Relaxed);
+        c.failed_attempts
+            .store(stats.failed_attempts, Ordering::Relaxed);
+        c.dead_lettered_events
+            .store(stats.dead_lettered_events, Ordering::Relaxed);
+        if let (Some(e), Some(at)) = (&stats.last_error, stats.last_error_at) {
+            *c.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((e.clone(), at));
+        }
+        c
+    }
+
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [
+            ("tenant", self.tenant.clone()),
+            ("subscription", self.subscription.clone()),
+        ]
+    }
+
+    /// A batch was accepted.
+    pub fn delivered(&self, batch: &Batch) {
+        self.delivered_events
+            .fetch_add(batch.events as u64, Ordering::Relaxed);
+        self.delivered_batches.fetch_add(1, Ordering::Relaxed);
+        self.delivered_bytes
+            .fetch_add(batch.body.len() as u64, Ordering::Relaxed);
+        let labels = self.labels();
+        metrics::counter!("fpaas_pipeline_delivered_events_total", &labels)
+            .increment(batch.events as u64);
+        metrics::counter!("fpaas_pipeline_delivered_batches_total", &labels).increment(1);
+        metrics::counter!("fpaas_pipeline_delivered_bytes_total", &labels)
+            .increment(batch.body.len() as u64);
+        if batch.first_time_us > 0 {
+            let now_us = Utc::now().timestamp_micros();
+            let age = (now_us - batch.first_time_us).max(0) as f64 / 1e6;
+            metrics::histogram!("fpaas_pipeline_delivery_age_seconds").record(age);
+        }
+    }
+
+    /// An attempt failed.
+    pub fn failed(&self, error: String) {
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("fpaas_pipeline_failed_attempts_total", &self.labels()).increment(1);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((error, Utc::now()));
+    }
+
+    /// A batch went to the dead letters.
+    pub fn dead_lettered(&self, batch: &Batch) {
+        self.dead_lettered_events
+            .fetch_add(batch.events as u64, Ordering::Relaxed);
+        metrics::counter!("fpaas_pipeline_dead_lettered_events_total", &self.labels())
+            .increment(batch.events as u64);
+    }
+
+    /// The figures for the stats bucket, with the lag against the stream's last sequence.
+    pub fn snapshot(&self, stream_last_seq: u64) -> SubStats {
+        let last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let oldest = self.oldest_undelivered_us.load(Ordering::Relaxed);
+        let lag_seconds = if oldest > 0 {
+            (Utc::now().timestamp_micros() - oldest).max(0) as f64 / 1e6
+        } else {
+            0.0
+        };
+        SubStats {
+            matched_events: self.matched.load(Ordering::Relaxed),
+            delivered_events: self.delivered_events.load(Ordering::Relaxed),
+            delivered_batches: self.delivered_batches.load(Ordering::Relaxed),
+            delivered_bytes: self.delivered_bytes.load(Ordering::Relaxed),
+            failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
+            dead_lettered_events: self.dead_lettered_events.load(Ordering::Relaxed),
+            retrying: self.retrying.load(Ordering::Relaxed),
+            last_error_at: last_error.as_ref().map(|(_, at)| *at),
+            last_error: last_error.map(|(e, _)| e),
+            lag_events: stream_last_seq.saturating_sub(self.acked_seq.load(Ordering::Relaxed)),
+            lag_seconds,
+            updated_at: None,
+        }
+    }
+
+    /// Sets the gauges of this subscription from `stats`.
+    pub fn export_gauges(&self, stats: &SubStats) {
+        let labels = self.labels();
+        metrics::gauge!("fpaas_pipeline_lag_events", &labels).set(stats.lag_events as f64);
+        metrics::gauge!("fpaas_pipeline_lag_seconds", &labels).set(stats.lag_seconds);
+        metrics::gauge!("fpaas_pipeline_retrying", &labels).set(if stats.retrying {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}

@@ -1,0 +1,506 @@
+//! The worker: watches the subscriptions bucket, holds partition leases, runs one [`crate::runner`] per
+//! active subscription of its partitions, the shared reader, and the stats writer.
+//!
+//! Partitions: a subscription belongs to partition `fnv1a(id) % partitions`. Each worker heartbeats
+//! `worker.<id>` and claims partitions `part.<n>` in the leases bucket, whose entries expire after the lease
+//! time unless refreshed. A worker aims at `ceil(partitions / live workers)` partitions: it claims free ones
+//! up to that, and hands back extra ones (stopping their runners first). A dead worker's partitions expire
+//! after the lease time and are claimed by the others at their next tick: a subscription moves within
+//! `lease_ttl + lease_ttl / 3` (documented in `docs/subscriptions.md`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fpaas_bus::tail::stream_bounds;
+use fpaas_bus::{KvBucket, KvSettings, KvState, KvWrite, ensure_kv_on};
+use fpaas_control::{SubState, SubStats, Subscription, layout};
+use futures::StreamExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::rate::RateLimiter;
+use crate::reader::{self, Ctrl, ReaderState};
+use crate::runner::{Runner, Stop};
+use crate::stats::SubCounters;
+
+/// Worker settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// NATS URL(s), comma separated.
+    pub nats_url: String,
+    /// Address of the ops HTTP server (`/metrics`, `/health`, `/ready`, `/health/detailed`) when run as
+    /// `fpaas worker`; absent or `none` = no server.
+    pub metrics_listen: Option<String>,
+    /// This worker's name in the leases bucket; empty = `w_` + random (a restarted worker is a new one).
+    pub worker_id: String,
+    /// The firehose stream.
+    pub stream: String,
+    /// Partitions subscriptions are spread over (all workers must agree; more partitions than workers).
+    pub partitions: u32,
+    /// Lease lifetime in seconds: a dead worker's subscriptions move after at most this plus a third.
+    pub lease_ttl_secs: u64,
+    /// Matched events queued per live subscription before it falls back to catching up on its own.
+    pub queue_capacity: usize,
+    /// Replicas of the worker's KV buckets and dead-letter stream (1, or 3 in a cluster).
+    pub replicas: usize,
+    /// Dead letters are kept this many seconds.
+    pub dead_letter_max_age_secs: u64,
+    /// Which webhook target addresses are allowed besides public ones (the SSRF guard). Nothing else in
+    /// production; the local stack and tests allow loopback.
+    pub webhook_addresses: fpaas_webhook::AddrPolicy,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            metrics_listen: Some("127.0.0.1:9104".into()),
+            worker_id: String::new(),
+            stream: "FIREHOSE".into(),
+            partitions: 32,
+            lease_ttl_secs: 10,
+            queue_capacity: 4_096,
+            replicas: 1,
+            dead_letter_max_age_secs: layout::DLQ_DEFAULT_MAX_AGE_SECS,
+            webhook_addresses: fpaas_webhook::AddrPolicy::default(),
+        }
+    }
+}
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// NATS provisioning failed.
+    #[error(transparent)]
+    Bus(#[from] fpaas_bus::BusError),
+    /// Bad settings.
+    #[error("worker config: {0}")]
+    Config(String),
+}
+
+/// What every runner of a worker shares.
+pub(crate) struct Shared {
+    pub(crate) client: fpaas_bus::Client,
+    pub(crate) stream: String,
+    pub(crate) progress: KvBucket,
+    pub(crate) subs: KvBucket,
+    pub(crate) dlq: crate::deliver::DeadLetters,
+    pub(crate) sender: crate::deliver::Sender,
+    pub(crate) reader_ctrl: mpsc::Sender<Ctrl>,
+    pub(crate) queue_capacity: usize,
+    pub(crate) rate: RateLimiter,
+}
+
+struct Running {
+    generation: u64,
+    cancel: CancellationToken,
+    handle: JoinHandle<Stop>,
+    counters: Arc<SubCounters>,
+    partition: u32,
+}
+
+/// The partition of a subscription id (FNV-1a, stable across versions and machines).
+pub fn partition_of(id: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions.max(1)
+}
+
+/// Runs a worker until `cancel`; what it owns is handed back on the way out.
+///
+/// # Errors
+/// [`WorkerError`] when its buckets cannot be provisioned.
+pub async fn run(
+    client: fpaas_bus::Client,
+    config: WorkerConfig,
+    cancel: CancellationToken,
+) -> Result<(), WorkerError> {
+    if config.partitions == 0 || config.lease_ttl_secs == 0 || config.queue_capacity == 0 {
+        return Err(WorkerError::Config(
+            "partitions, lease_ttl_secs and queue_capacity must be positive".into(),
+        ));
+    }
+    let worker_id = if config.worker_id.is_empty() {
+        format!("w_{:016x}", rand::random::<u64>())
+    } else {
+        config.worker_id.clone()
+    };
+    let kv = |bucket: &str, description: &str, max_age_secs: u64| KvSettings {
+        description: description.to_owned(),
+        max_age_secs,
+        replicas: config.replicas,
+        ..KvSettings::bucket(bucket)
+    };
+    let subs = ensure_kv_on(
+        &client,
+        &kv(
+            layout::SUBS_BUCKET,
+            "fpaas subscriptions (written by the API)",
+            0,
+        ),
+    )
+    .await?;
+    let progress = ensure_kv_on(
+        &client,
+        &kv(
+            layout::PROGRESS_BUCKET,
+            "fpaas subscription progress (written by workers)",
+            0,
+        ),
+    )
+    .await?;
+    let stats = ensure_kv_on(
+        &client,
+        &kv(
+            layout::STATS_BUCKET,
+            "fpaas subscription stats (written by workers)",
+            0,
+        ),
+    )
+    .await?;
+    let leases = ensure_kv_on(
+        &client,
+        &kv(
+            layout::LEASES_BUCKET,
+            "fpaas worker heartbeats and partition leases (expire unless refreshed)",
+            config.lease_ttl_secs,
+        ),
+    )
+    .await?;
+    let dlq = crate::deliver::DeadLetters::ensure(
+        &client,
+        config.replicas,
+        config.dead_letter_max_age_secs,
+    )
+    .await?;
+    let sender = crate::deliver::Sender::new(&config.webhook_addresses)
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(1024);
+    let reader_state = Arc::new(ReaderState::default());
+    let reader_cancel = cancel.child_token();
+    let reader = tokio::spawn(reader::run(
+        client.clone(),
+        config.stream.clone(),
+        ctrl_rx,
+        reader_state.clone(),
+        reader_cancel.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        stream: config.stream.clone(),
+        progress,
+        subs: subs.clone(),
+        dlq,
+        sender,
+        reader_ctrl: ctrl_tx,
+        queue_capacity: config.queue_capacity,
+        rate: RateLimiter::default(),
+    });
+    tracing::info!(worker = %worker_id, partitions = config.partitions, lease_ttl_secs = config.lease_ttl_secs, "worker started");
+
+    let mut directory: HashMap<String, Subscription> = HashMap::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut owned: HashMap<u32, u64> = HashMap::new(); // partition -> lease revision
+    let tick = Duration::from_millis((config.lease_ttl_secs * 1000 / 3).max(200));
+    let mut lease_timer = tokio::time::interval(tick);
+    let mut stats_timer = tokio::time::interval(Duration::from_secs(1));
+    let mut last_written: HashMap<String, SubStats> = HashMap::new();
+    let mut watch = None;
+    let gauge_partitions = metrics::gauge!("fpaas_pipeline_partitions_owned");
+    let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
+    let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
+
+    loop {
+        if watch.is_none() {
+            match subs.watch(">").await {
+                Ok(w) => watch = Some(Box::pin(w)),
+                Err(e) => tracing::warn!(error = %e, "watching subscriptions failed; retrying"),
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            item = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => { tokio::time::sleep(Duration::from_millis(500)).await; None }
+                }
+            } => {
+                match item {
+                    Some(Ok((entry, _))) => {
+                        if let Some((_, id)) = layout::parse_sub_key(&entry.key) {
+                            let id = id.to_owned();
+                            match entry.state {
+                                KvState::Value(bytes) => match serde_json::from_slice::<Subscription>(&bytes) {
+                                    Ok(sub) => { directory.insert(id, sub); }
+                                    Err(e) => tracing::warn!(key = entry.key, error = %e, "unreadable subscription"),
+                                },
+                                KvState::Deleted { .. } => {
+                                    directory.remove(&id);
+                                    let _ = shared.progress.remove(&layout::progress_key(&id)).await;
+                                    let _ = stats.remove(&layout::stats_key(&id)).await;
+                                }
+                            }
+                            reconcile(&shared, &stats, &config, &directory, &owned, &mut running).await;
+                        }
+                    }
+                    Some(Err(e)) => { tracing::warn!(error = %e, "subscription watch failed; re-watching"); watch = None; }
+                    None => { watch = None; }
+                }
+            }
+            _ = lease_timer.tick() => {
+                leases_tick(&leases, &worker_id, &config, &mut owned, &mut running).await;
+                reconcile(&shared, &stats, &config, &directory, &owned, &mut running).await;
+                gauge_partitions.set(owned.len() as f64);
+                gauge_subs.set(running.len() as f64);
+                gauge_live.set(reader_state.live.load(Ordering::Relaxed) as f64);
+            }
+            _ = stats_timer.tick() => {
+                write_stats(&shared, &stats, &running, &mut last_written).await;
+            }
+        }
+    }
+
+    // Shutdown: stop runners (their pending batches stay for the next owner), save stats, hand back leases.
+    for (_, r) in running.iter() {
+        r.cancel.cancel();
+    }
+    for (_, r) in running.drain() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.handle).await;
+    }
+    reader_cancel.cancel();
+    let _ = reader.await;
+    for (partition, revision) in owned.drain() {
+        let _ = leases
+            .delete(&format!("part.{partition}"), Some(revision), None)
+            .await;
+    }
+    let _ = leases
+        .delete(&format!("worker.{worker_id}"), None, None)
+        .await;
+    tracing::info!(worker = %worker_id, "worker stopped");
+    Ok(())
+}
+
+/// Heartbeat, refresh owned leases, hand back extra partitions, claim free ones.
+async fn leases_tick(
+    leases: &KvBucket,
+    worker_id: &str,
+    config: &WorkerConfig,
+    owned: &mut HashMap<u32, u64>,
+    running: &mut HashMap<String, Running>,
+) {
+    let me = Bytes::from(worker_id.to_owned());
+    if let Err(e) = leases.put(&format!("worker.{worker_id}"), me.clone()).await {
+        tracing::warn!(error = %e, "lease heartbeat failed");
+        return;
+    }
+    // Refresh what we hold; a lease that changed hands (expired and claimed) is lost.
+    let mut lost = Vec::new();
+    for (partition, revision) in owned.iter_mut() {
+        match leases
+            .update(&format!("part.{partition}"), me.clone(), *revision)
+            .await
+        {
+            Ok(KvWrite::Written(r)) => *revision = r,
+            Ok(_) => lost.push(*partition),
+            Err(e) => {
+                tracing::warn!(error = %e, partition, "lease refresh failed");
+            }
+        }
+    }
+    for partition in lost {
+        tracing::warn!(partition, "partition lease lost");
+        owned.remove(&partition);
+        stop_partition(partition, running).await;
+    }
+    let Ok(entries) = leases.snapshot(">", false).await else {
+        return;
+    };
+    let workers = entries
+        .iter()
+        .filter(|e| e.key.starts_with("worker.") && matches!(e.state, KvState::Value(_)))
+        .count()
+        .max(1);
+    let held: BTreeSet<u32> = entries
+        .iter()
+        .filter(|e| matches!(e.state, KvState::Value(_)))
+        .filter_map(|e| e.key.strip_prefix("part.")?.parse().ok())
+        .collect();
+    let target = (config.partitions as usize).div_ceil(workers);
+    // Hand back extras (highest numbers first), runners stopped before the lease goes.
+    while owned.len() > target {
+        let Some(&partition) = owned.keys().max() else {
+            break;
+        };
+        let revision = owned.remove(&partition).unwrap_or(0);
+        stop_partition(partition, running).await;
+        let _ = leases
+            .delete(&format!("part.{partition}"), Some(revision), None)
+            .await;
+        tracing::info!(partition, "partition handed back");
+    }
+    // Claim free partitions, starting at a worker-specific offset so workers do not race for the same.
+    let offset = partition_of(worker_id, config.partitions);
+    for i in 0..config.partitions {
+        if owned.len() >= target {
+            break;
+        }
+        let partition = (offset + i) % config.partitions;
+        if held.contains(&partition) {
+            continue;
+        }
+        if let Ok(KvWrite::Written(r)) = leases
+            .create(&format!("part.{partition}"), me.clone())
+            .await
+        {
+            tracing::info!(partition, "partition claimed");
+            owned.insert(partition, r);
+        }
+    }
+}
+
+async fn stop_partition(partition: u32, running: &mut HashMap<String, Running>) {
+    let ids: Vec<String> = running
+        .iter()
+        .filter(|(_, r)| r.partition == partition)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ids {
+        if let Some(r) = running.remove(&id) {
+            r.cancel.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.handle).await;
+        }
+    }
+}
+
+/// Starts, restarts and stops runners so that exactly the active subscriptions of owned partitions run,
+/// each at its current generation.
+async fn reconcile(
+    shared: &Arc<Shared>,
+    stats: &KvBucket,
+    config: &WorkerConfig,
+    directory: &HashMap<String, Subscription>,
+    owned: &HashMap<u32, u64>,
+    running: &mut HashMap<String, Running>,
+) {
+    // Stop what must not run (or runs an old generation, or ended).
+    let stale: Vec<String> = running
+        .iter()
+        .filter(|(id, r)| {
+            r.handle.is_finished()
+                || match directory.get(*id) {
+                    None => true,
+                    Some(sub) => {
+                        sub.state != SubState::Active
+                            || sub.generation != r.generation
+                            || !owned.contains_key(&r.partition)
+                    }
+                }
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        if let Some(r) = running.remove(&id) {
+            r.cancel.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.handle).await;
+        }
+    }
+    for (id, sub) in directory {
+        if sub.state != SubState::Active || running.contains_key(id) {
+            continue;
+        }
+        let partition = partition_of(id, config.partitions);
+        if !owned.contains_key(&partition) {
+            continue;
+        }
+        let cfg = match crate::deliver::compile(sub) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::warn!(subscription = %id, error = %e, "subscription cannot run");
+                continue;
+            }
+        };
+        let previous: SubStats = match stats.get(&layout::stats_key(id)).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            _ => SubStats::default(),
+        };
+        let counters = Arc::new(SubCounters::new(&sub.tenant_id, id, &previous));
+        let cancel = CancellationToken::new();
+        let runner = Runner::new(cfg, shared.clone(), counters.clone(), cancel.clone());
+        let handle = tokio::spawn(runner.run());
+        running.insert(
+            id.clone(),
+            Running {
+                generation: sub.generation,
+                cancel,
+                handle,
+                counters,
+                partition,
+            },
+        );
+    }
+}
+
+async fn write_stats(
+    shared: &Shared,
+    stats: &KvBucket,
+    running: &HashMap<String, Running>,
+    last: &mut HashMap<String, SubStats>,
+) {
+    if running.is_empty() {
+        return;
+    }
+    let last_seq = match stream_bounds(&shared.client, &shared.stream).await {
+        Ok(b) => b.last_seq,
+        Err(_) => return,
+    };
+    last.retain(|id, _| running.contains_key(id));
+    for (id, r) in running {
+        let mut s = r.counters.snapshot(last_seq);
+        r.counters.export_gauges(&s);
+        if last.get(id).is_some_and(|prev| {
+            let mut p = prev.clone();
+            p.updated_at = None;
+            p == s
+        }) {
+            continue;
+        }
+        let unstamped = s.clone();
+        s.updated_at = Some(chrono::Utc::now());
+        let bytes = serde_json::to_vec(&s).unwrap_or_default();
+        if stats
+            .put(&layout::stats_key(id), bytes.into())
+            .await
+            .is_ok()
+        {
+            last.insert(id.clone(), unstamped);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        assert_eq!(partition_of("s_abc", 32), partition_of("s_abc", 32));
+        let mut counts = [0u32; 8];
+        for i in 0..8_000 {
+            counts[partition_of(&format!("s_{i:016}"), 8) as usize] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "{counts:?}");
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! The worker against a real nats-server and real HTTP receivers on loopback: what it delivers is exactly
+//! what a model computes from the same events (filter, transform, order, batch limits), signatures verify,
+//! retries follow the receiver's answers, the last failure becomes a dead letter, 410 disables, and a
+//! worker that dies mid-delivery is replaced by another that redelivers the same batch under the same id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fpaas_control::{SubState, Subscription, SubscriptionSpec, layout};
+use fpaas_event::Event;
+use fpaas_pipeline::WorkerConfig;
+use fpaas_testkit::stream::{corpus_events, publish_events};
+use fpaas_testkit::{NatsServer, Received, Reply, WebhookReceiver, eventually};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    _server: NatsServer,
+    client: async_nats::Client,
+    subs: fpaas_bus::KvBucket,
+}
+
+async fn env() -> Env {
+    let server = NatsServer::new();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    fpaas_bus::ensure_stream(
+        &js,
+        &fpaas_bus::StreamSettings {
+            max_bytes: 1 << 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("stream");
+    let subs =
+        fpaas_bus::ensure_kv_on(&client, &fpaas_bus::KvSettings::bucket(layout::SUBS_BUCKET))
+            .await
+            .expect("subs bucket");
+    Env {
+        _server: server,
+        client,
+        subs,
+    }
+}
+
+fn config(id: &str) -> WorkerConfig {
+    let mut c = WorkerConfig {
+        worker_id: id.into(),
+        partitions: 4,
+        lease_ttl_secs: 2,
+        queue_capacity: 64,
+        metrics_listen: None,
+        ..Default::default()
+    };
+    c.webhook_addresses.allow_loopback = true;
+    c
+}
+
+fn start_worker(env: &Env, id: &str) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let client = env.client.clone();
+    let cfg = config(id);
+    let c = cancel.clone();
+    let handle = tokio::spawn(async move {
+        fpaas_pipeline::run(client, cfg, c).await.expect("worker");
+    });
+    (cancel, handle)
+}
+
+async fn put_sub(env: &Env, id: &str, spec: Value) -> Subscription {
+    let spec: SubscriptionSpec = serde_json::from_value(spec).expect("spec");
+    let sub = Subscription::from_spec(id.into(), "t_test".into(), spec);
+    env.subs
+        .put(
+            &layout::sub_key("t_test", id),
+            Bytes::from(serde_json::to_vec(&sub).unwrap()),
+        )
+        .await
+        .expect("put sub");
+    sub
+}
+
+async fn get_sub(env: &Env, id: &str) -> Subscription {
+    let bytes = env
+        .subs
+        .get(&layout::sub_key("t_test", id))
+        .await
+        .unwrap()
+        .expect("sub");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn secret_of(sub: &Subscription) -> fpaas_webhook::Secret {
+    fpaas_webhook::Secret::parse(&sub.secrets[0].secret).expect("secret")
+}
+
+/// The batches a receiver got, verified and parsed.
+fn batches(received: &[Received], secret: &fpaas_webhook::Secret) -> Vec<Value> {
+    received
+        .iter()
+        .map(|r| {
+            let id = r.header("webhook-id").expect("webhook-id");
+            let ts = r.header("webhook-timestamp").expect("webhook-timestamp");
+            let sig = r.header("webhook-signature").expect("webhook-signature");
+            fpaas_webhook::sign::verify(
+                id,
+                ts,
+                sig,
+                &r.body,
+                std::slice::from_ref(secret),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+                Duration::from_secs(300),
+            )
+            .unwrap_or_else(|e| panic!("signature of {id}: {e:?}"));
+            let v: Value = serde_json::from_slice(&r.body).expect("batch JSON");
+            assert_eq!(v["batch_id"], id, "webhook-id is the batch id");
+            v
+        })
+        .collect()
+}
+
+/// Events of accepted batches, first delivery of each batch id only, in order.
+fn delivered_events(batches: &[Value]) -> Vec<Value> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for b in batches {
+        if seen.insert(b["batch_id"].as_str().unwrap().to_owned()) {
+            out.extend(b["events"].as_array().unwrap().iter().cloned());
+        }
+    }
+    out
+}
+
+fn model(
+    events: &[Event],
+    seqs: &[u64],
+    keep: impl Fn(&Event) -> bool,
+    map: impl Fn(&Value) -> Value,
+) -> Vec<(u64, Value)> {
+    events
+        .iter()
+        .zip(seqs)
+        .filter(|(e, _)| keep(e))
+        .map(|(e, s)| {
+            (
+                *s,
+                map(&serde_json::from_slice::<Value>(
+                    &fpaas_event::WireMessage::from_event(e).payload,
+                )
+                .unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The filter `collections: [app.bsky.feed.*], operations: [create]`: as in Jetstream, collections and
+/// operations do not exclude events that have none (identity, account).
+fn is_feed_create(e: &Event) -> bool {
+    match &e.commit {
+        None => true,
+        Some(c) => {
+            c.collection.starts_with("app.bsky.feed.")
+                && c.operation == fpaas_event::Operation::Create
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivers_exactly_the_filtered_transformed_events_in_order_within_batch_limits() {
+    let env = env().await;
+    let receiver = WebhookReceiver::start().await;
+    let events = corpus_events(900);
+    let (old, new) = events.split_at(600);
+    let mut seqs = publish_events(&env.client, old).await;
+
+    let likes_did = events
+        .iter()
+        .find(|e| {
+            e.commit
+                .as_ref()
+                .is_some_and(|c| c.collection == "app.bsky.feed.like")
+        })
+        .unwrap()
+        .did
+        .clone();
+    let feed = put_sub(
+        &env,
+        "s_feed",
+        json!({
+            "filter": {"collections": ["app.bsky.feed.*"], "operations": ["create"]},
+            "transform": "{did: did, c: commit.collection, r: commit.rkey}",
+            "batching": {"max_events": 25, "max_bytes": 8192, "max_wait_ms": 200},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "webhook", "url": receiver.url("/feed")}
+        }),
+    )
+    .await;
+    let one_did = put_sub(
+        &env,
+        "s_did",
+        json!({
+            "filter": {"dids": [likes_did], "predicate": "commit.collection == 'app.bsky.feed.like'"},
+            "batching": {"max_events": 1000, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "webhook", "url": receiver.url("/did")}
+        }),
+    )
+    .await;
+    let (cancel, handle) = start_worker(&env, "w_one");
+    // Live events after the worker started: caught up, then delivered from the shared reader.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    seqs.extend(publish_events(&env.client, new).await);
+
+    let want_feed = model(
+        &events,
+        &seqs,
+        is_feed_create,
+        |v| json!({"did": v["did"], "c": v["commit"]["collection"], "r": v["commit"]["rkey"]}),
+    );
+    let want_did = model(
+        &events,
+        &seqs,
+        |e| {
+            e.did == likes_did
+                && e.commit
+                    .as_ref()
+                    .is_some_and(|c| c.collection == "app.bsky.feed.like")
+        },
+        Value::clone,
+    );
+    let count = |path: &str| {
+        let r = receiver.received();
+        r.iter()
+            .filter(|x| x.path == path)
+            .map(|x| {
+                serde_json::from_slice::<Value>(&x.body).unwrap()["events"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .sum::<usize>()
+    };
+    eventually(Duration::from_secs(30), || {
+        let done = count("/feed") >= want_feed.len() && count("/did") >= want_did.len();
+        async move { done }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "delivered feed {} of {}, did {} of {}",
+            count("/feed"),
+            want_feed.len(),
+            count("/did"),
+            want_did.len()
+        )
+    });
+    cancel.cancel();
+    handle.await.unwrap();
+
+    for (path, sub, want, max_events) in [
+        ("/feed", &feed, &want_feed, 25usize),
+        ("/did", &one_did, &want_did, 1000),
+    ] {
+        let received: Vec<Received> = receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect();
+        let bs = batches(&received, &secret_of(sub));
+        for b in &bs {
+            let n = b["events"].as_array().unwrap().len();
+            assert!((1..=max_events).contains(&n), "{path}: batch of {n}");
+            assert!(
+                b["batch_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{}.", sub.id))
+            );
+        }
+        if path == "/feed" {
+            for r in &received {
+                assert!(
+                    r.body.len() <= 8192,
+                    "batch body {} > max_bytes",
+                    r.body.len()
+                );
+            }
+        }
+        let got = delivered_events(&bs);
+        let got: Vec<(u64, Value)> = got
+            .iter()
+            .map(|e| (e["seq"].as_u64().unwrap(), e["data"].clone()))
+            .collect();
+        if got.len() != want.len() {
+            let mut seen = BTreeMap::new();
+            for b in &bs {
+                for e in b["events"].as_array().unwrap() {
+                    seen.entry(e["seq"].as_u64().unwrap())
+                        .or_insert_with(Vec::new)
+                        .push(b["batch_id"].as_str().unwrap().to_owned());
+                }
+            }
+            let dups: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
+            eprintln!("DUPS {path}: {dups:?}");
+            let w: BTreeSet<u64> = want.iter().map(|x| x.0).collect();
+            let extra: Vec<_> = got.iter().filter(|x| !w.contains(&x.0)).take(5).collect();
+            let g: BTreeSet<u64> = got.iter().map(|x| x.0).collect();
+            let missing: Vec<_> = want.iter().filter(|x| !g.contains(&x.0)).take(5).collect();
+            eprintln!("EXTRA {extra:?}\nMISSING {missing:?}");
+        }
+        assert_eq!(got.len(), want.len(), "{path}: delivered vs model");
+        assert_eq!(
+            &got, want,
+            "{path}: the same events, transformed, in stream order"
+        );
+    }
+    // The ids are the events' dedup ids.
+    let first = &delivered_events(&batches(
+        &receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == "/did")
+            .collect::<Vec<_>>(),
+        &secret_of(&one_did),
+    ))[0];
+    assert!(
+        first["id"].as_str().unwrap().starts_with("c:did:"),
+        "{first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_follow_the_receiver_then_dead_letter_and_410_disables() {
+    let env = env().await;
+    let receiver = WebhookReceiver::start().await;
+    let events = corpus_events(40);
+    publish_events(&env.client, &events).await;
+    let spec = |path: &str, schedule: Vec<u64>| {
+        json!({
+            "filter": {"collections": ["app.bsky.feed.like"]},
+            "batching": {"max_events": 1000, "max_wait_ms": 50},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "webhook", "url": receiver.url(path), "timeout_ms": 500,
+                         "retry": {"schedule_ms": schedule}}
+        })
+    };
+    // /retry: 500, then 429 with Retry-After: 1, then a timeout, then 200.
+    // /dead: always 500 with a schedule of two short retries. /gone: 410.
+    receiver.respond_with(|r| match r.path.as_str() {
+        "/dead" => Reply::status(500),
+        "/gone" => Reply::status(410),
+        _ => Reply::ok(),
+    });
+    let retry_spec = spec("/retry", vec![100, 100, 100]);
+    receiver.push([
+        Reply::status(500),
+        Reply::status(429).retry_after("1"),
+        Reply::ok().delay(Duration::from_millis(1500)),
+    ]);
+    put_sub(&env, "s_retry", retry_spec).await;
+    let (cancel, handle) = start_worker(&env, "w_r");
+    let at = |path: &str| -> Vec<Received> {
+        receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    };
+    eventually(Duration::from_secs(20), || {
+        let done = at("/retry").len() >= 4;
+        async move { done }
+    })
+    .await
+    .expect("four attempts");
+    let attempts = at("/retry");
+    let ids: BTreeSet<&str> = attempts[..4]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "every attempt carries the same webhook-id");
+    let gap = attempts[2].at - attempts[1].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 honoured ({gap:?})"
+    );
+
+    put_sub(&env, "s_dead", spec("/dead", vec![50, 50])).await;
+    put_sub(&env, "s_gone", spec("/gone", vec![50])).await;
+    eventually(Duration::from_secs(20), || {
+        let done = at("/dead").len() >= 3 && !at("/gone").is_empty();
+        async move { done }
+    })
+    .await
+    .expect("dead and gone attempted");
+    // The dead letter: one batch with every like, after exactly 3 attempts.
+    let dlq = fpaas_bus::ensure_msglog(
+        &async_nats::jetstream::new(env.client.clone()),
+        &fpaas_bus::MsgLogSettings::default(),
+    )
+    .await
+    .unwrap();
+    let subject = layout::dlq_subject("t_test", "s_dead");
+    let letters = {
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = dlq.list(&subject, 1, 10).await.unwrap();
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        found
+    };
+    assert_eq!(letters.len(), 1, "one dead letter");
+    assert_eq!(letters[0].header(layout::HDR_ATTEMPTS), Some("3"));
+    assert_eq!(at("/dead").len(), 3, "no attempt after the schedule");
+    let body: Value = serde_json::from_slice(&letters[0].payload).unwrap();
+    let likes = events
+        .iter()
+        .filter(|e| {
+            e.commit
+                .as_ref()
+                .is_some_and(|c| c.collection == "app.bsky.feed.like")
+        })
+        .count();
+    assert_eq!(body["events"].as_array().unwrap().len(), likes);
+    assert_eq!(
+        body,
+        serde_json::from_slice::<Value>(&at("/dead")[0].body).unwrap()
+    );
+    // 410: disabled, with a reason, and not attempted again.
+    eventually(Duration::from_secs(10), || async {
+        get_sub(&env, "s_gone").await.state == SubState::Disabled
+    })
+    .await
+    .expect("disabled after 410");
+    assert!(get_sub(&env, "s_gone").await.disabled_reason.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(at("/gone").len(), 1);
+    cancel.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_dies_mid_delivery_is_replaced_and_the_batch_keeps_its_id() {
+    let env = env().await;
+    let receiver = WebhookReceiver::start().await;
+    let events = corpus_events(300);
+    let seqs = publish_events(&env.client, &events).await;
+    // The first attempt hangs (the worker dies during it); later ones succeed.
+    receiver.push([Reply::ok().delay(Duration::from_secs(30))]);
+    let sub = put_sub(
+        &env,
+        "s_kill",
+        json!({
+            "filter": {"kinds": ["commit"]},
+            "batching": {"max_events": 50, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "webhook", "url": receiver.url("/k"), "timeout_ms": 60000}
+        }),
+    )
+    .await;
+    let (_a_cancel, a) = start_worker(&env, "w_a");
+    receiver
+        .wait_for(1, Duration::from_secs(15))
+        .await
+        .expect("first attempt");
+    a.abort(); // no shutdown: leases and the pending batch stay behind, as after kill -9
+    let _ = a.await;
+    let (b_cancel, b) = start_worker(&env, "w_b");
+    let commits = events.iter().filter(|e| e.commit.is_some()).count();
+    let count = || delivered_events(&batches(&receiver.received(), &secret_of(&sub))).len();
+    eventually(Duration::from_secs(30), || {
+        // The hung first attempt counts as delivered by id; the redelivery must carry that id.
+        let done = count() >= commits;
+        async move { done }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {commits}", count()));
+    b_cancel.cancel();
+    b.await.unwrap();
+    let all = batches(&receiver.received(), &secret_of(&sub));
+    let first_id = all[0]["batch_id"].as_str().unwrap();
+    let again: Vec<&Value> = all[1..]
+        .iter()
+        .filter(|b| b["batch_id"] == first_id)
+        .collect();
+    assert_eq!(
+        again.len(),
+        1,
+        "the batch in flight was redelivered once, under its id"
+    );
+    assert_eq!(again[0]["events"], all[0]["events"], "with the same events");
+    // Every event at least once; every repeat of an event carries the batch id of its first delivery.
+    let mut first_batch: BTreeMap<String, String> = BTreeMap::new();
+    for b in &all {
+        for e in b["events"].as_array().unwrap() {
+            let id = e["id"].as_str().unwrap().to_owned();
+            let bid = b["batch_id"].as_str().unwrap().to_owned();
+            let first = first_batch.entry(id.clone()).or_insert(bid.clone());
+            assert_eq!(*first, bid, "event {id} repeated under another batch id");
+        }
+    }
+    let want: BTreeSet<u64> = events
+        .iter()
+        .zip(&seqs)
+        .filter(|(e, _)| e.commit.is_some())
+        .map(|(_, s)| *s)
+        .collect();
+    let got: BTreeSet<u64> = delivered_events(&all)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, want, "nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_split_the_subscriptions_and_one_takes_over_when_the_other_dies() {
+    let env = env().await;
+    let receiver = WebhookReceiver::start().await;
+    let mut subs = Vec::new();
+    for i in 0..8 {
+        subs.push(
+            put_sub(
+                &env,
+                &format!("s_pair{i}"),
+                json!({
+                    "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"]},
+                    "batching": {"max_events": 100, "max_wait_ms": 50},
+                    "start": {"at": "seq", "seq": 1},
+                    "delivery": {"type": "webhook", "url": receiver.url(&format!("/p{i}"))}
+                }),
+            )
+            .await,
+        );
+    }
+    let (_ca, a) = start_worker(&env, "w_1");
+    let (cb, b) = start_worker(&env, "w_2");
+    let events = corpus_events(600);
+    let (first, second) = events.split_at(300);
+    publish_events(&env.client, first).await;
+    let likes = |evs: &[Event]| {
+        evs.iter()
+            .filter(|e| {
+                e.commit
+                    .as_ref()
+                    .is_some_and(|c| c.collection == "app.bsky.feed.like")
+            })
+            .count()
+    };
+    let per_path = || {
+        let mut m: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for r in receiver.received() {
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            for e in v["events"].as_array().unwrap() {
+                m.entry(r.path.clone())
+                    .or_default()
+                    .insert(e["seq"].as_u64().unwrap());
+            }
+        }
+        m
+    };
+    let want1 = likes(first);
+    eventually(Duration::from_secs(30), || {
+        let m = per_path();
+        let done = m.len() == 8 && m.values().all(|s| s.len() >= want1);
+        async move { done }
+    })
+    .await
+    .expect("both workers deliver the first half");
+    // Both workers own partitions.
+    let leases = fpaas_bus::ensure_kv_on(
+        &env.client,
+        &fpaas_bus::KvSettings {
+            max_age_secs: 2,
+            ..fpaas_bus::KvSettings::bucket(layout::LEASES_BUCKET)
+        },
+    )
+    .await
+    .unwrap();
+    let owners: BTreeSet<String> = leases
+        .snapshot("part.*", false)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.state {
+            fpaas_bus::KvState::Value(v) => Some(String::from_utf8_lossy(&v).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(owners, BTreeSet::from(["w_1".to_owned(), "w_2".to_owned()]));
+    // Worker 1 dies without handing anything back; worker 2 takes every subscription.
+    a.abort();
+    let _ = a.await;
+    let died = std::time::Instant::now();
+    publish_events(&env.client, second).await;
+    let want = want1 + likes(second);
+    eventually(Duration::from_secs(30), || {
+        let m = per_path();
+        let done = m.values().all(|s| s.len() >= want);
+        async move { done }
+    })
+    .await
+    .expect("every subscription complete after the takeover");
+    let took = died.elapsed();
+    assert!(took < Duration::from_secs(12), "takeover took {took:?}");
+    cb.cancel();
+    b.await.unwrap();
+    // Nothing lost, and never an event of one subscription at another's URL.
+    for s in per_path().values() {
+        assert_eq!(s.len(), want);
+    }
+    drop(subs);
+}
