@@ -47,17 +47,20 @@ pub fn nats_server_bin() -> PathBuf {
     panic!("nats-server not found: {SETUP_HINT}");
 }
 
-/// The Python interpreter of the project venv (`<root>/.tools/venv/bin/python`), which has the
-/// `atproto` SDK and `nats-py`.
+/// The Python interpreter of the project venv: env `FPAAS_PYTHON` (set by `scripts/test.sh`), else
+/// `<root>/.tools/venv/bin/python`, which has the `atproto` SDK, `nats-py` and `standardwebhooks`.
 ///
 /// # Panics
-/// When it does not exist, with the install hint.
+/// When it does not exist, with the install hint. Tests never skip for lack of the interpreter.
 pub fn python() -> PathBuf {
-    let path = workspace_root()
-        .join(".tools")
-        .join("venv")
-        .join("bin")
-        .join("python");
+    let path = match std::env::var_os("FPAAS_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_root()
+            .join(".tools")
+            .join("venv")
+            .join("bin")
+            .join("python"),
+    };
     assert!(
         path.is_file(),
         "python not found at {}: {SETUP_HINT}",

@@ -5,6 +5,7 @@ pub mod dev;
 pub mod kv_admin;
 pub mod like_indexer;
 pub mod likes;
+pub mod receive;
 pub mod record;
 pub mod record_kv;
 pub mod relay_sim;
