@@ -113,6 +113,9 @@ impl Sender {
     /// # Errors
     /// When the HTTP client cannot be built (no usable TLS or resolver backend).
     pub fn new(policy: AddrPolicy) -> Result<Self, SenderError> {
+        // HTTPS targets: rustls with the ring provider (the one async-nats already brings); installing it
+        // is a no-op when the process has done so.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = policy
             .client_builder()
             .user_agent(USER_AGENT)
