@@ -166,11 +166,11 @@ pub(crate) async fn dead_letter(
     }
 }
 
-/// A stored subscription compiled for the worker.
+/// A stored subscription compiled for the worker, with its tenant's delivery-rate quota (events/s, 0 = none).
 ///
 /// # Errors
 /// [`SubConfigError`] when its filter or transform no longer compiles.
-pub fn compile(sub: &Subscription) -> Result<SubConfig, SubConfigError> {
+pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, SubConfigError> {
     let webhook = sub.delivery.webhook();
     let start = match &sub.start {
         CtlStart::Live {} => Start::Live,
@@ -200,6 +200,6 @@ pub fn compile(sub: &Subscription) -> Result<SubConfig, SubConfigError> {
                 .map(|s| (s.secret.clone(), s.expires_at.map(|e| e.timestamp())))
                 .collect(),
         },
-        0,
+        max_events_per_s,
     )
 }

@@ -67,6 +67,21 @@ impl SubCounters {
         if let (Some(e), Some(at)) = (&stats.last_error, stats.last_error_at) {
             *c.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((e.clone(), at));
         }
+        // Exported from where the subscription's counts are, so its series continue across workers.
+        let labels = c.labels();
+        for (name, value) in [
+            ("fpaas_pipeline_matched_events_total", stats.matched_events),
+            ("fpaas_pipeline_delivered_events_total", stats.delivered_events),
+            ("fpaas_pipeline_delivered_batches_total", stats.delivered_batches),
+            ("fpaas_pipeline_delivered_bytes_total", stats.delivered_bytes),
+            ("fpaas_pipeline_failed_attempts_total", stats.failed_attempts),
+            (
+                "fpaas_pipeline_dead_lettered_events_total",
+                stats.dead_lettered_events,
+            ),
+        ] {
+            metrics::counter!(name, &labels).absolute(value);
+        }
         c
     }
 
@@ -141,9 +156,11 @@ impl SubCounters {
         }
     }
 
-    /// Sets the gauges of this subscription from `stats`.
+    /// Sets the gauges (and the matched-events counter) of this subscription from `stats`.
     pub fn export_gauges(&self, stats: &SubStats) {
         let labels = self.labels();
+        metrics::counter!("fpaas_pipeline_matched_events_total", &labels)
+            .absolute(stats.matched_events);
         metrics::gauge!("fpaas_pipeline_lag_events", &labels).set(stats.lag_events as f64);
         metrics::gauge!("fpaas_pipeline_lag_seconds", &labels).set(stats.lag_seconds);
         metrics::gauge!("fpaas_pipeline_retrying", &labels).set(if stats.retrying {

@@ -96,6 +96,7 @@ pub(crate) struct Shared {
     pub(crate) reader_ctrl: mpsc::Sender<Ctrl>,
     pub(crate) queue_capacity: usize,
     pub(crate) rate: RateLimiter,
+    pub(crate) tenants: KvBucket,
 }
 
 struct Running {
@@ -168,6 +169,15 @@ pub async fn run(
         ),
     )
     .await?;
+    let tenants = ensure_kv_on(
+        &client,
+        &kv(
+            layout::TENANTS_BUCKET,
+            "fpaas tenants and API keys (written by the API)",
+            0,
+        ),
+    )
+    .await?;
     let leases = ensure_kv_on(
         &client,
         &kv(
@@ -205,6 +215,7 @@ pub async fn run(
         reader_ctrl: ctrl_tx,
         queue_capacity: config.queue_capacity,
         rate: RateLimiter::default(),
+        tenants,
     });
     tracing::info!(worker = %worker_id, partitions = config.partitions, lease_ttl_secs = config.lease_ttl_secs, "worker started");
 
@@ -216,6 +227,9 @@ pub async fn run(
     let mut stats_timer = tokio::time::interval(Duration::from_secs(1));
     let mut last_written: HashMap<String, SubStats> = HashMap::new();
     let mut watch = None;
+    register_metrics();
+    metrics::counter!("fpaas_pipeline_fell_behind_total").absolute(0);
+    metrics::counter!("fpaas_pipeline_unreadable_events_total").absolute(0);
     let gauge_partitions = metrics::gauge!("fpaas_pipeline_partitions_owned");
     let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
     let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
@@ -289,6 +303,85 @@ pub async fn run(
         .await;
     tracing::info!(worker = %worker_id, "worker stopped");
     Ok(())
+}
+
+/// Describes every pipeline metric, so `/metrics` says what each is before its first event.
+fn register_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "fpaas_pipeline_matched_events_total",
+        "Events that matched a subscription (per tenant, subscription)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_delivered_events_total",
+        "Events in batches the receiver accepted (per tenant, subscription)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_delivered_batches_total",
+        "Batches the receiver accepted (per tenant, subscription)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_delivered_bytes_total",
+        "Body bytes the receiver accepted (per tenant, subscription)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_failed_attempts_total",
+        "Delivery attempts that failed (per tenant, subscription)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_dead_lettered_events_total",
+        "Events in dead-lettered batches (per tenant, subscription)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_attempts_total",
+        "Delivery attempts by outcome."
+    );
+    describe_counter!(
+        "fpaas_pipeline_fell_behind_total",
+        "Times a subscription's queue overflowed and it caught up on its own reader."
+    );
+    describe_counter!(
+        "fpaas_pipeline_unreadable_events_total",
+        "Stream messages on subjects that are not firehose events (skipped)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_rate_limited_total",
+        "Batches that waited for their tenant's delivery-rate quota (per tenant)."
+    );
+    describe_gauge!(
+        "fpaas_pipeline_lag_events",
+        "Stream positions between the stream's last sequence and the subscription's progress."
+    );
+    describe_gauge!(
+        "fpaas_pipeline_lag_seconds",
+        "Age of the oldest matched event not yet accepted (0 when none waits)."
+    );
+    describe_gauge!(
+        "fpaas_pipeline_retrying",
+        "1 while a subscription's batch waits for a retry."
+    );
+    describe_gauge!(
+        "fpaas_pipeline_partitions_owned",
+        "Partitions this worker holds a lease on."
+    );
+    describe_gauge!(
+        "fpaas_pipeline_subscriptions_running",
+        "Subscriptions this worker runs."
+    );
+    describe_gauge!(
+        "fpaas_pipeline_subscriptions_live",
+        "Subscriptions fed by the shared reader (the rest are catching up)."
+    );
+    describe_histogram!(
+        "fpaas_pipeline_attempt_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one delivery attempt."
+    );
+    describe_histogram!(
+        "fpaas_pipeline_delivery_age_seconds",
+        metrics::Unit::Seconds,
+        "Event time of a batch's first event to the receiver's acceptance."
+    );
 }
 
 /// Heartbeat, refresh owned leases, hand back extra partitions, claim free ones.
@@ -423,7 +516,8 @@ async fn reconcile(
         if !owned.contains_key(&partition) {
             continue;
         }
-        let cfg = match crate::deliver::compile(sub) {
+        let quota = tenant_rate_quota(&shared.tenants, &sub.tenant_id).await;
+        let cfg = match crate::deliver::compile(sub, quota) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::warn!(subscription = %id, error = %e, "subscription cannot run");
@@ -448,6 +542,17 @@ async fn reconcile(
                 partition,
             },
         );
+    }
+}
+
+/// The tenant's delivery-rate quota in events per second (0 = none; a tenant record that cannot be read
+/// leaves the subscription unlimited rather than stopped).
+async fn tenant_rate_quota(tenants: &KvBucket, tenant_id: &str) -> u32 {
+    match tenants.get(&layout::tenant_key(tenant_id)).await {
+        Ok(Some(bytes)) => serde_json::from_slice::<fpaas_control::Tenant>(&bytes)
+            .map(|t| u32::try_from(t.quotas.max_delivery_events_per_s).unwrap_or(u32::MAX))
+            .unwrap_or(0),
+        _ => 0,
     }
 }
 
