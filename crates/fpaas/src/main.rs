@@ -60,6 +60,8 @@ enum Command {
     ImportCar(cmd::kv_admin::ImportCarArgs),
     /// Remove the project's streams, KV buckets and consumers.
     Reset(cmd::kv_admin::ResetArgs),
+    /// Run the HTTP API (tenants, subscriptions, stats, dead letters; /openapi.json).
+    Serve(cmd::serve::Args),
 }
 
 /// The log filter when `RUST_LOG` is unset: one-shot queries and tools print their answer and only warnings
@@ -123,6 +125,7 @@ fn main() -> std::process::ExitCode {
             Command::PutRecord(a) => cmd::kv_admin::put_record(a).await,
             Command::ImportCar(a) => cmd::kv_admin::import_car(a).await,
             Command::Reset(a) => cmd::kv_admin::reset(a).await,
+            Command::Serve(a) => cmd::serve::run(a).await,
         }
     });
     match result {

@@ -29,6 +29,11 @@ fn generated() -> String {
         "`fpaas like-indexer`",
         "The record KV's likes → the like index. See `docs/record-kv.md`.",
     ));
+    s.push('\n');
+    s.push_str(&markdown::<fpaas_api::ApiConfig>(
+        "`fpaas serve`",
+        "The HTTP API. See `docs/api.md`.",
+    ));
     s
 }
 

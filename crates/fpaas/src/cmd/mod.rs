@@ -8,6 +8,7 @@ pub mod likes;
 pub mod record;
 pub mod record_kv;
 pub mod relay_sim;
+pub mod serve;
 pub mod service;
 pub mod shuffler;
 pub mod storage_estimate;
