@@ -13,8 +13,33 @@ pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// JSON Schema of [`FilterSpec`] (crates/filter has no schema derive; this mirrors its fields).
+fn filter_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "Which events: every part optional; an empty filter matches every event (docs/filters.md).",
+        "additionalProperties": false,
+        "properties": {
+            "kinds": {"type": "array", "items": {"enum": ["commit", "identity", "account", "sync"]},
+                "description": "Event kinds; empty = all."},
+            "operations": {"type": "array", "items": {"enum": ["create", "update", "delete"]},
+                "description": "Commit operations; empty = all."},
+            "collections": {"type": "array", "items": {"type": "string"}, "maxItems": 100,
+                "description": "NSIDs (app.bsky.feed.like) or prefixes (app.bsky.feed.*); empty = all."},
+            "dids": {"type": "array", "items": {"type": "string"}, "maxItems": 10000,
+                "description": "Repository DIDs; empty = all (at most the tenant's max_dids_per_filter)."},
+            "predicate": {"type": ["string", "null"], "maxLength": 4096,
+                "description": "JMESPath on the event JSON; the event matches when it is truthy."}
+        }
+    })
+}
+
+fn optional_filter_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    filter_schema(g)
+}
+
 /// Per-tenant limits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     /// Most subscriptions the tenant may have (enforced by the API: 429 `quota_exceeded`).
@@ -37,7 +62,7 @@ impl Default for Quotas {
 }
 
 /// A change of some quotas (admin `PATCH`); absent fields keep their value.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotasPatch {
     /// New [`Quotas::max_subscriptions`].
@@ -64,7 +89,7 @@ impl QuotasPatch {
 }
 
 /// A tenant: the owner of API keys and subscriptions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tenant {
     /// `t_` + 16 base32 characters.
     pub id: String,
@@ -74,13 +99,15 @@ pub struct Tenant {
     #[serde(default)]
     pub quotas: Quotas,
     /// Creation time.
+    #[schemars(with = "String")]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[schemars(with = "String")]
     pub updated_at: DateTime<Utc>,
 }
 
 /// What the admin posts to create a tenant.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     /// Display name (≤ 200 characters).
@@ -91,7 +118,7 @@ pub struct TenantSpec {
 }
 
 /// What the admin patches on a tenant; absent fields are unchanged.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantPatch {
     /// New display name.
@@ -101,7 +128,7 @@ pub struct TenantPatch {
 }
 
 /// An API key as stored (under the SHA-256 of its token; the token itself is never stored).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiKeyRecord {
     /// The tenant the key acts for.
     pub tenant_id: String,
@@ -111,11 +138,14 @@ pub struct ApiKeyRecord {
     #[serde(default)]
     pub label: String,
     /// Creation time.
+    #[schemars(with = "String")]
     pub created_at: DateTime<Utc>,
 }
 
 /// Where a subscription's events come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The firehose stream (the only source for now).
@@ -124,7 +154,9 @@ pub enum Source {
 }
 
 /// The lifecycle state of a subscription.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SubState {
     /// Matching and delivering.
@@ -137,7 +169,7 @@ pub enum SubState {
 }
 
 /// Batch limits: a batch is sent when any is reached.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Batching {
     /// Most events in a batch (1..=10,000).
@@ -159,7 +191,7 @@ impl Default for Batching {
 }
 
 /// A change of some batch limits; absent fields keep their value.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingPatch {
     /// New [`Batching::max_events`].
@@ -182,7 +214,7 @@ impl BatchingPatch {
 }
 
 /// Where in the stream a new subscription starts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "at", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Start {
     /// With the events published from now on. (Variants without data are written `Live {}` so that
@@ -193,6 +225,7 @@ pub enum Start {
     /// With the first event published at or after `time`.
     Time {
         /// RFC 3339.
+        #[schemars(with = "String")]
         time: DateTime<Utc>,
     },
     /// With the event at stream sequence `seq` (or the first after it).
@@ -209,7 +242,7 @@ impl Default for Start {
 }
 
 /// A retry schedule: attempts = 1 + its length; after the last, the batch is dead-lettered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Waits before each retry, in ms (≤ 20 entries, each ≤ 24 h); jitter is added by the worker, and a
@@ -226,7 +259,7 @@ impl Default for RetryPolicy {
 }
 
 /// A webhook target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookDelivery {
     /// `https://…` (or `http://…`); checked for syntax here and against the SSRF policy by the worker.
@@ -244,7 +277,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 /// How batches are delivered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Delivery {
     /// POST to a URL, signed (Standard Webhooks).
@@ -261,12 +294,13 @@ impl Delivery {
 }
 
 /// A signing secret of a subscription.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SecretEntry {
     /// `whsec_` + base64 of the key bytes.
     pub secret: String,
     /// When it stops being used (set on rotation); `None` = current.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -278,7 +312,7 @@ impl SecretEntry {
 }
 
 /// What a tenant posts to create a subscription.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
     /// Optional display name (≤ 200 characters).
@@ -289,6 +323,7 @@ pub struct SubscriptionSpec {
     pub source: Source,
     /// Which events (an empty filter matches every event).
     #[serde(default)]
+    #[schemars(schema_with = "filter_schema")]
     pub filter: FilterSpec,
     /// Optional JMESPath projection applied to each matched event's JSON.
     #[serde(default)]
@@ -306,7 +341,7 @@ pub struct SubscriptionSpec {
 /// What a tenant patches on a subscription: every field optional, absent fields unchanged. `transform:
 /// null` removes the transform; `filter` and `delivery` replace the whole object; `batching` changes the
 /// given limits. The start position is fixed at creation.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubscriptionPatch {
     /// New name (`null` removes it).
@@ -320,6 +355,7 @@ pub struct SubscriptionPatch {
     pub state: Option<SubState>,
     /// New filter (replaces the old one).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_filter_schema")]
     pub filter: Option<FilterSpec>,
     /// New transform (`null` removes it).
     #[serde(
@@ -345,7 +381,7 @@ where
 }
 
 /// A subscription as stored and returned: the spec and the server's fields.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subscription {
     /// `s_` + 16 base32 characters.
     pub id: String,
@@ -364,6 +400,7 @@ pub struct Subscription {
     pub source: Source,
     /// Which events.
     #[serde(default)]
+    #[schemars(schema_with = "filter_schema")]
     pub filter: FilterSpec,
     /// Optional JMESPath projection.
     #[serde(default)]
@@ -382,8 +419,10 @@ pub struct Subscription {
     /// +1 on every change of filter, transform, batching, delivery or state (part of batch ids).
     pub generation: u64,
     /// Creation time.
+    #[schemars(with = "String")]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[schemars(with = "String")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -513,7 +552,7 @@ pub fn redact_secret(secret: &str) -> String {
 
 /// A batch in flight (written before the first attempt, cleared after the receiver accepted it or it was
 /// dead-lettered).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PendingBatch {
     /// `<sub_id>.<from_seq>-<to_seq>.g<generation>`.
     pub batch_id: String,
@@ -526,7 +565,7 @@ pub struct PendingBatch {
 }
 
 /// A subscription's position, written by the worker only.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Progress {
     /// Every matching event with stream sequence ≤ this was accepted (2xx) or dead-lettered.
     pub acked_seq: u64,
@@ -536,7 +575,7 @@ pub struct Progress {
 }
 
 /// A subscription's counters, written by the worker (at most once a second per subscription).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct SubStats {
     /// Events that matched the filter.
@@ -556,17 +595,19 @@ pub struct SubStats {
     /// The last delivery error.
     pub last_error: Option<String>,
     /// When it happened.
+    #[schemars(with = "Option<String>")]
     pub last_error_at: Option<DateTime<Utc>>,
     /// Matching events not yet delivered (estimate).
     pub lag_events: u64,
     /// Age of the oldest undelivered matching event, in seconds.
     pub lag_seconds: f64,
     /// When the worker wrote these figures.
+    #[schemars(with = "Option<String>")]
     pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A tenant's metering: sums over its subscriptions' stats.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Usage {
     /// The tenant.
     pub tenant_id: String,

@@ -34,6 +34,11 @@ fn generated() -> String {
         "`fpaas worker`",
         "Subscriptions → matched, batched, signed webhook deliveries. See `docs/subscriptions.md`.",
     ));
+    s.push('\n');
+    s.push_str(&markdown::<fpaas_api::ApiConfig>(
+        "`fpaas serve`",
+        "The HTTP API. See `docs/api.md`.",
+    ));
     s
 }
 

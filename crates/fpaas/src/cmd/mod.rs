@@ -9,6 +9,7 @@ pub mod receive;
 pub mod record;
 pub mod record_kv;
 pub mod relay_sim;
+pub mod serve;
 pub mod service;
 pub mod shuffler;
 pub mod storage_estimate;

@@ -1,0 +1,951 @@
+//! The route table: every operation of the API once — method, path, who may call it, its request and
+//! response schemas — from which both the router ([`crate::router`]) and `/openapi.json`
+//! ([`crate::openapi`]) are built, so the two cannot drift. The handlers follow, thin: authenticate, parse,
+//! call the store, shape the answer.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use fpaas_control::{
+    ApiKeyRecord, Progress, Quotas, SubState, SubStats, Subscription, SubscriptionPatch,
+    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Usage, layout,
+};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Admin, TenantAuth};
+use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::state::AppState;
+
+/// Who may call an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (no token).
+    Public,
+    /// The admin token.
+    Admin,
+    /// A tenant's API key; the operation only ever sees that tenant's resources.
+    Tenant,
+}
+
+impl Access {
+    /// `public`, `admin`, `tenant` (the `x-fpaas-access` of the OpenAPI operation).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Admin => "admin",
+            Access::Tenant => "tenant",
+        }
+    }
+}
+
+/// A schema of the OpenAPI document.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// What a successful answer carries.
+#[derive(Clone, Copy)]
+pub enum Body {
+    /// No body (204).
+    Empty,
+    /// JSON of a schema.
+    Json(SchemaFn),
+    /// The stored batch body, byte for byte (`application/json`).
+    RawBatch,
+}
+
+/// One operation of the API.
+#[derive(Clone, Copy)]
+pub struct Operation {
+    /// HTTP method, lowercase (`get`, `post`, `patch`, `delete`).
+    pub method: &'static str,
+    /// Path template with `{param}`s (axum and OpenAPI share the syntax).
+    pub path: &'static str,
+    /// OpenAPI `operationId` (also the CLI's vocabulary).
+    pub operation_id: &'static str,
+    /// One line.
+    pub summary: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Request body schema, when it takes one.
+    pub request: Option<SchemaFn>,
+    /// Query parameters: (name, description).
+    pub query: &'static [(&'static str, &'static str)],
+    /// Success status.
+    pub status: u16,
+    /// Success body.
+    pub response: Body,
+    /// Error statuses it can answer besides 401/403 (listed in the document).
+    pub errors: &'static [u16],
+    /// The handler.
+    pub handler: fn() -> MethodRouter<AppState>,
+}
+
+impl std::fmt::Debug for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method.to_uppercase(), self.path)
+    }
+}
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+const BODY_ERRORS: &[u16] = &[400, 413, 422];
+
+/// Every operation. A new endpoint is added here (and nowhere else) — the tenant-isolation test walks the
+/// document built from this list and fails on an operation it has no case for.
+pub fn operations() -> Vec<Operation> {
+    vec![
+        Operation {
+            method: "get",
+            path: "/openapi.json",
+            operation_id: "openapi",
+            summary: "This document.",
+            access: Access::Public,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(|_| schemars::json_schema!({"type": "object"})),
+            errors: &[],
+            handler: || get(crate::openapi::handler),
+        },
+        // ------------------------------------------------------------- admin
+        Operation {
+            method: "post",
+            path: "/v1/tenants",
+            operation_id: "createTenant",
+            summary: "Create a tenant and its first API key (the token is shown once).",
+            access: Access::Admin,
+            request: Some(schema::<CreateTenant>),
+            query: &[],
+            status: 201,
+            response: Body::Json(schema::<TenantCreated>),
+            errors: BODY_ERRORS,
+            handler: || post(create_tenant),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/tenants",
+            operation_id: "listTenants",
+            summary: "List tenants.",
+            access: Access::Admin,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<TenantList>),
+            errors: &[],
+            handler: || get(list_tenants),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/tenants/{tenant_id}",
+            operation_id: "getTenant",
+            summary: "Get a tenant.",
+            access: Access::Admin,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Tenant>),
+            errors: &[404],
+            handler: || get(get_tenant),
+        },
+        Operation {
+            method: "patch",
+            path: "/v1/tenants/{tenant_id}",
+            operation_id: "updateTenant",
+            summary: "Change a tenant's name or quotas.",
+            access: Access::Admin,
+            request: Some(schema::<TenantPatch>),
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Tenant>),
+            errors: &[400, 404, 409, 413, 422],
+            handler: || patch(update_tenant),
+        },
+        Operation {
+            method: "delete",
+            path: "/v1/tenants/{tenant_id}",
+            operation_id: "deleteTenant",
+            summary: "Delete a tenant, its subscriptions and its API keys.",
+            access: Access::Admin,
+            request: None,
+            query: &[],
+            status: 204,
+            response: Body::Empty,
+            errors: &[404],
+            handler: || delete(delete_tenant),
+        },
+        Operation {
+            method: "post",
+            path: "/v1/tenants/{tenant_id}/keys",
+            operation_id: "createKey",
+            summary: "Add an API key to a tenant (the token is shown once).",
+            access: Access::Admin,
+            request: Some(schema::<CreateKey>),
+            query: &[],
+            status: 201,
+            response: Body::Json(schema::<KeyCreated>),
+            errors: &[400, 404, 413, 422],
+            handler: || post(create_key),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/tenants/{tenant_id}/keys",
+            operation_id: "listKeys",
+            summary: "List a tenant's API keys (without tokens).",
+            access: Access::Admin,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<KeyList>),
+            errors: &[404],
+            handler: || get(list_keys),
+        },
+        Operation {
+            method: "delete",
+            path: "/v1/tenants/{tenant_id}/keys/{key_id}",
+            operation_id: "deleteKey",
+            summary: "Revoke an API key.",
+            access: Access::Admin,
+            request: None,
+            query: &[],
+            status: 204,
+            response: Body::Empty,
+            errors: &[404],
+            handler: || delete(delete_key),
+        },
+        // ------------------------------------------------------------- tenant
+        Operation {
+            method: "post",
+            path: "/v1/subscriptions",
+            operation_id: "createSubscription",
+            summary: "Create a subscription (its signing secret is shown in this answer only).",
+            access: Access::Tenant,
+            request: Some(schema::<SubscriptionSpec>),
+            query: &[],
+            status: 201,
+            response: Body::Json(schema::<Subscription>),
+            errors: &[400, 413, 422, 429],
+            handler: || post(create_sub),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/subscriptions",
+            operation_id: "listSubscriptions",
+            summary: "List the tenant's subscriptions (secrets redacted).",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<SubscriptionList>),
+            errors: &[],
+            handler: || get(list_subs),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/subscriptions/{sub_id}",
+            operation_id: "getSubscription",
+            summary: "Get a subscription (secrets redacted; `ETag` = its revision).",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Subscription>),
+            errors: &[404],
+            handler: || get(get_sub),
+        },
+        Operation {
+            method: "patch",
+            path: "/v1/subscriptions/{sub_id}",
+            operation_id: "updateSubscription",
+            summary: "Change a subscription; with `If-Match: \"<revision>\"` only if unchanged since read.",
+            access: Access::Tenant,
+            request: Some(schema::<SubscriptionPatch>),
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Subscription>),
+            errors: &[400, 404, 409, 413, 422, 429],
+            handler: || patch(update_sub),
+        },
+        Operation {
+            method: "delete",
+            path: "/v1/subscriptions/{sub_id}",
+            operation_id: "deleteSubscription",
+            summary: "Delete a subscription.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 204,
+            response: Body::Empty,
+            errors: &[404],
+            handler: || delete(delete_sub),
+        },
+        Operation {
+            method: "post",
+            path: "/v1/subscriptions/{sub_id}/pause",
+            operation_id: "pauseSubscription",
+            summary: "Pause: nothing is delivered until resumed; progress is kept.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Subscription>),
+            errors: &[404, 409],
+            handler: || post(pause_sub),
+        },
+        Operation {
+            method: "post",
+            path: "/v1/subscriptions/{sub_id}/resume",
+            operation_id: "resumeSubscription",
+            summary: "Resume a paused or disabled subscription from its saved progress.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Subscription>),
+            errors: &[404, 409],
+            handler: || post(resume_sub),
+        },
+        Operation {
+            method: "post",
+            path: "/v1/subscriptions/{sub_id}/rotate-secret",
+            operation_id: "rotateSecret",
+            summary: "New signing secret; the old ones stay valid for `overlap_secs` (shown in this answer only).",
+            access: Access::Tenant,
+            request: Some(schema::<RotateSecret>),
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Subscription>),
+            errors: &[400, 404, 409, 413, 422],
+            handler: || post(rotate_secret),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/subscriptions/{sub_id}/stats",
+            operation_id: "subscriptionStats",
+            summary: "Delivery stats and progress of a subscription.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<StatsView>),
+            errors: &[404],
+            handler: || get(sub_stats),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/usage",
+            operation_id: "usage",
+            summary: "The tenant's metering: events matched, events and bytes delivered (sums over its subscriptions).",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Usage>),
+            errors: &[],
+            handler: || get(usage),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/subscriptions/{sub_id}/dead-letters",
+            operation_id: "listDeadLetters",
+            summary: "List dead-lettered batches, oldest first.",
+            access: Access::Tenant,
+            request: None,
+            query: &[
+                (
+                    "from_seq",
+                    "Only dead letters with seq ≥ this (paging: last seq + 1).",
+                ),
+                ("limit", "At most this many (1..=1000, default 100)."),
+            ],
+            status: 200,
+            response: Body::Json(schema::<DeadLetterList>),
+            errors: &[400, 404],
+            handler: || get(list_dead_letters),
+        },
+        Operation {
+            method: "delete",
+            path: "/v1/subscriptions/{sub_id}/dead-letters",
+            operation_id: "purgeDeadLetters",
+            summary: "Remove every dead letter of the subscription.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Purged>),
+            errors: &[404],
+            handler: || delete(purge_dead_letters),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/subscriptions/{sub_id}/dead-letters/{seq}",
+            operation_id: "getDeadLetter",
+            summary: "The dead-lettered batch body exactly as it was POSTed (details in `Fpaas-*` headers).",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::RawBatch,
+            errors: &[404],
+            handler: || get(get_dead_letter),
+        },
+        Operation {
+            method: "delete",
+            path: "/v1/subscriptions/{sub_id}/dead-letters/{seq}",
+            operation_id: "deleteDeadLetter",
+            summary: "Remove one dead letter.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 204,
+            response: Body::Empty,
+            errors: &[404],
+            handler: || delete(delete_dead_letter),
+        },
+    ]
+}
+
+// ------------------------------------------------------------------ DTOs
+
+/// Create a tenant.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Display name (≤ 200 characters).
+    pub name: String,
+    /// Limits; absent fields take their defaults.
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// Label of the first API key.
+    #[serde(default)]
+    pub key_label: Option<String>,
+}
+
+/// A new tenant and its first key.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct TenantCreated {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// The key (without its token).
+    pub key: ApiKeyRecord,
+    /// The bearer token of the key: shown once, only its hash is stored.
+    pub token: String,
+}
+
+/// Tenants.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct TenantList {
+    /// Oldest first.
+    pub tenants: Vec<Tenant>,
+}
+
+/// Create an API key.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateKey {
+    /// Free text to tell keys apart.
+    pub label: Option<String>,
+}
+
+/// A new API key.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct KeyCreated {
+    /// The key (without its token).
+    pub key: ApiKeyRecord,
+    /// The bearer token: shown once, only its hash is stored.
+    pub token: String,
+}
+
+/// API keys.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct KeyList {
+    /// Oldest first.
+    pub keys: Vec<ApiKeyRecord>,
+}
+
+/// Subscriptions.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct SubscriptionList {
+    /// Oldest first, secrets redacted.
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// Rotate a subscription's signing secret.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotateSecret {
+    /// How long the current secrets keep being used next to the new one, in seconds (0..=2,592,000).
+    pub overlap_secs: u64,
+}
+
+impl Default for RotateSecret {
+    fn default() -> Self {
+        Self {
+            overlap_secs: 86_400,
+        }
+    }
+}
+
+/// Longest rotation overlap: 30 days.
+pub const MAX_OVERLAP_SECS: u64 = 30 * 24 * 60 * 60;
+
+/// A subscription's stats and progress.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct StatsView {
+    /// The subscription.
+    pub subscription_id: String,
+    /// Its state.
+    pub state: SubState,
+    /// Its generation.
+    pub generation: u64,
+    /// Its saved position (`null` before the first save).
+    pub progress: Option<Progress>,
+    /// Its counters (zeros before the worker's first report).
+    pub stats: SubStats,
+}
+
+/// A dead-lettered batch (the body itself: `GET …/dead-letters/{seq}`).
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct DeadLetter {
+    /// Its sequence in the dead-letter stream (its id here).
+    pub seq: u64,
+    /// The batch id (= `webhook-id` of its attempts).
+    pub batch_id: Option<String>,
+    /// Events in the batch.
+    pub events: Option<u64>,
+    /// Attempts made.
+    pub attempts: Option<u64>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// First firehose stream sequence of the batch.
+    pub from_seq: Option<u64>,
+    /// Last firehose stream sequence of the batch.
+    pub to_seq: Option<u64>,
+    /// Body size in bytes.
+    pub bytes: u64,
+    /// When it was dead-lettered (RFC 3339).
+    pub time: String,
+}
+
+/// Dead letters.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct DeadLetterList {
+    /// Oldest first.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// What a purge removed.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct Purged {
+    /// Dead letters removed.
+    pub purged: u64,
+}
+
+/// The error body (every non-2xx answer).
+pub fn error_schema(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<ErrorBody>()
+}
+
+// ------------------------------------------------------------------ admin handlers
+
+async fn create_tenant(
+    _: Admin,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> Result<(StatusCode, Json<TenantCreated>), ApiError> {
+    let (tenant, key, token) = s
+        .store
+        .create_tenant(
+            TenantSpec {
+                name: body.name,
+                quotas: body.quotas,
+            },
+            body.key_label.as_deref().unwrap_or("default"),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TenantCreated { tenant, key, token }),
+    ))
+}
+
+async fn list_tenants(_: Admin, State(s): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+    Ok(Json(TenantList {
+        tenants: s.store.list_tenants().await?,
+    }))
+}
+
+async fn get_tenant(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Tenant>, ApiError> {
+    Ok(Json(s.store.tenant(&id).await?))
+}
+
+async fn update_tenant(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TenantPatch>,
+) -> Result<Json<Tenant>, ApiError> {
+    Ok(Json(s.store.update_tenant(&id, &body).await?))
+}
+
+async fn delete_tenant(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete_tenant(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_key(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+    let (key, token) = s
+        .store
+        .create_key(&id, body.label.as_deref().unwrap_or(""))
+        .await?;
+    Ok((StatusCode::CREATED, Json(KeyCreated { key, token })))
+}
+
+async fn list_keys(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    Ok(Json(KeyList {
+        keys: s.store.list_keys(&id).await?,
+    }))
+}
+
+async fn delete_key(
+    _: Admin,
+    State(s): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete_key(&id, &key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ tenant handlers
+
+fn with_etag(revision: u64, body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{revision}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("If-Match must be a revision from an ETag (\"123\")"))
+}
+
+async fn create_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    ApiJson(spec): ApiJson<SubscriptionSpec>,
+) -> Result<Response, ApiError> {
+    let sub = s.store.create_subscription(&auth.tenant, spec).await?;
+    let (_, revision) = s.store.subscription(&auth.tenant.id, &sub.id).await?;
+    let mut response = with_etag(revision, (StatusCode::CREATED, Json(&sub)));
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/subscriptions/{}", sub.id)) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn list_subs(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+) -> Result<Json<SubscriptionList>, ApiError> {
+    let subscriptions = s
+        .store
+        .list_subscriptions(&auth.tenant.id)
+        .await?
+        .iter()
+        .map(Subscription::redacted)
+        .collect();
+    Ok(Json(SubscriptionList { subscriptions }))
+}
+
+async fn get_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (sub, revision) = s.store.subscription(&auth.tenant.id, &id).await?;
+    Ok(with_etag(revision, Json(sub.redacted())))
+}
+
+async fn update_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SubscriptionPatch>,
+) -> Result<Response, ApiError> {
+    if body.state == Some(SubState::Disabled) {
+        return Err(ApiError::validation(&fpaas_control::ValidationError::new(
+            fpaas_control::ValidationCode::BadValue,
+            "state",
+            "a subscription can be set active or paused; disabled is the server's",
+        )));
+    }
+    let expected = if_match(&headers)?;
+    let (sub, revision) = s
+        .store
+        .update_subscription(&auth.tenant, &id, expected, |cur| Ok(cur.patched(&body)))
+        .await?;
+    Ok(with_etag(revision, Json(sub.redacted())))
+}
+
+async fn delete_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete_subscription(&auth.tenant.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_state(
+    s: &AppState,
+    auth: &TenantAuth,
+    id: &str,
+    state: SubState,
+) -> Result<Response, ApiError> {
+    let (sub, revision) = s
+        .store
+        .update_subscription(&auth.tenant, id, None, |cur| {
+            let mut next = cur.clone();
+            next.set_state(state);
+            next.bump_if_changed(cur);
+            Ok(next)
+        })
+        .await?;
+    Ok(with_etag(revision, Json(sub.redacted())))
+}
+
+async fn pause_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_state(&s, &auth, &id, SubState::Paused).await
+}
+
+async fn resume_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_state(&s, &auth, &id, SubState::Active).await
+}
+
+async fn rotate_secret(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RotateSecret>,
+) -> Result<Response, ApiError> {
+    if body.overlap_secs > MAX_OVERLAP_SECS {
+        return Err(ApiError::validation(&fpaas_control::ValidationError::new(
+            fpaas_control::ValidationCode::LimitExceeded,
+            "overlap_secs",
+            format!("{} is more than {MAX_OVERLAP_SECS}", body.overlap_secs),
+        )));
+    }
+    let (sub, revision) = s
+        .store
+        .update_subscription(&auth.tenant, &id, None, |cur| {
+            Ok(cur.rotated(body.overlap_secs))
+        })
+        .await?;
+    Ok(with_etag(revision, Json(sub)))
+}
+
+async fn sub_stats(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatsView>, ApiError> {
+    let (sub, _) = s.store.subscription(&auth.tenant.id, &id).await?;
+    let progress = s.store.progress(&auth.tenant.id, &id).await?;
+    let stats = s
+        .store
+        .stats(&auth.tenant.id, &id)
+        .await?
+        .unwrap_or_default();
+    Ok(Json(StatsView {
+        subscription_id: sub.id,
+        state: sub.state,
+        generation: sub.generation,
+        progress,
+        stats,
+    }))
+}
+
+async fn usage(auth: TenantAuth, State(s): State<AppState>) -> Result<Json<Usage>, ApiError> {
+    Ok(Json(s.store.usage(&auth.tenant.id).await?))
+}
+
+// ------------------------------------------------------------------ dead letters
+
+/// The DLQ subject of a subscription of the caller (404 when it is not theirs).
+async fn dlq_subject(s: &AppState, auth: &TenantAuth, sub_id: &str) -> Result<String, ApiError> {
+    s.store.subscription(&auth.tenant.id, sub_id).await?;
+    Ok(layout::dlq_subject(&auth.tenant.id, sub_id))
+}
+
+fn parse_seq(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| ApiError::not_found(format!("dead letter {raw:?}")))
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn summary(m: &fpaas_bus::LoggedMsg) -> DeadLetter {
+    let num = |name: &str| m.header(name).and_then(|v| v.parse().ok());
+    DeadLetter {
+        seq: m.seq,
+        batch_id: m.header(layout::HDR_BATCH_ID).map(str::to_owned),
+        events: num(layout::HDR_EVENTS),
+        attempts: num(layout::HDR_ATTEMPTS),
+        last_error: m.header(layout::HDR_LAST_ERROR).map(str::to_owned),
+        from_seq: num(layout::HDR_FROM_SEQ),
+        to_seq: num(layout::HDR_TO_SEQ),
+        bytes: m.payload.len() as u64,
+        time: rfc3339(m.time),
+    }
+}
+
+/// `from_seq` and `limit` of a query string.
+fn dlq_query(raw: Option<&str>) -> Result<(u64, usize), ApiError> {
+    let (mut from, mut limit) = (0u64, 100usize);
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "from_seq" => {
+                from = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("from_seq {value:?} is not a number"))
+                })?;
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit {value:?} is not 1..=1000"))
+                    })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    Ok((from, limit))
+}
+
+async fn list_dead_letters(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(sub_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let (from, limit) = dlq_query(query.as_deref())?;
+    let subject = dlq_subject(&s, &auth, &sub_id).await?;
+    let dead_letters = s
+        .dlq
+        .list(&subject, from, limit)
+        .await?
+        .iter()
+        .map(summary)
+        .collect();
+    Ok(Json(DeadLetterList { dead_letters }))
+}
+
+async fn get_dead_letter(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path((sub_id, seq)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let subject = dlq_subject(&s, &auth, &sub_id).await?;
+    let seq = parse_seq(&seq)?;
+    let msg = s
+        .dlq
+        .get(seq)
+        .await?
+        .filter(|m| m.subject == subject)
+        .ok_or_else(|| ApiError::not_found(format!("dead letter {seq}")))?;
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        msg.payload.clone(),
+    )
+        .into_response();
+    for (name, value) in &msg.headers {
+        if name.starts_with("Fpaas-")
+            && let (Ok(n), Ok(v)) = (
+                header::HeaderName::try_from(name.as_str()),
+                HeaderValue::from_str(value),
+            )
+        {
+            response.headers_mut().insert(n, v);
+        }
+    }
+    Ok(response)
+}
+
+async fn delete_dead_letter(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path((sub_id, seq)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let subject = dlq_subject(&s, &auth, &sub_id).await?;
+    let seq = parse_seq(&seq)?;
+    // Check the owner before deleting: a sequence is global to the stream.
+    match s.dlq.get(seq).await? {
+        Some(m) if m.subject == subject => {}
+        _ => return Err(ApiError::not_found(format!("dead letter {seq}"))),
+    }
+    if !s.dlq.delete(seq).await? {
+        return Err(ApiError::not_found(format!("dead letter {seq}")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn purge_dead_letters(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(sub_id): Path<String>,
+) -> Result<Json<Purged>, ApiError> {
+    let subject = dlq_subject(&s, &auth, &sub_id).await?;
+    Ok(Json(Purged {
+        purged: s.dlq.purge(&subject).await?,
+    }))
+}
