@@ -62,13 +62,10 @@ enum Command {
     ImportCar(cmd::kv_admin::ImportCarArgs),
     /// Remove the project's streams, KV buckets and consumers.
     Reset(cmd::kv_admin::ResetArgs),
-<<<<<<< HEAD
     /// Receive webhooks: verify each request's signature and print one line per batch (demos, debugging).
     Receive(cmd::receive::Args),
-=======
     /// Run the HTTP API (tenants, subscriptions, stats, dead letters; /openapi.json).
     Serve(cmd::serve::Args),
->>>>>>> api
 }
 
 /// The log filter when `RUST_LOG` is unset: one-shot queries and tools print their answer and only warnings
@@ -133,11 +130,8 @@ fn main() -> std::process::ExitCode {
             Command::PutRecord(a) => cmd::kv_admin::put_record(a).await,
             Command::ImportCar(a) => cmd::kv_admin::import_car(a).await,
             Command::Reset(a) => cmd::kv_admin::reset(a).await,
-<<<<<<< HEAD
             Command::Receive(a) => cmd::receive::run(a).await,
-=======
             Command::Serve(a) => cmd::serve::run(a).await,
->>>>>>> api
         }
     });
     match result {
