@@ -5,7 +5,9 @@ Two modes:
   receive SECRET   an HTTP server on 127.0.0.1 (a free port) that verifies every POST with
                    `standardwebhooks.Webhook(SECRET).verify(body, headers)`: 204 when it verifies, 401 with the
                    library's error otherwise. Prints `listening <port>` first, then one JSON line per request:
-                   {"ok": bool, "id": str|null, "error": str|null, "bytes": int}. Runs until killed.
+                   {"ok": bool, "id": str|null, "error": str|null, "bytes": int, "body": str}. Runs until killed.
+                   SECRET `-`: read the secret from the first line of stdin, after `listening` (a subscription's
+                   secret is known only once it was created with the receiver's URL).
   sign SECRET      reads JSON lines {"id": str, "timestamp": int, "body": str} from stdin and prints, for each,
                    one JSON line {"signature": Webhook(SECRET).sign(id, datetime(timestamp), body)}.
 Usage: .tools/venv/bin/python scripts/py/standardwebhooks_peer.py receive|sign SECRET
@@ -20,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 
 def receive(secret: str) -> None:
-    wh = Webhook(secret)
+    wh_holder = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -28,12 +30,20 @@ def receive(secret: str) -> None:
             body = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
             try:
-                wh.verify(body, headers, json_parse=False)
+                wh_holder[0].verify(body, headers, json_parse=False)
                 ok, error, status = True, None, 204
             except Exception as e:  # the library's WebhookVerificationError, or anything it raises
                 ok, error, status = False, f"{type(e).__name__}: {e}", 401
             print(
-                json.dumps({"ok": ok, "id": headers.get("webhook-id"), "error": error, "bytes": len(body)}),
+                json.dumps(
+                    {
+                        "ok": ok,
+                        "id": headers.get("webhook-id"),
+                        "error": error,
+                        "bytes": len(body),
+                        "body": body.decode("utf-8", "replace"),
+                    }
+                ),
                 flush=True,
             )
             self.send_response(status)
@@ -45,6 +55,9 @@ def receive(secret: str) -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(f"listening {server.server_address[1]}", flush=True)
+    if secret == "-":
+        secret = sys.stdin.readline().strip()
+    wh_holder.append(Webhook(secret))
     server.serve_forever()
 
 

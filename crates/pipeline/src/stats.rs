@@ -71,10 +71,22 @@ impl SubCounters {
         let labels = c.labels();
         for (name, value) in [
             ("fpaas_pipeline_matched_events_total", stats.matched_events),
-            ("fpaas_pipeline_delivered_events_total", stats.delivered_events),
-            ("fpaas_pipeline_delivered_batches_total", stats.delivered_batches),
-            ("fpaas_pipeline_delivered_bytes_total", stats.delivered_bytes),
-            ("fpaas_pipeline_failed_attempts_total", stats.failed_attempts),
+            (
+                "fpaas_pipeline_delivered_events_total",
+                stats.delivered_events,
+            ),
+            (
+                "fpaas_pipeline_delivered_batches_total",
+                stats.delivered_batches,
+            ),
+            (
+                "fpaas_pipeline_delivered_bytes_total",
+                stats.delivered_bytes,
+            ),
+            (
+                "fpaas_pipeline_failed_attempts_total",
+                stats.failed_attempts,
+            ),
             (
                 "fpaas_pipeline_dead_lettered_events_total",
                 stats.dead_lettered_events,

@@ -227,6 +227,8 @@ pub async fn run(
     let mut stats_timer = tokio::time::interval(Duration::from_secs(1));
     let mut last_written: HashMap<String, SubStats> = HashMap::new();
     let mut watch = None;
+    // When this worker last refreshed every lease it holds.
+    let mut last_refresh = std::time::Instant::now();
     register_metrics();
     metrics::counter!("fpaas_pipeline_fell_behind_total").absolute(0);
     metrics::counter!("fpaas_pipeline_unreadable_events_total").absolute(0);
@@ -272,7 +274,7 @@ pub async fn run(
                 }
             }
             _ = lease_timer.tick() => {
-                leases_tick(&leases, &worker_id, &config, &mut owned, &mut running).await;
+                leases_tick(&leases, &worker_id, &config, &mut owned, &mut running, &mut last_refresh).await;
                 reconcile(&shared, &stats, &config, &directory, &owned, &mut running).await;
                 gauge_partitions.set(owned.len() as f64);
                 gauge_subs.set(running.len() as f64);
@@ -391,32 +393,72 @@ async fn leases_tick(
     config: &WorkerConfig,
     owned: &mut HashMap<u32, u64>,
     running: &mut HashMap<String, Running>,
+    last_refresh: &mut std::time::Instant,
 ) {
-    let me = Bytes::from(worker_id.to_owned());
-    if let Err(e) = leases.put(&format!("worker.{worker_id}"), me.clone()).await {
-        tracing::warn!(error = %e, "lease heartbeat failed");
-        return;
+    let ttl = Duration::from_secs(config.lease_ttl_secs);
+    // A worker that could not refresh its leases for half their lifetime stops acting on them before they can
+    // expire and be claimed by another worker (two owners of a subscription would form different batches).
+    if !owned.is_empty() && last_refresh.elapsed() > ttl / 2 {
+        tracing::warn!(
+            partitions = owned.len(),
+            "leases not refreshed for half their lifetime: stopping their runners"
+        );
+        let partitions: Vec<u32> = owned.keys().copied().collect();
+        owned.clear();
+        for partition in partitions {
+            stop_partition(partition, running).await;
+        }
     }
+    let me = Bytes::from(worker_id.to_owned());
+    let op_timeout = (ttl / 3).max(Duration::from_millis(300));
+    match tokio::time::timeout(
+        op_timeout,
+        leases.put(&format!("worker.{worker_id}"), me.clone()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "lease heartbeat failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("lease heartbeat timed out");
+            return;
+        }
+    }
+    let mut all_refreshed = true;
     // Refresh what we hold; a lease that changed hands (expired and claimed) is lost.
     let mut lost = Vec::new();
     for (partition, revision) in owned.iter_mut() {
-        match leases
-            .update(&format!("part.{partition}"), me.clone(), *revision)
-            .await
+        match tokio::time::timeout(
+            op_timeout,
+            leases.update(&format!("part.{partition}"), me.clone(), *revision),
+        )
+        .await
         {
-            Ok(KvWrite::Written(r)) => *revision = r,
-            Ok(_) => lost.push(*partition),
-            Err(e) => {
+            Ok(Ok(KvWrite::Written(r))) => *revision = r,
+            Ok(Ok(_)) => lost.push(*partition),
+            Ok(Err(e)) => {
+                all_refreshed = false;
                 tracing::warn!(error = %e, partition, "lease refresh failed");
             }
+            Err(_) => {
+                all_refreshed = false;
+                tracing::warn!(partition, "lease refresh timed out");
+            }
         }
+    }
+    if all_refreshed {
+        *last_refresh = std::time::Instant::now();
     }
     for partition in lost {
         tracing::warn!(partition, "partition lease lost");
         owned.remove(&partition);
         stop_partition(partition, running).await;
     }
-    let Ok(entries) = leases.snapshot(">", false).await else {
+    let Ok(Ok(entries)) = tokio::time::timeout(op_timeout, leases.snapshot(">", false)).await
+    else {
         return;
     };
     let workers = entries
@@ -457,6 +499,9 @@ async fn leases_tick(
             .await
         {
             tracing::info!(partition, "partition claimed");
+            if owned.is_empty() {
+                *last_refresh = std::time::Instant::now();
+            }
             owned.insert(partition, r);
         }
     }

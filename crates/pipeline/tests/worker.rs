@@ -573,7 +573,6 @@ async fn two_workers_split_the_subscriptions_and_one_takes_over_when_the_other_d
     })
     .await
     .expect("both workers deliver the first half");
-    // Both workers own partitions.
     let leases = fpaas_bus::ensure_kv_on(
         &env.client,
         &fpaas_bus::KvSettings {
@@ -583,17 +582,23 @@ async fn two_workers_split_the_subscriptions_and_one_takes_over_when_the_other_d
     )
     .await
     .unwrap();
-    let owners: BTreeSet<String> = leases
-        .snapshot("part.*", false)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| match e.state {
-            fpaas_bus::KvState::Value(v) => Some(String::from_utf8_lossy(&v).into_owned()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(owners, BTreeSet::from(["w_1".to_owned(), "w_2".to_owned()]));
+    // Both workers own partitions (the first one hands extras back once it sees the second).
+    let both = BTreeSet::from(["w_1".to_owned(), "w_2".to_owned()]);
+    eventually(Duration::from_secs(10), || async {
+        let owners: BTreeSet<String> = leases
+            .snapshot("part.*", false)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.state {
+                fpaas_bus::KvState::Value(v) => Some(String::from_utf8_lossy(&v).into_owned()),
+                _ => None,
+            })
+            .collect();
+        owners == both
+    })
+    .await
+    .expect("both workers hold partitions");
     // Worker 1 dies without handing anything back; worker 2 takes every subscription.
     a.abort();
     let _ = a.await;
