@@ -23,7 +23,7 @@ pub mod webhook;
 pub use metrics::prom_value;
 pub use nats::{NatsCluster, NatsServer, NatsServerOptions, TEST_MAX_PAYLOAD};
 pub use paths::{nats_server_bin, python, workspace_root};
-pub use process::{Finished, run_measured};
+pub use process::{Finished, Proc, run_measured};
 pub use proxy::TcpProxy;
 pub use wait::{Elapsed, eventually, eventually_some, free_port};
 pub use webhook::{Received, Reply, WebhookReceiver};

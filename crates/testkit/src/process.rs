@@ -47,3 +47,66 @@ pub fn run_measured(cmd: &mut Command) -> std::io::Result<Finished> {
         peak_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
     })
 }
+
+/// A long-running child process that is killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: std::process::Child,
+}
+
+impl Proc {
+    /// Starts `cmd` (its stdout and stderr as the caller set them).
+    ///
+    /// # Panics
+    /// When the process cannot be started.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self {
+            child: cmd.spawn().expect("spawn child process"),
+        }
+    }
+
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child itself (its pipes).
+    pub fn child_mut(&mut self) -> &mut std::process::Child {
+        &mut self.child
+    }
+
+    /// SIGKILL: no cleanup of any kind, as after `kill -9`.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; `Some(exit code)` when it exited (`None` inside when
+    /// a signal ended it), `None` when it did not exit in time.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<Option<i32>> {
+        let pid = libc::pid_t::try_from(self.child.id()).ok()?;
+        // SAFETY: sending a signal to our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}

@@ -11,6 +11,8 @@ use futures::StreamExt;
 /// One message of the stream.
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// Stream sequence.
+    pub seq: u64,
     /// `Nats-Msg-Id` header.
     pub msg_id: String,
     /// Comparison key (see [`event_key`]).
@@ -129,6 +131,7 @@ pub async fn read_stream(js: &async_nats::jetstream::Context, stream: &str) -> V
             "msg id is the event's dedup id"
         );
         out.push(Stored {
+            seq: msg.info().map(|i| i.stream_sequence).unwrap_or(0),
             msg_id,
             key: event_key(&ev),
             subject: msg.subject.to_string(),
