@@ -1,5 +1,5 @@
 //! `docs/metrics.md` lists exactly the metrics the processes export: this test runs relay-sim, the shuffler,
-//! record-kv and like-indexer as real processes against a real nats-server (with a NATS outage in the middle,
+//! record-kv, like-indexer, the API and a subscription worker as real processes against a real nats-server (with a NATS outage in the middle,
 //! so failure paths report too), scrapes each `/metrics`, and compares the names with the documented ones in
 //! both directions. It also checks the naming convention of `docs/metrics.md` on every exported name.
 
@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use fpaas_testkit::{NatsServer, eventually, free_port, workspace_root};
+use fpaas_testkit::{NatsServer, eventually, eventually_some, free_port, workspace_root};
 
 struct Child(std::process::Child);
 impl Drop for Child {
@@ -65,7 +65,7 @@ async fn every_documented_metric_is_exported_and_every_exported_one_is_documente
     let mut nats = NatsServer::new();
     let url = nats.url();
     let sim_ws = format!("127.0.0.1:{}", free_port());
-    let ops: Vec<String> = (0..4)
+    let ops: Vec<String> = (0..6)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let _sim = spawn(&[
@@ -136,6 +136,78 @@ async fn every_documented_metric_is_exported_and_every_exported_one_is_documente
     })
     .await
     .expect("like-indexer is indexing");
+    // The subscription service: the API and a worker, one subscription delivering, one failing into the dead
+    // letters, and a tenant whose delivery-rate quota makes batches wait.
+    let api_listen = format!("127.0.0.1:{}", free_port());
+    let _serve = Child(
+        Command::new(env!("CARGO_BIN_EXE_fpaas"))
+            .args([
+                "serve",
+                "--listen",
+                &api_listen,
+                "--nats-url",
+                &url,
+                "--metrics-listen",
+                &ops[4],
+            ])
+            .env("FPAAS_ADMIN_TOKEN", "metrics-admin-token-123")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fpaas serve"),
+    );
+    let _worker = spawn(&[
+        "worker",
+        "--nats-url",
+        &url,
+        "--allow-loopback",
+        "--lease-ttl-secs",
+        "2",
+        "--metrics-listen",
+        &ops[5],
+    ]);
+    let receiver = fpaas_testkit::WebhookReceiver::start().await;
+    receiver.respond_with(|r| {
+        if r.path == "/fail" {
+            fpaas_testkit::Reply::status(500)
+        } else {
+            fpaas_testkit::Reply::ok()
+        }
+    });
+    let http = reqwest::Client::new();
+    let api = format!("http://{api_listen}");
+    let tenant: serde_json::Value = eventually_some(Duration::from_secs(30), || async {
+        let r = http
+            .post(format!("{api}/v1/tenants"))
+            .bearer_auth("metrics-admin-token-123")
+            .json(&serde_json::json!({"name": "m", "quotas": {"max_delivery_events_per_s": 5}}))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())?;
+        r.json().await.ok()
+    })
+    .await
+    .expect("tenant created");
+    let token = tenant["token"].as_str().expect("token").to_owned();
+    for path in ["/ok", "/fail"] {
+        let status = http
+            .post(format!("{api}/v1/subscriptions"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({
+                "filter": {"collections": ["app.bsky.feed.like"]},
+                "batching": {"max_events": 20, "max_wait_ms": 100},
+                "start": {"at": "retention_start"},
+                "delivery": {"type": "webhook", "url": receiver.url(path), "timeout_ms": 1000,
+                             "retry": {"schedule_ms": [10, 10]}}
+            }))
+            .send()
+            .await
+            .expect("create subscription")
+            .status();
+        assert_eq!(status.as_u16(), 201);
+    }
     // A NATS outage while the relay keeps sending: publish failures, reconnects, connection events.
     tokio::task::block_in_place(|| nats.stop());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -177,7 +249,16 @@ async fn every_documented_metric_is_exported_and_every_exported_one_is_documente
         "in docs/metrics.md but not exported: {missing:?}"
     );
     // The convention: a subsystem prefix, counters end in _total, no unit other than seconds and bytes.
-    let subsystems = ["shuffler", "bus", "recordkv", "likeindex", "sim", "ops"];
+    let subsystems = [
+        "shuffler",
+        "bus",
+        "recordkv",
+        "likeindex",
+        "sim",
+        "ops",
+        "pipeline",
+        "api",
+    ];
     for name in &exported {
         let rest = name.strip_prefix("fpaas_").expect("fpaas_ prefix");
         assert!(
