@@ -476,3 +476,100 @@ async fn kill_9_of_workers_and_a_nats_outage_lose_nothing_and_repeats_keep_their
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_example_subscriptions_are_accepted_and_deliver() {
+    const EVENTS: u64 = 1_500;
+    let nats = NatsServer::new();
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 93,
+        rate: Some(1_000.0),
+        limit: Some(EVENTS),
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let _shuffler = shuffler(&nats.url(), &sim.url());
+    let api = Api::start(&nats.url()).await;
+    let _worker = worker(&nats.url(), "w_examples");
+    let token = api.tenant("examples").await;
+    let receiver = WebhookReceiver::start().await;
+    let dir = fpaas_testkit::workspace_root().join("examples/subscriptions");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("examples/subscriptions") {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        spec["delivery"]["url"] = json!(receiver.url(&format!("/{name}")));
+        spec["start"] = json!({"at": "retention_start"});
+        let (status, body) = api
+            .call("POST", "/v1/subscriptions", &token, Some(spec))
+            .await;
+        assert_eq!(status, 201, "{name}: {body}");
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["likes", "posts"]);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    eventually(Duration::from_secs(60), || async {
+        sim.produced() >= EVENTS
+            && stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim.truth()))
+    })
+    .await
+    .expect("the shuffler stored every event");
+    let likes: Vec<u64> = like_creates(&read_stream(&js, "FIREHOSE").await)
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    let events_at = |path: &str| -> Vec<Value> {
+        receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .flat_map(|r| {
+                serde_json::from_slice::<Value>(&r.body).unwrap()["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    eventually(Duration::from_secs(60), || {
+        let n = events_at("/likes").len();
+        let want = likes.len();
+        async move { n >= want }
+    })
+    .await
+    .expect("the likes example delivers every like");
+    let got: Vec<u64> = events_at("/likes")
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, likes);
+    assert!(events_at("/likes").iter().all(|e| {
+        e["data"]["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("at://"))
+    }));
+    // Whatever the posts example delivered obeys its filter and transform.
+    for e in events_at("/posts") {
+        let d = &e["data"];
+        assert!(
+            d["uri"].as_str().unwrap().contains("/app.bsky.feed.post/"),
+            "{d}"
+        );
+        let langs: Vec<&str> = d["langs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.as_str())
+            .collect();
+        assert!(langs.contains(&"en") || langs.contains(&"pt"), "{d}");
+        let chars = d["text"].as_str().unwrap().chars().count();
+        // text_length counts graphemes, never more than chars: at least 10 of them means at least 10 chars.
+        assert!(chars >= 10, "{d}");
+    }
+}

@@ -1,7 +1,10 @@
 //! `fpaas dev`: the whole stack on one machine for local development — a project-local nats-server with
-//! JetStream (child process, store under `.dev/`), the relay simulator, and the shuffler (in-process, from
-//! `fpaas-ingest`) publishing the simulator's events into the stream, with its ops server (`/metrics`,
-//! `/health`, `/ready`, `/health/detailed`) on `--metrics-listen` and a log line of its counts every 5 s.
+//! JetStream (child process, store under `.dev/`), the relay simulator, the shuffler (in-process, from
+//! `fpaas-ingest`) publishing the simulator's events into the stream, the HTTP API (`fpaas-api`) and a
+//! subscription worker (`fpaas-pipeline`, loopback webhooks allowed), with one ops server (`/metrics`,
+//! `/health`, `/ready`, `/health/detailed`) on `--metrics-listen` and a log line of the shuffler's counts every
+//! 5 s. It keeps a demo tenant and a demo subscription (likes, 1,000 events or 1 s, to 127.0.0.1:8787) in
+//! `.dev/demo.json` and prints the one command that receives its signed batches.
 
 use anyhow::Context;
 use std::process::Stdio;
@@ -40,6 +43,19 @@ pub struct Args {
     /// disk: JetStream reserves it against 75% of free disk and refuses a stream that does not fit.
     #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
     stream_max_bytes: i64,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_listen: String,
+    /// The API's admin token (local development only: anyone on this machine can use it).
+    #[arg(
+        long,
+        default_value = "dev-admin-token-change-me",
+        env = "FPAAS_ADMIN_TOKEN"
+    )]
+    admin_token: String,
+    /// Where the demo subscription delivers (`fpaas receive --listen` there).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    demo_receiver: String,
     #[command(flatten)]
     sim: super::relay_sim::Args,
 }
@@ -112,6 +128,45 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shuffler_task = tokio::spawn(shuffler.run(health, shuffler_shutdown.clone()));
     let watch = tokio::spawn(watch(stats, shutdown.clone()));
 
+    // The subscription service: the API and one worker, on their own NATS connection.
+    let nats_url = format!("nats://127.0.0.1:{}", args.nats_port);
+    let client = fpaas_bus::connect(&nats_url, "fpaas-dev").await?;
+    let api_cfg = fpaas_api::ApiConfig {
+        listen: args.api_listen.clone(),
+        nats_url: nats_url.clone(),
+        metrics_listen: None,
+        admin_token: Some(args.admin_token.clone()),
+        ..Default::default()
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let api_task = {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            fpaas_api::serve(&api_cfg, client, shutdown, |addr| {
+                let _ = ready_tx.send(addr);
+            })
+            .await
+        })
+    };
+    let mut worker_cfg = fpaas_pipeline::WorkerConfig {
+        nats_url,
+        metrics_listen: None,
+        worker_id: "dev".into(),
+        ..Default::default()
+    };
+    worker_cfg.webhook_addresses.allow_loopback = true;
+    let worker_task = tokio::spawn(fpaas_pipeline::run(
+        client.clone(),
+        worker_cfg,
+        shutdown.clone(),
+    ));
+    if let Ok(addr) = ready_rx.await {
+        match demo(&args, addr).await {
+            Ok(text) => println!("{text}"),
+            Err(e) => tracing::warn!(error = %e, "demo subscription not set up"),
+        }
+    }
+
     tokio::select! {
         _ = super::shutdown_signal() => tracing::info!("shutting down"),
         status = nats.wait() => tracing::error!(?status, "nats-server exited"),
@@ -124,11 +179,93 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => tracing::error!("shuffler did not stop in time"),
     }
     shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), ops).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sim_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), watch).await;
     let _ = nats.kill().await;
     Ok(())
+}
+
+/// The demo tenant and subscription (kept in `.dev/demo.json`, re-created when the API does not know them),
+/// and the text that tells a newcomer what to paste.
+async fn demo(args: &Args, api: std::net::SocketAddr) -> anyhow::Result<String> {
+    use serde_json::{Value, json};
+    let base = format!("http://{api}");
+    let http = reqwest::Client::new();
+    let path = args.state_dir.join("demo.json");
+    let saved: Option<Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(saved) = &saved {
+        let (token, id) = (saved["token"].as_str(), saved["subscription_id"].as_str());
+        if let (Some(token), Some(id)) = (token, id) {
+            let known = http
+                .get(format!("{base}/v1/subscriptions/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if known {
+                return Ok(banner(&base, saved, &args.demo_receiver));
+            }
+        }
+    }
+    let tenant: Value = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(&args.admin_token)
+        .json(&json!({"name": "demo"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = tenant["token"]
+        .as_str()
+        .context("no token in the tenant answer")?
+        .to_owned();
+    let sub: Value = http
+        .post(format!("{base}/v1/subscriptions"))
+        .bearer_auth(&token)
+        .json(&json!({
+            "name": "demo: likes",
+            "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"], "operations": ["create"]},
+            "batching": {"max_events": 1000, "max_wait_ms": 1000},
+            "delivery": {"type": "webhook", "url": format!("http://{}/", args.demo_receiver),
+                         // Retried every 3 s for a minute, so batches arrive soon after the receiver starts.
+                         "retry": {"schedule_ms": vec![3000; 20]}}
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let saved = json!({
+        "token": token,
+        "subscription_id": sub["id"],
+        "secret": sub["secrets"][0]["secret"],
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&saved)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(banner(&base, &saved, &args.demo_receiver))
+}
+
+fn banner(api: &str, demo: &serde_json::Value, receiver: &str) -> String {
+    let s = |k: &str| demo[k].as_str().unwrap_or_default().to_owned();
+    format!(
+        "\n\
+         FPaaS API: {api}   (OpenAPI: {api}/openapi.json)\n\
+         Demo subscription {id}: likes, batches of 1,000 events or 1 s, signed, to http://{receiver}/\n\
+         Receive them (in another terminal):\n\
+         \n    target/release/fpaas receive --listen {receiver} --secret {secret}\n\
+         \n\
+         Its stats:\n\
+         \n    curl -s -H 'authorization: Bearer {token}' {api}/v1/subscriptions/{id}/stats\n",
+        id = s("subscription_id"),
+        secret = s("secret"),
+        token = s("token"),
+    )
 }
 
 /// Log the shuffler's counts every 5 s.
