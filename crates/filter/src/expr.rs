@@ -7,6 +7,62 @@ use std::sync::Arc;
 /// Longest expression accepted, in bytes: expressions are compiled per subscription and kept in memory.
 pub const MAX_EXPRESSION_BYTES: usize = 4_096;
 
+/// Deepest nesting of brackets, parentheses, braces and `!` accepted: the parser and the evaluator recurse
+/// per level, and a worker's threads have 2 MiB stacks (measured: 1,000 levels overflow them).
+pub const MAX_NESTING: usize = 32;
+/// Most operators (`.`, `|`, `[`, `(`, `{`, `!`, `&`, `,`, comparisons) in one expression: the syntax tree, and
+/// the evaluator's recursion, grow with them.
+pub const MAX_OPERATORS: usize = 400;
+
+/// Refuses shapes that would make the parser or evaluator recurse too deep (string literals skipped):
+/// `Err((byte offset, message))`.
+fn check_shape(text: &str) -> Result<(), (usize, String)> {
+    let mut depth = 0usize;
+    let mut nots = 0usize;
+    let mut operators = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                operators += 1;
+            }
+            ')' | ']' | '}' => {
+                depth = depth.saturating_sub(1);
+                nots = 0;
+            }
+            '!' => {
+                nots += 1;
+                operators += 1;
+            }
+            '.' | '|' | '&' | ',' | '<' | '>' | '=' => operators += 1,
+            _ => {}
+        }
+        if c != '!' && !c.is_whitespace() && !matches!(c, '(' | '[' | '{') {
+            nots = 0;
+        }
+        if depth + nots > MAX_NESTING {
+            return Err((i, format!("nested deeper than {MAX_NESTING} levels")));
+        }
+        if operators > MAX_OPERATORS {
+            return Err((i, format!("more than {MAX_OPERATORS} operators")));
+        }
+    }
+    Ok(())
+}
+
 /// A compiled JMESPath expression. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct Expr {
@@ -53,6 +109,10 @@ impl Expr {
         if text.len() > MAX_EXPRESSION_BYTES {
             return Err(ExprError::TooLong(text.len()));
         }
+        check_shape(text).map_err(|(at, message)| ExprError::Syntax {
+            expression: text.to_owned(),
+            message: format!("{message} (at byte {at})"),
+        })?;
         let compiled =
             crate::functions::runtime()
                 .compile(text)
