@@ -6,12 +6,74 @@
 use fpaas_filter::{Expr, ExprError};
 
 const TOKENS: &[&str] = &[
-    "did", "commit", ".", "record", "text", "[", "]", "[*]", "[?", "==", "!=", "<", ">=", "&&", "||", "!",
-    "(", ")", "{", "}", ":", ",", "|", "@", "`10`", "`\"x\"`", "`[]`", "`{}`", "'en'", "\"q\"", "*", "[0]",
-    "[-1]", "[1:3]", "[::2]", "&", "length(", "contains(", "text_length(", "spam_score(", "facet_tags(",
-    "at_uri_did(", "at_uri_collection(", "at_uri_rkey(", "facet_mentions(", "facet_links(", "sort_by(",
-    "max_by(", "join(", "to_number(", "abs(", "avg(", "merge(", "keys(", "not_null(", "starts_with(",
-    "langs", "collection", "kind", "subject", "uri", " ", "`", "'", "\\", "\u{0}", "é", "🦋",
+    "did",
+    "commit",
+    ".",
+    "record",
+    "text",
+    "[",
+    "]",
+    "[*]",
+    "[?",
+    "==",
+    "!=",
+    "<",
+    ">=",
+    "&&",
+    "||",
+    "!",
+    "(",
+    ")",
+    "{",
+    "}",
+    ":",
+    ",",
+    "|",
+    "@",
+    "`10`",
+    "`\"x\"`",
+    "`[]`",
+    "`{}`",
+    "'en'",
+    "\"q\"",
+    "*",
+    "[0]",
+    "[-1]",
+    "[1:3]",
+    "[::2]",
+    "&",
+    "length(",
+    "contains(",
+    "text_length(",
+    "spam_score(",
+    "facet_tags(",
+    "at_uri_did(",
+    "at_uri_collection(",
+    "at_uri_rkey(",
+    "facet_mentions(",
+    "facet_links(",
+    "sort_by(",
+    "max_by(",
+    "join(",
+    "to_number(",
+    "abs(",
+    "avg(",
+    "merge(",
+    "keys(",
+    "not_null(",
+    "starts_with(",
+    "langs",
+    "collection",
+    "kind",
+    "subject",
+    "uri",
+    " ",
+    "`",
+    "'",
+    "\\",
+    "\u{0}",
+    "é",
+    "🦋",
 ];
 
 /// A small deterministic generator (xorshift), so the test needs no extra crate and every run is the same.
@@ -30,7 +92,8 @@ impl Rng {
 
 fn events() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/corpus/events.ndjson"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/corpus/events.ndjson"),
     )
     .expect("corpus events");
     text.lines()
@@ -105,7 +168,13 @@ fn deep_nesting_and_long_inputs_are_refused_or_evaluated_without_overflowing_the
     let events = events();
     let mut compiled = 0;
     for depth in [10, 100, 500, 1_000, 2_000] {
-        for (open, close) in [("(", ")"), ("[", "]"), ("{a:", "}"), ("!", ""), ("length(", ")")] {
+        for (open, close) in [
+            ("(", ")"),
+            ("[", "]"),
+            ("{a:", "}"),
+            ("!", ""),
+            ("length(", ")"),
+        ] {
             let text = format!("{}did{}", open.repeat(depth), close.repeat(depth));
             // Run on a thread with a small stack, as a worker's tokio thread would have.
             let events = events.clone();

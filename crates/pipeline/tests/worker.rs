@@ -622,3 +622,108 @@ async fn two_workers_split_the_subscriptions_and_one_takes_over_when_the_other_d
     }
     drop(subs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_positions_live_time_and_seq_start_where_they_say() {
+    let env = env().await;
+    let receiver = WebhookReceiver::start().await;
+    let events = corpus_events(300);
+    let (a, rest) = events.split_at(100);
+    let (b, c) = rest.split_at(100);
+    let seqs_a = publish_events(&env.client, a).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seqs_b = publish_events(&env.client, b).await;
+    let spec = |path: &str, start: Value| {
+        json!({
+            "filter": {"kinds": ["commit"]},
+            "batching": {"max_events": 1000, "max_wait_ms": 50},
+            "start": start,
+            "delivery": {"type": "webhook", "url": receiver.url(path)}
+        })
+    };
+    put_sub(
+        &env,
+        "s_time",
+        spec("/time", json!({"at": "time", "time": t.to_rfc3339()})),
+    )
+    .await;
+    put_sub(
+        &env,
+        "s_seq",
+        spec("/seq", json!({"at": "seq", "seq": seqs_a[50]})),
+    )
+    .await;
+    put_sub(&env, "s_live", spec("/live", json!({"at": "live"}))).await;
+    let (cancel, handle) = start_worker(&env, "w_start");
+    // The live subscription's position is fixed when the worker first runs it: wait for its progress.
+    let progress = fpaas_bus::ensure_kv_on(
+        &env.client,
+        &fpaas_bus::KvSettings::bucket(layout::PROGRESS_BUCKET),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        progress
+            .get(&layout::progress_key("s_live"))
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await
+    .expect("live position fixed");
+    let seqs_c = publish_events(&env.client, c).await;
+    let commits = |evs: &[Event], seqs: &[u64]| -> Vec<u64> {
+        evs.iter()
+            .zip(seqs)
+            .filter(|(e, _)| e.commit.is_some())
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    let got = |path: &str| -> Vec<u64> {
+        receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .flat_map(|r| {
+                serde_json::from_slice::<Value>(&r.body).unwrap()["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["seq"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let want_time: Vec<u64> = [commits(b, &seqs_b), commits(c, &seqs_c)].concat();
+    let want_seq: Vec<u64> = [
+        commits(&a[50..], &seqs_a[50..]),
+        commits(b, &seqs_b),
+        commits(c, &seqs_c),
+    ]
+    .concat();
+    let want_live = commits(c, &seqs_c);
+    eventually(Duration::from_secs(20), || {
+        let done = got("/time").len() >= want_time.len()
+            && got("/seq").len() >= want_seq.len()
+            && got("/live").len() >= want_live.len();
+        async move { done }
+    })
+    .await
+    .expect("all three delivered");
+    cancel.cancel();
+    handle.await.unwrap();
+    assert_eq!(
+        got("/time"),
+        want_time,
+        "time: the first event stored at or after it"
+    );
+    assert_eq!(got("/seq"), want_seq, "seq: from that stream sequence");
+    assert_eq!(
+        got("/live"),
+        want_live,
+        "live: what was published after the worker first ran it"
+    );
+}
