@@ -5,9 +5,10 @@ Two modes:
   receive SECRET   an HTTP server on 127.0.0.1 (a free port) that verifies every POST with
                    `standardwebhooks.Webhook(SECRET).verify(body, headers)`: 204 when it verifies, 401 with the
                    library's error otherwise. Prints `listening <port>` first, then one JSON line per request:
-                   {"ok": bool, "id": str|null, "error": str|null, "bytes": int, "body": str}. Runs until killed.
+                   {"ok": bool, "id": str|null, "error": str|null, "bytes": int}. Runs until killed.
                    SECRET `-`: read the secret from the first line of stdin, after `listening` (a subscription's
-                   secret is known only once it was created with the receiver's URL).
+                   secret is known only once it was created with the receiver's URL), and add each request's
+                   "body" to its line (the reader must then drain stdout as it goes).
   sign SECRET      reads JSON lines {"id": str, "timestamp": int, "body": str} from stdin and prints, for each,
                    one JSON line {"signature": Webhook(SECRET).sign(id, datetime(timestamp), body)}.
 Usage: .tools/venv/bin/python scripts/py/standardwebhooks_peer.py receive|sign SECRET
@@ -23,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 def receive(secret: str) -> None:
     wh_holder = []
+    print_body = secret == "-"
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -34,21 +36,13 @@ def receive(secret: str) -> None:
                 ok, error, status = True, None, 204
             except Exception as e:  # the library's WebhookVerificationError, or anything it raises
                 ok, error, status = False, f"{type(e).__name__}: {e}", 401
-            print(
-                json.dumps(
-                    {
-                        "ok": ok,
-                        "id": headers.get("webhook-id"),
-                        "error": error,
-                        "bytes": len(body),
-                        "body": body.decode("utf-8", "replace"),
-                    }
-                ),
-                flush=True,
-            )
+            line = {"ok": ok, "id": headers.get("webhook-id"), "error": error, "bytes": len(body)}
+            if print_body:
+                line["body"] = body.decode("utf-8", "replace")
             self.send_response(status)
             self.send_header("content-length", "0")
             self.end_headers()
+            print(json.dumps(line), flush=True)
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
             pass
