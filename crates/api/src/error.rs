@@ -22,11 +22,13 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("payload_too_large", 413),
     ("bad_jmespath", 422),
     ("bad_url", 422),
+    ("url_not_allowed", 422),
     ("bad_filter", 422),
     ("limit_exceeded", 422),
     ("bad_value", 422),
     ("quota_exceeded", 429),
     ("internal", 500),
+    ("delivery_failed", 502),
     ("unavailable", 503),
 ];
 

@@ -9,7 +9,7 @@
 //! | [`openapi`] | the OpenAPI 3.1 document built from the route table |
 //! | [`error`] | [`ApiError`] → status + `{"error", "message"}`; the JSON body extractor |
 //! | `auth` | bearer tokens: the admin token (constant-time hash compare), tenant API keys |
-//! | `state` | [`AppState`]: store, dead-letter log, admin token hash |
+//! | `state` | [`AppState`]: store, dead-letter log, admin token hash, the webhook sender of replays |
 //! | `metrics` | `fpaas_api_requests_total{route,method,status}`, `fpaas_api_request_duration_seconds{route}` |
 
 pub mod auth;
@@ -51,6 +51,10 @@ pub struct ApiConfig {
     pub replicas: usize,
     /// How long dead letters are kept, in seconds (default 7 days).
     pub dlq_max_age_secs: u64,
+    /// Which webhook destinations a subscription may name (checked when it is created or changed) and a dead
+    /// letter may be replayed to. The default refuses loopback, private, link-local and metadata addresses;
+    /// it must match the workers' `webhook_addresses`.
+    pub webhook_addresses: fpaas_webhook::AddrPolicy,
 }
 
 impl Default for ApiConfig {
@@ -62,6 +66,7 @@ impl Default for ApiConfig {
             admin_token: None,
             replicas: 1,
             dlq_max_age_secs: fpaas_control::layout::DLQ_DEFAULT_MAX_AGE_SECS,
+            webhook_addresses: fpaas_webhook::AddrPolicy::default(),
         }
     }
 }
@@ -116,6 +121,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("serving: {0}")]
     Io(#[source] std::io::Error),
+    /// The webhook client (for dead-letter replays) cannot be built.
+    #[error("{0}")]
+    Webhook(#[source] fpaas_webhook::SenderError),
 }
 
 /// The API router (routes from [`routes::operations`], body limit, JSON 404/405, request metrics).
@@ -191,6 +199,7 @@ pub async fn serve(
             Err(_) => return Ok(()),
         }
     };
+    metrics::register();
     if state.admin_token_sha256.is_none() {
         tracing::warn!("no admin_token configured: /v1/tenants refuses every request");
     }

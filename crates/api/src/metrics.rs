@@ -1,5 +1,6 @@
 //! Request metrics: `fpaas_api_requests_total{route,method,status}` (route = the route template, so ids do
-//! not explode the label set; `unmatched` for unknown paths) and `fpaas_api_request_duration_seconds{route}`.
+//! not explode the label set; `unmatched` for unknown paths) and `fpaas_api_request_duration_seconds{route}`;
+//! `fpaas_api_dead_letter_replays_total{outcome}` (`accepted` / `failed`) is counted by the replay handler.
 
 use std::time::Instant;
 
@@ -22,4 +23,11 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::histogram!("fpaas_api_request_duration_seconds", "route" => route)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// Exports the replay counters at zero from the start, so a dashboard sees them before the first replay.
+pub fn register() {
+    for outcome in ["accepted", "failed"] {
+        metrics::counter!("fpaas_api_dead_letter_replays_total", "outcome" => outcome).increment(0);
+    }
 }

@@ -24,9 +24,12 @@ fn status_text(status: u16) -> &'static str {
         409 => "Changed concurrently or `If-Match` is stale (`conflict`)",
         413 => "Body larger than 1 MiB (`payload_too_large`)",
         422 => {
-            "Invalid value (`bad_jmespath` with `position`, `bad_url`, `bad_filter`, `limit_exceeded`, `bad_value`)"
+            "Invalid value (`bad_jmespath` with `position`, `bad_url`, `url_not_allowed`, `bad_filter`, `limit_exceeded`, `bad_value`)"
         }
         429 => "Quota exceeded (`quota_exceeded`)",
+        502 => {
+            "The webhook receiver did not accept the replay (`delivery_failed`); the dead letter is kept"
+        }
         _ => "Error",
     }
 }

@@ -393,6 +393,19 @@ pub fn operations() -> Vec<Operation> {
             handler: || get(get_dead_letter),
         },
         Operation {
+            method: "post",
+            path: "/v1/subscriptions/{sub_id}/dead-letters/{seq}/replay",
+            operation_id: "replayDeadLetter",
+            summary: "POST the dead letter again, now, to the subscription's current URL with its current secrets and its original `webhook-id`; on a 2xx it is removed, otherwise kept (502 `delivery_failed`).",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<Replayed>),
+            errors: &[404, 502],
+            handler: || post(replay_dead_letter),
+        },
+        Operation {
             method: "delete",
             path: "/v1/subscriptions/{sub_id}/dead-letters/{seq}",
             operation_id: "deleteDeadLetter",
@@ -537,6 +550,21 @@ pub struct DeadLetterList {
     pub dead_letters: Vec<DeadLetter>,
 }
 
+/// A replayed dead letter the receiver accepted (it is removed from the dead letters).
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct Replayed {
+    /// Its sequence in the dead-letter stream (no longer there).
+    pub seq: u64,
+    /// The batch id, sent as `webhook-id` exactly as in its first attempts.
+    pub batch_id: String,
+    /// Events in the batch.
+    pub events: Option<u64>,
+    /// The receiver's status code.
+    pub status: u16,
+    /// How long the receiver took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
 /// What a purge removed.
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 pub struct Purged {
@@ -659,11 +687,32 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .ok_or_else(|| ApiError::bad_request("If-Match must be a revision from an ETag (\"123\")"))
 }
 
+/// The SSRF guard's check of a webhook URL without resolving it: a literal address (or `localhost`) that the
+/// configured policy refuses is 422 `url_not_allowed`; a name is resolved and checked again at each delivery.
+fn check_destination(s: &AppState, delivery: &fpaas_control::Delivery) -> Result<(), ApiError> {
+    let url = &delivery.webhook().url;
+    fpaas_control::validate_webhook_url(url).map_err(|e| ApiError::validation(&e))?;
+    s.sender.policy().check_url(url).map(drop).map_err(|e| {
+        let mut err = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            if e.code() == "url_not_allowed" {
+                "url_not_allowed"
+            } else {
+                "bad_url"
+            },
+            format!("delivery.url: {e}"),
+        );
+        err.field = Some("delivery.url".to_owned());
+        err
+    })
+}
+
 async fn create_sub(
     auth: TenantAuth,
     State(s): State<AppState>,
     ApiJson(spec): ApiJson<SubscriptionSpec>,
 ) -> Result<Response, ApiError> {
+    check_destination(&s, &spec.delivery)?;
     let sub = s.store.create_subscription(&auth.tenant, spec).await?;
     let (_, revision) = s.store.subscription(&auth.tenant.id, &sub.id).await?;
     let mut response = with_etag(revision, (StatusCode::CREATED, Json(&sub)));
@@ -709,6 +758,9 @@ async fn update_sub(
             "state",
             "a subscription can be set active or paused; disabled is the server's",
         )));
+    }
+    if let Some(delivery) = &body.delivery {
+        check_destination(&s, delivery)?;
     }
     let expected = if_match(&headers)?;
     let (sub, revision) = s
@@ -937,6 +989,68 @@ async fn delete_dead_letter(
         return Err(ApiError::not_found(format!("dead letter {seq}")));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn replay_dead_letter(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path((sub_id, seq)): Path<(String, String)>,
+) -> Result<Json<Replayed>, ApiError> {
+    let (sub, _) = s.store.subscription(&auth.tenant.id, &sub_id).await?;
+    let subject = layout::dlq_subject(&auth.tenant.id, &sub_id);
+    let seq = parse_seq(&seq)?;
+    let msg = s
+        .dlq
+        .get(seq)
+        .await?
+        .filter(|m| m.subject == subject)
+        .ok_or_else(|| ApiError::not_found(format!("dead letter {seq}")))?;
+    let batch_id = msg
+        .header(layout::HDR_BATCH_ID)
+        .map_or_else(|| format!("{sub_id}.dlq{seq}"), str::to_owned);
+    let now = chrono::Utc::now();
+    let secrets = sub
+        .secrets
+        .iter()
+        .filter(|e| e.expires_at.is_none_or(|t| t > now))
+        .filter_map(|e| fpaas_webhook::Secret::parse(&e.secret).ok())
+        .collect();
+    let webhook = sub.delivery.webhook();
+    let request = fpaas_webhook::BatchRequest {
+        url: webhook.url.clone(),
+        batch_id: batch_id.clone(),
+        body: msg.payload.clone(),
+        secrets,
+        timeout: std::time::Duration::from_millis(webhook.timeout_ms),
+    };
+    let failed = |detail: String| {
+        metrics::counter!("fpaas_api_dead_letter_replays_total", "outcome" => "failed")
+            .increment(1);
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "delivery_failed",
+            format!("the receiver did not accept the replay; the dead letter is kept: {detail}"),
+        )
+    };
+    match s.sender.deliver(&request).await {
+        fpaas_webhook::Outcome::Accepted {
+            status, elapsed, ..
+        } => {
+            metrics::counter!("fpaas_api_dead_letter_replays_total", "outcome" => "accepted")
+                .increment(1);
+            s.dlq.delete(seq).await?;
+            tracing::info!(tenant = %auth.tenant.id, subscription = %sub_id, seq, batch = %batch_id, "dead letter replayed");
+            Ok(Json(Replayed {
+                seq,
+                batch_id,
+                events: msg.header(layout::HDR_EVENTS).and_then(|v| v.parse().ok()),
+                status,
+                elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            }))
+        }
+        fpaas_webhook::Outcome::Gone => Err(failed("410 Gone".to_owned())),
+        fpaas_webhook::Outcome::Retry { detail, .. } => Err(failed(detail)),
+    }
 }
 
 async fn purge_dead_letters(

@@ -1,5 +1,5 @@
 //! [`AppState`]: what every handler shares — the control-plane store, the dead-letter log and the admin
-//! token's hash.
+//! token's hash, and the webhook sender of dead-letter replays.
 
 use fpaas_bus::{MsgLog, MsgLogSettings};
 use fpaas_control::{Store, StoreSettings, layout};
@@ -15,6 +15,8 @@ pub struct AppState {
     pub dlq: MsgLog,
     /// SHA-256 of the admin token (`None`: admin routes refuse everyone).
     pub admin_token_sha256: Option<[u8; 32]>,
+    /// Posts replayed dead letters; its address policy also checks the URLs of new subscriptions.
+    pub sender: fpaas_webhook::Sender,
 }
 
 impl AppState {
@@ -47,9 +49,12 @@ impl AppState {
         )
         .await
         .map_err(crate::ServeError::Bus)?;
+        let sender = fpaas_webhook::Sender::new(config.webhook_addresses.clone())
+            .map_err(crate::ServeError::Webhook)?;
         Ok(Self {
             store,
             dlq,
+            sender,
             admin_token_sha256: config
                 .admin_token
                 .as_deref()

@@ -149,6 +149,7 @@ async fn every_documented_metric_is_exported_and_every_exported_one_is_documente
                 &url,
                 "--metrics-listen",
                 &ops[4],
+                "--allow-loopback",
             ])
             .env("FPAAS_ADMIN_TOKEN", "metrics-admin-token-123")
             .env("RUST_LOG", "error")

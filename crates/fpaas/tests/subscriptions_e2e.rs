@@ -82,6 +82,7 @@ impl Api {
                 nats,
                 "--metrics-listen",
                 "none",
+                "--allow-loopback",
             ])
             .env("FPAAS_ADMIN_TOKEN", ADMIN),
         );

@@ -365,5 +365,13 @@ async fn a_resume_older_than_the_dup_window_is_counted() {
     shutdown.cancel();
     let done = task.await.expect("join").expect("run ok");
     assert!(done.stale_resumes >= 1, "{done:?}");
-    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+    // Nothing lost. Not exactly-once by design: what the server stored but could not acknowledge when the
+    // connection was cut is published again more than a window later, so at most the acks that were in
+    // flight repeat.
+    let repeats = assert_none_lost(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+    let in_flight = ha_config("nats://x", "ws://x", "x").max_acks_in_flight;
+    assert!(
+        repeats <= in_flight,
+        "{repeats} repeats, more than the {in_flight} acks that can be in flight"
+    );
 }

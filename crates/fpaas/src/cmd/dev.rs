@@ -136,6 +136,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         nats_url: nats_url.clone(),
         metrics_listen: None,
         admin_token: Some(args.admin_token.clone()),
+        webhook_addresses: fpaas_webhook::AddrPolicy {
+            allow_loopback: true,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -24,6 +24,12 @@ pub struct Args {
     /// Replicas of the control-plane buckets and the dead-letter stream when created.
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// Accept webhook URLs on loopback addresses (local development and tests only).
+    #[arg(long)]
+    pub allow_loopback: bool,
+    /// Accept webhook URLs on private (RFC 1918, ULA) addresses.
+    #[arg(long)]
+    pub allow_private: bool,
 }
 
 impl Args {
@@ -33,6 +39,8 @@ impl Args {
         super::set(&mut cfg.listen, &self.listen);
         super::set(&mut cfg.nats_url, &self.nats_url);
         super::set(&mut cfg.replicas, &self.replicas);
+        cfg.webhook_addresses.allow_loopback |= self.allow_loopback;
+        cfg.webhook_addresses.allow_private |= self.allow_private;
         if self.metrics_listen.is_some() {
             cfg.metrics_listen.clone_from(&self.metrics_listen);
         }

@@ -1,0 +1,981 @@
+//! The API against a real nats-server, served in-process on 127.0.0.1:0 and called over HTTP:
+//!
+//! - tenant isolation, by walking `/openapi.json`: every operation is called with another tenant's key (and
+//!   with no key, and a tenant key on admin routes) and must be refused or show only the caller's own
+//!   resources; an operation the walk has no case for fails the test, so a new endpoint cannot be forgotten;
+//! - the stable error answers: each documented code provoked, its status and body shape checked, and
+//!   nothing half-created by a refused request;
+//! - property test of request bodies: thousands of random and mutated bodies on every operation that takes
+//!   one; never a 5xx, always the error shape, and the server still answers afterwards;
+//! - dead letters end to end: a real worker dead-letters a batch the receiver refused, the API lists it, a
+//!   replay to a receiver that still fails keeps it (502), a replay that succeeds delivers the same body
+//!   under the same `webhook-id`, correctly signed, and removes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use fpaas_api::{ApiConfig, ERROR_CODES};
+use fpaas_control::layout;
+use fpaas_testkit::stream::{corpus_events, publish_events};
+use fpaas_testkit::{NatsServer, Reply, WebhookReceiver, eventually_some};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "api-test-admin-token-0123456789";
+
+struct Api {
+    _nats: NatsServer,
+    nats_url: String,
+    client: fpaas_bus::Client,
+    base: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A reply: status and JSON body (`Value::Null` when empty or not JSON), and the raw body.
+struct Answer {
+    status: u16,
+    json: Value,
+    raw: Vec<u8>,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let nats = NatsServer::new();
+        let nats_url = nats.url();
+        let client = fpaas_bus::connect(&nats_url, "api-test")
+            .await
+            .expect("connect");
+        let cfg = ApiConfig {
+            listen: "127.0.0.1:0".into(),
+            nats_url: nats_url.clone(),
+            metrics_listen: None,
+            admin_token: Some(ADMIN.into()),
+            webhook_addresses: fpaas_webhook::AddrPolicy {
+                allow_loopback: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let (client, shutdown) = (client.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                fpaas_api::serve(&cfg, client, shutdown, |addr| {
+                    let _ = tx.send(addr);
+                })
+                .await
+                .expect("serve");
+            });
+        }
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("the API starts")
+            .expect("ready");
+        Self {
+            _nats: nats,
+            nats_url,
+            client,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let raw = resp.bytes().await.expect("body").to_vec();
+        let json = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Answer { status, json, raw }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        self.raw(
+            method,
+            path,
+            token,
+            body.map(|b| serde_json::to_vec(&b).unwrap()),
+        )
+        .await
+    }
+
+    /// A tenant: (id, token).
+    async fn tenant(&self, name: &str, quotas: Value) -> (String, String) {
+        let a = self
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(ADMIN),
+                Some(json!({"name": name, "quotas": quotas})),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.json);
+        (
+            a.json["tenant"]["id"].as_str().unwrap().to_owned(),
+            a.json["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn subscription(&self, token: &str, url: &str) -> Value {
+        let a = self
+            .call(
+                Method::POST,
+                "/v1/subscriptions",
+                Some(token),
+                Some(sub_spec(url)),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.json);
+        a.json
+    }
+}
+
+fn sub_spec(url: &str) -> Value {
+    json!({
+        "name": "likes",
+        "filter": {"collections": ["app.bsky.feed.like"]},
+        "batching": {"max_events": 1000, "max_wait_ms": 50},
+        "start": {"at": "retention_start"},
+        "delivery": {"type": "webhook", "url": url, "timeout_ms": 1000,
+                     "retry": {"schedule_ms": [50, 50]}}
+    })
+}
+
+fn method_of(m: &str) -> Method {
+    Method::from_bytes(m.to_uppercase().as_bytes()).expect("method")
+}
+
+/// Every operation of the document: (method, path template, operationId, access, takes a body).
+fn operations(doc: &Value) -> Vec<(String, String, String, String, bool)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            ops.push((
+                method.clone(),
+                path.clone(),
+                op["operationId"].as_str().expect("operationId").to_owned(),
+                op["x-fpaas-access"].as_str().expect("access").to_owned(),
+                op.get("requestBody").is_some(),
+            ));
+        }
+    }
+    ops
+}
+
+/// Stores a dead letter for (tenant, sub) the way a worker does; returns its sequence.
+async fn put_dead_letter(api: &Api, tenant: &str, sub: &str) -> u64 {
+    let js = fpaas_bus::jetstream(api.client.clone(), 16);
+    let log = fpaas_bus::ensure_msglog(
+        &js,
+        &fpaas_bus::MsgLogSettings {
+            name: layout::DLQ_STREAM.into(),
+            subjects: vec![layout::DLQ_SUBJECTS.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("dlq");
+    let batch_id = format!("{sub}.1-2.g1");
+    log.publish(
+        &layout::dlq_subject(tenant, sub),
+        &[
+            (layout::HDR_BATCH_ID, batch_id.as_str()),
+            (layout::HDR_ATTEMPTS, "3"),
+            (layout::HDR_LAST_ERROR, "status 500"),
+            (layout::HDR_FROM_SEQ, "1"),
+            (layout::HDR_TO_SEQ, "2"),
+            (layout::HDR_EVENTS, "2"),
+        ],
+        bytes::Bytes::from_static(b"{\"events\":[1,2]}"),
+    )
+    .await
+    .expect("publish dead letter")
+}
+
+/// What a call by tenant B on tenant A's resources must come to.
+#[derive(Debug)]
+enum Expect {
+    /// Refused with this status (404 for another tenant's resource, 403 for admin routes).
+    Refused(u16),
+    /// Served, on B's own resources only: the answer must not mention any of A's ids.
+    OwnOnly(u16),
+    /// Public: anyone.
+    Public,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
+    let api = Api::start().await;
+    let receiver = WebhookReceiver::start().await;
+    let (a_id, a_token) = api.tenant("alice", json!({})).await;
+    let (b_id, b_token) = api.tenant("bob", json!({})).await;
+    // A's resources: a subscription, a dead letter, a second key.
+    let a_sub = api.subscription(&a_token, &receiver.url("/a")).await;
+    let a_sub_id = a_sub["id"].as_str().unwrap().to_owned();
+    let a_seq = put_dead_letter(&api, &a_id, &a_sub_id).await;
+    let a_key = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{a_id}/keys"),
+            Some(ADMIN),
+            Some(json!({"label": "second"})),
+        )
+        .await;
+    assert_eq!(a_key.status, 201);
+    let a_key_id = a_key.json["key"]["key_id"].as_str().unwrap().to_owned();
+    let a_ids = [a_id.clone(), a_sub_id.clone(), a_key_id.clone()];
+    let before = api
+        .call(
+            Method::GET,
+            &format!("/v1/subscriptions/{a_sub_id}"),
+            Some(&a_token),
+            None,
+        )
+        .await;
+    assert_eq!(before.status, 200);
+
+    let doc = api
+        .call(Method::GET, "/openapi.json", None, None)
+        .await
+        .json;
+    // The cases, by operationId. A new operation without a case fails the walk.
+    let cases: BTreeMap<&str, Expect> = [
+        ("openapi", Expect::Public),
+        ("createTenant", Expect::Refused(403)),
+        ("listTenants", Expect::Refused(403)),
+        ("getTenant", Expect::Refused(403)),
+        ("updateTenant", Expect::Refused(403)),
+        ("deleteTenant", Expect::Refused(403)),
+        ("createKey", Expect::Refused(403)),
+        ("listKeys", Expect::Refused(403)),
+        ("deleteKey", Expect::Refused(403)),
+        ("createSubscription", Expect::OwnOnly(201)),
+        ("listSubscriptions", Expect::OwnOnly(200)),
+        ("usage", Expect::OwnOnly(200)),
+        ("getSubscription", Expect::Refused(404)),
+        ("updateSubscription", Expect::Refused(404)),
+        ("deleteSubscription", Expect::Refused(404)),
+        ("pauseSubscription", Expect::Refused(404)),
+        ("resumeSubscription", Expect::Refused(404)),
+        ("rotateSecret", Expect::Refused(404)),
+        ("subscriptionStats", Expect::Refused(404)),
+        ("listDeadLetters", Expect::Refused(404)),
+        ("purgeDeadLetters", Expect::Refused(404)),
+        ("getDeadLetter", Expect::Refused(404)),
+        ("replayDeadLetter", Expect::Refused(404)),
+        ("deleteDeadLetter", Expect::Refused(404)),
+    ]
+    .into_iter()
+    .collect();
+    // Valid bodies, so a refusal is about ownership, not about the body.
+    let body_for = |id: &str| -> Value {
+        match id {
+            "createTenant" => json!({"name": "mallory"}),
+            "updateTenant" => json!({"name": "renamed"}),
+            "createKey" => json!({"label": "x"}),
+            "createSubscription" => sub_spec(&receiver.url("/b")),
+            "updateSubscription" => json!({"name": "hijacked"}),
+            "rotateSecret" => json!({"overlap_secs": 0}),
+            other => panic!("no body for {other}"),
+        }
+    };
+    let ops = operations(&doc);
+    assert!(
+        ops.len() >= 24,
+        "the document lists every operation ({})",
+        ops.len()
+    );
+    let mut walked = BTreeSet::new();
+    for (method, template, id, access, has_body) in &ops {
+        let expect = cases.get(id.as_str()).unwrap_or_else(|| {
+            panic!("the isolation walk has no case for {id} ({method} {template}); add one")
+        });
+        let path = template
+            .replace("{tenant_id}", &a_id)
+            .replace("{sub_id}", &a_sub_id)
+            .replace("{key_id}", &a_key_id)
+            .replace("{seq}", &a_seq.to_string());
+        assert!(!path.contains('{'), "unknown path parameter in {template}");
+        let body = has_body.then(|| body_for(id));
+        // Without a token: 401 unless public.
+        let anon = api.call(method_of(method), &path, None, body.clone()).await;
+        match expect {
+            Expect::Public => {
+                assert_eq!(access, "public");
+                assert_eq!(anon.status, 200, "{id} is public");
+            }
+            _ => {
+                assert_eq!(anon.status, 401, "{id} without a token: {}", anon.json);
+                assert_eq!(anon.json["error"], "unauthorized");
+            }
+        }
+        // With B's key.
+        let b = api
+            .call(method_of(method), &path, Some(&b_token), body)
+            .await;
+        match expect {
+            Expect::Public => {}
+            Expect::Refused(status) => {
+                assert_eq!(
+                    b.status, *status,
+                    "{id} with another tenant's key: {}",
+                    b.json
+                );
+                let code = if *status == 404 {
+                    "not_found"
+                } else {
+                    "forbidden"
+                };
+                assert_eq!(b.json["error"], code, "{id}");
+                assert_eq!(
+                    access,
+                    if *status == 403 { "admin" } else { "tenant" },
+                    "{id}"
+                );
+            }
+            Expect::OwnOnly(status) => {
+                assert_eq!(b.status, *status, "{id}: {}", b.json);
+                let text = String::from_utf8_lossy(&b.raw);
+                for a in &a_ids {
+                    assert!(
+                        !text.contains(a.as_str()),
+                        "{id} shows {a} of another tenant: {text}"
+                    );
+                }
+            }
+        }
+        walked.insert(id.clone());
+    }
+    let missing: Vec<&&str> = cases.keys().filter(|k| !walked.contains(**k)).collect();
+    assert!(
+        missing.is_empty(),
+        "cases for operations the document lacks: {missing:?}"
+    );
+
+    // Nothing of A's changed: same subscription (revision included), dead letter and key still there.
+    let after = api
+        .call(
+            Method::GET,
+            &format!("/v1/subscriptions/{a_sub_id}"),
+            Some(&a_token),
+            None,
+        )
+        .await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.json, before.json, "A's subscription untouched");
+    let letters = api
+        .call(
+            Method::GET,
+            &format!("/v1/subscriptions/{a_sub_id}/dead-letters"),
+            Some(&a_token),
+            None,
+        )
+        .await;
+    assert_eq!(letters.json["dead_letters"][0]["seq"], a_seq);
+    let keys = api
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/{a_id}/keys"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        keys.json["keys"].as_array().unwrap().len(),
+        2,
+        "{}",
+        keys.json
+    );
+    let own = api
+        .call(Method::GET, "/v1/subscriptions", Some(&b_token), None)
+        .await;
+    assert_eq!(
+        own.json["subscriptions"].as_array().unwrap().len(),
+        1,
+        "B sees its own one"
+    );
+    assert_ne!(b_id, a_id);
+    assert!(
+        receiver.received().is_empty(),
+        "no replay reached A's receiver"
+    );
+}
+
+/// Asserts an error answer: status, code, the body's shape, and that the code is documented with that status.
+fn assert_error(a: &Answer, status: u16, code: &str) {
+    assert_eq!(a.status, status, "expected {code}: {}", a.json);
+    assert_eq!(a.json["error"], code, "{}", a.json);
+    assert!(
+        a.json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {}",
+        a.json
+    );
+    assert!(
+        ERROR_CODES.contains(&(code, status)),
+        "{code} {status} is in the documented table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_stable_codes_and_create_nothing() {
+    let api = Api::start().await;
+    let (_, token) = api
+        .tenant(
+            "t",
+            json!({"max_subscriptions": 2, "max_dids_per_filter": 3}),
+        )
+        .await;
+    let t = Some(token.as_str());
+    let post = |body: Value| api.call(Method::POST, "/v1/subscriptions", t, Some(body));
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut s = sub_spec("http://127.0.0.1:9/hook");
+        f(&mut s);
+        s
+    };
+    let mut seen = BTreeSet::new();
+    let mut check = |a: Answer, status: u16, code: &'static str| {
+        assert_error(&a, status, code);
+        seen.insert(code);
+        a
+    };
+    check(
+        api.raw(
+            Method::POST,
+            "/v1/subscriptions",
+            t,
+            Some(b"{not json".to_vec()),
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+    check(
+        post(with(&|s| s["colour"] = json!("red"))).await,
+        400,
+        "unknown_field",
+    );
+    check(
+        post(with(&|s| s["filter"]["colour"] = json!(1))).await,
+        400,
+        "unknown_field",
+    );
+    let a = check(
+        post(with(&|s| {
+            s["filter"]["predicate"] = json!("commit.record.text == 'a' &&")
+        }))
+        .await,
+        422,
+        "bad_jmespath",
+    );
+    assert!(a.json["position"].is_u64(), "a position: {}", a.json);
+    assert_eq!(a.json["field"], "filter.predicate");
+    let a = check(
+        post(with(&|s| s["transform"] = json!("{a: b"))).await,
+        422,
+        "bad_jmespath",
+    );
+    assert_eq!(a.json["field"], "transform");
+    check(
+        post(with(&|s| s["delivery"]["url"] = json!("ftp://x/y"))).await,
+        422,
+        "bad_url",
+    );
+    check(
+        post(with(&|s| s["delivery"]["url"] = json!("not a url"))).await,
+        422,
+        "bad_url",
+    );
+    // The SSRF guard: the metadata address and private networks are refused whatever the loopback setting.
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/hook",
+        "http://[fe80::1]/x",
+    ] {
+        let a = check(
+            post(with(&|s| s["delivery"]["url"] = json!(url))).await,
+            422,
+            "url_not_allowed",
+        );
+        assert_eq!(a.json["field"], "delivery.url");
+    }
+    check(
+        post(with(&|s| {
+            s["filter"]["collections"] = json!(["not an nsid!"])
+        }))
+        .await,
+        422,
+        "bad_filter",
+    );
+    check(
+        post(with(&|s| {
+            s["filter"]["dids"] = json!(["did:plc:a", "did:plc:b", "did:plc:c", "did:plc:d"]);
+        }))
+        .await,
+        429,
+        "quota_exceeded",
+    );
+    let many: Vec<String> = (0..10_001).map(|i| format!("did:plc:{i:024}")).collect();
+    let a = post(with(&|s| s["filter"]["dids"] = json!(many))).await;
+    assert!(
+        matches!(
+            a.json["error"].as_str(),
+            Some("limit_exceeded" | "quota_exceeded")
+        ),
+        "{}",
+        a.json
+    );
+    check(
+        post(with(&|s| s["batching"]["max_events"] = json!(0))).await,
+        422,
+        "limit_exceeded",
+    );
+    let big = vec![b' '; fpaas_api::MAX_BODY_BYTES + 10];
+    let mut body = b"{\"name\":\"".to_vec();
+    body.extend_from_slice(&big);
+    body.extend_from_slice(b"\"}");
+    check(
+        api.raw(Method::POST, "/v1/subscriptions", t, Some(body))
+            .await,
+        413,
+        "payload_too_large",
+    );
+    // Nothing half-created.
+    let list = api.call(Method::GET, "/v1/subscriptions", t, None).await;
+    assert_eq!(
+        list.json["subscriptions"].as_array().unwrap().len(),
+        0,
+        "{}",
+        list.json
+    );
+
+    // Quota on the number of subscriptions; the refused one is not created.
+    let s1 = post(with(&|_| {})).await;
+    assert_eq!(s1.status, 201);
+    assert_eq!(post(with(&|_| {})).await.status, 201);
+    check(post(with(&|_| {})).await, 429, "quota_exceeded");
+    let list = api.call(Method::GET, "/v1/subscriptions", t, None).await;
+    assert_eq!(list.json["subscriptions"].as_array().unwrap().len(), 2);
+
+    // Auth, routes, methods, concurrency.
+    check(
+        api.call(Method::GET, "/v1/subscriptions", None, None).await,
+        401,
+        "unauthorized",
+    );
+    check(
+        api.call(Method::GET, "/v1/subscriptions", Some("fpk_nope"), None)
+            .await,
+        401,
+        "unauthorized",
+    );
+    check(
+        api.call(Method::GET, "/v1/tenants", t, None).await,
+        403,
+        "forbidden",
+    );
+    check(
+        api.call(Method::GET, "/v1/subscriptions/sub_missing", t, None)
+            .await,
+        404,
+        "not_found",
+    );
+    check(
+        api.call(Method::GET, "/v1/nothing-here", t, None).await,
+        404,
+        "not_found",
+    );
+    check(
+        api.call(Method::PUT, "/v1/subscriptions", t, None).await,
+        405,
+        "method_not_allowed",
+    );
+    let id = s1.json["id"].as_str().unwrap();
+    let stale = api
+        .http
+        .patch(format!("{}/v1/subscriptions/{id}", api.base))
+        .bearer_auth(&token)
+        .header("if-match", "\"999999\"")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let status = stale.status().as_u16();
+    let json: Value = stale.json().await.unwrap();
+    check(
+        Answer {
+            status,
+            json,
+            raw: Vec::new(),
+        },
+        409,
+        "conflict",
+    );
+    check(
+        api.call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            t,
+            Some(json!({"state": "disabled"})),
+        )
+        .await,
+        422,
+        "bad_value",
+    );
+    check(
+        api.call(
+            Method::POST,
+            &format!("/v1/subscriptions/{id}/dead-letters/1/replay"),
+            t,
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    // A refused update leaves the subscription as it was.
+    let before = api
+        .call(Method::GET, &format!("/v1/subscriptions/{id}"), t, None)
+        .await;
+    check(
+        api.call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            t,
+            Some(json!({"name": "changed", "filter": {"predicate": "a ||"}})),
+        )
+        .await,
+        422,
+        "bad_jmespath",
+    );
+    let after = api
+        .call(Method::GET, &format!("/v1/subscriptions/{id}"), t, None)
+        .await;
+    assert_eq!(before.json, after.json, "nothing half-applied");
+
+    // Every client error code of the table was provoked here (internal / unavailable / delivery_failed
+    // are provoked by the dead-letter and outage tests).
+    for (code, status) in ERROR_CODES {
+        if *status < 500 {
+            assert!(seen.contains(code), "{code} was not provoked");
+        }
+    }
+}
+
+/// A random JSON value, at most `depth` deep.
+fn random_value(rng: &mut StdRng, depth: u32) -> Value {
+    let words = [
+        "filter",
+        "collections",
+        "dids",
+        "predicate",
+        "transform",
+        "batching",
+        "max_events",
+        "delivery",
+        "webhook",
+        "url",
+        "type",
+        "start",
+        "at",
+        "seq",
+        "time",
+        "name",
+        "quotas",
+        "state",
+        "paused",
+        "retry",
+        "schedule_ms",
+        "timeout_ms",
+        "app.bsky.feed.*",
+        "did:plc:x",
+        "live",
+        "http://127.0.0.1:1/",
+        "overlap_secs",
+        "label",
+        "kinds",
+        "operations",
+        "commit",
+        "create",
+        "max_bytes",
+        "max_wait_ms",
+    ];
+    match rng.random_range(0..if depth == 0 { 6 } else { 8 }) {
+        0 => Value::Null,
+        1 => Value::Bool(rng.random()),
+        2 => json!(rng.random::<i64>()),
+        3 => json!(rng.random::<f64>() * 1e6),
+        4 => json!(rng.random_range(0..100_000u64)),
+        5 => json!(words[rng.random_range(0..words.len())]),
+        6 => Value::Array(
+            (0..rng.random_range(0..4))
+                .map(|_| random_value(rng, depth - 1))
+                .collect(),
+        ),
+        _ => Value::Object(
+            (0..rng.random_range(0..5))
+                .map(|_| {
+                    (
+                        words[rng.random_range(0..words.len())].to_owned(),
+                        random_value(rng, depth - 1),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Replaces one random node of `v` with a random value.
+fn mutate(rng: &mut StdRng, v: &mut Value) {
+    match v {
+        Value::Object(m) if !m.is_empty() && rng.random_bool(0.7) => {
+            let keys: Vec<String> = m.keys().cloned().collect();
+            let k = &keys[rng.random_range(0..keys.len())];
+            mutate(rng, m.get_mut(k).unwrap());
+        }
+        Value::Array(a) if !a.is_empty() && rng.random_bool(0.7) => {
+            let i = rng.random_range(0..a.len());
+            mutate(rng, &mut a[i]);
+        }
+        _ => *v = random_value(rng, 3),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_and_mutated_bodies_never_get_a_server_error() {
+    let api = Api::start().await;
+    let (tenant_id, token) = api.tenant("fuzz", json!({})).await;
+    let sub = api.subscription(&token, "http://127.0.0.1:9/hook").await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    let doc = api
+        .call(Method::GET, "/openapi.json", None, None)
+        .await
+        .json;
+    let targets: Vec<(Method, String, &str)> = operations(&doc)
+        .into_iter()
+        .filter(|op| op.4)
+        .map(|(m, p, _, access, _)| {
+            let path = p
+                .replace("{tenant_id}", &tenant_id)
+                .replace("{sub_id}", &sub_id);
+            let who = if access == "admin" {
+                ADMIN
+            } else {
+                token.as_str()
+            };
+            (method_of(&m), path, who)
+        })
+        .collect();
+    assert!(targets.len() >= 6, "{targets:?}");
+    let seeds = [
+        sub_spec("http://127.0.0.1:9/hook"),
+        json!({"name": "x", "quotas": {"max_subscriptions": 5}}),
+        json!({"filter": {"collections": ["app.bsky.*"], "predicate": "length(commit.record.text) > `3`"}}),
+        json!({"overlap_secs": 10}),
+    ];
+    let mut rng = StdRng::seed_from_u64(0x5eed_f00d);
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    for i in 0..1_500 {
+        let (method, path, who) = &targets[i % targets.len()];
+        let body: Vec<u8> = match rng.random_range(0..10) {
+            0 => (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
+            1..=3 => serde_json::to_vec(&random_value(&mut rng, 4)).unwrap(),
+            _ => {
+                let mut v = seeds[rng.random_range(0..seeds.len())].clone();
+                for _ in 0..rng.random_range(1..4) {
+                    mutate(&mut rng, &mut v);
+                }
+                serde_json::to_vec(&v).unwrap()
+            }
+        };
+        let a = api
+            .raw(method.clone(), path, Some(who), Some(body.clone()))
+            .await;
+        *by_status.entry(a.status).or_default() += 1;
+        assert!(
+            a.status < 500,
+            "{method} {path} with {} → {} {}",
+            String::from_utf8_lossy(&body),
+            a.status,
+            a.json
+        );
+        if a.status >= 400 {
+            let code = a.json["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("error shape: {}", a.json));
+            assert!(
+                ERROR_CODES.contains(&(code, a.status)),
+                "{code} with {} is documented",
+                a.status
+            );
+        }
+    }
+    // Both successes and refusals happened (the generator is not trivially wrong), and the server answers.
+    assert!(by_status.keys().any(|s| *s < 300), "{by_status:?}");
+    assert!(by_status.keys().any(|s| *s >= 400), "{by_status:?}");
+    assert_eq!(
+        api.call(Method::GET, "/openapi.json", None, None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_is_listed_replayed_with_its_id_and_removed() {
+    let api = Api::start().await;
+    let receiver = WebhookReceiver::start().await;
+    receiver.respond_with(|_| Reply::status(500));
+    let js = fpaas_bus::jetstream(api.client.clone(), 64);
+    fpaas_bus::ensure_stream(
+        &js,
+        &fpaas_bus::StreamSettings {
+            max_bytes: 1 << 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("stream");
+    let events = corpus_events(60);
+    publish_events(&api.client, &events).await;
+    let (_, token) = api.tenant("t", json!({})).await;
+    let t = Some(token.as_str());
+    let sub = api.subscription(&token, &receiver.url("/hook")).await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let secret =
+        fpaas_webhook::Secret::parse(sub["secrets"][0]["secret"].as_str().unwrap()).unwrap();
+    // A real worker: three attempts (schedule [50, 50]), then the dead letter.
+    let cancel = CancellationToken::new();
+    let mut cfg = fpaas_pipeline::WorkerConfig {
+        nats_url: api.nats_url.clone(),
+        metrics_listen: None,
+        partitions: 2,
+        lease_ttl_secs: 2,
+        ..Default::default()
+    };
+    cfg.webhook_addresses.allow_loopback = true;
+    let worker = {
+        let (client, cancel) = (api.client.clone(), cancel.clone());
+        tokio::spawn(async move { fpaas_pipeline::run(client, cfg, cancel).await })
+    };
+    let path = format!("/v1/subscriptions/{id}/dead-letters");
+    let listed = eventually_some(Duration::from_secs(30), || async {
+        let listed = api.call(Method::GET, &path, t, None).await.json;
+        listed["dead_letters"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+            .then_some(listed)
+    })
+    .await
+    .expect("a dead letter");
+    let letter = listed["dead_letters"][0].clone();
+    let seq = letter["seq"].as_u64().unwrap();
+    let attempts = receiver.received();
+    assert_eq!(attempts.len(), 3, "three attempts before the dead letter");
+    let first_id = attempts[0].header("webhook-id").unwrap().to_owned();
+    assert_eq!(letter["batch_id"], first_id.as_str());
+    assert_eq!(letter["attempts"], 3);
+    let likes = events
+        .iter()
+        .filter(|e| {
+            e.commit
+                .as_ref()
+                .is_some_and(|c| c.collection == "app.bsky.feed.like")
+        })
+        .count();
+    assert_eq!(letter["events"], likes as u64);
+    let stored = api
+        .raw(Method::GET, &format!("{path}/{seq}"), t, None)
+        .await;
+    assert_eq!(stored.status, 200);
+    assert_eq!(
+        stored.raw, attempts[0].body,
+        "the stored body is the attempted body"
+    );
+
+    // Replay while the receiver still fails: 502, kept.
+    let replay = format!("{path}/{seq}/replay");
+    let a = api.call(Method::POST, &replay, t, None).await;
+    assert_error(&a, 502, "delivery_failed");
+    assert_eq!(
+        api.raw(Method::GET, &format!("{path}/{seq}"), t, None)
+            .await
+            .status,
+        200
+    );
+    // The receiver recovers: delivered with the first id, signed, then gone from the dead letters.
+    receiver.respond_with(|_| Reply::ok());
+    let a = api.call(Method::POST, &replay, t, None).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["batch_id"], first_id.as_str());
+    assert_eq!(a.json["status"], 200);
+    let all = receiver.received();
+    let last = all.last().unwrap();
+    assert_eq!(last.header("webhook-id"), Some(first_id.as_str()));
+    assert_eq!(last.body, attempts[0].body, "the same body");
+    let mut headers = BTreeMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, last.header(name).unwrap().to_owned());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    fpaas_webhook::sign::verify(
+        &headers["webhook-id"],
+        &headers["webhook-timestamp"],
+        &headers["webhook-signature"],
+        &last.body,
+        &[secret],
+        now,
+        Duration::from_secs(300),
+    )
+    .expect("the replay is signed with the subscription's secret");
+    assert_error(
+        &api.raw(Method::GET, &format!("{path}/{seq}"), t, None)
+            .await,
+        404,
+        "not_found",
+    );
+    let after = api.call(Method::GET, &path, t, None).await;
+    assert_eq!(after.json["dead_letters"].as_array().unwrap().len(), 0);
+    // A second replay of the same letter: not found (nothing delivered twice by the API).
+    let count = receiver.count();
+    assert_error(
+        &api.call(Method::POST, &replay, t, None).await,
+        404,
+        "not_found",
+    );
+    assert_eq!(receiver.count(), count);
+    cancel.cancel();
+    let _ = worker.await;
+}
