@@ -979,3 +979,17 @@ async fn a_dead_letter_is_listed_replayed_with_its_id_and_removed() {
     cancel.cancel();
     let _ = worker.await;
 }
+
+#[test]
+fn docs_api_md_lists_every_operation_and_error_code() {
+    let text = std::fs::read_to_string(fpaas_testkit::workspace_root().join("docs/api.md"))
+        .expect("docs/api.md");
+    for op in fpaas_api::routes::operations() {
+        let row = format!("| {} | `{}` |", op.method.to_uppercase(), op.path);
+        assert!(text.contains(&row), "docs/api.md lacks the row {row}");
+    }
+    for (code, status) in ERROR_CODES {
+        let row = format!("| `{code}` | {status} |");
+        assert!(text.contains(&row), "docs/api.md lacks the error row {row}");
+    }
+}

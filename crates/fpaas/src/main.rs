@@ -66,6 +66,12 @@ enum Command {
     Receive(cmd::receive::Args),
     /// Run the HTTP API (tenants, subscriptions, stats, dead letters; /openapi.json).
     Serve(cmd::serve::Args),
+    /// Manage tenants and their API keys through the API (admin token).
+    Tenant(cmd::client::TenantArgs),
+    /// Manage subscriptions through the API (a tenant's API key).
+    Sub(cmd::client::SubArgs),
+    /// List, inspect, replay and purge a subscription's dead letters through the API.
+    Dlq(cmd::client::DlqArgs),
 }
 
 /// The log filter when `RUST_LOG` is unset: one-shot queries and tools print their answer and only warnings
@@ -79,7 +85,10 @@ fn default_filter(command: &Command) -> &'static str {
         | Command::PutRecord(_)
         | Command::ImportCar(_)
         | Command::Reset(_)
-        | Command::StorageEstimate(_) => "warn",
+        | Command::StorageEstimate(_)
+        | Command::Tenant(_)
+        | Command::Sub(_)
+        | Command::Dlq(_) => "warn",
         _ => "info,async_nats=warn",
     }
 }
@@ -132,6 +141,9 @@ fn main() -> std::process::ExitCode {
             Command::Reset(a) => cmd::kv_admin::reset(a).await,
             Command::Receive(a) => cmd::receive::run(a).await,
             Command::Serve(a) => cmd::serve::run(a).await,
+            Command::Tenant(a) => cmd::client::tenant(a).await,
+            Command::Sub(a) => cmd::client::sub(a).await,
+            Command::Dlq(a) => cmd::client::dlq(a).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! One module per subcommand: flags (clap `Args`) and the wiring of library pieces.
 
+pub mod client;
 pub mod decode;
 pub mod dev;
 pub mod kv_admin;
