@@ -7,19 +7,24 @@
 //! - [`ingest`]: relay-sim → shuffler → nats-server, beside raw-publish and Python baselines;
 //! - [`storage`]: bytes per firehose message in a nats-server file store, uncompressed and S2;
 //! - [`record_kv`]: record KV builder, like indexer, like-index queries, key order, server memory per record;
-//! - [`server`], [`publish`]: what they share — nats-server through `fpaas-testkit`, peak RSS, stream
+//! - [`fanout`]: one worker, N subscriptions with mixed filters, relay frame → webhook latency, memory per
+//!   subscription; [`deliver`]: one subscription's delivery throughput beside reading the stream alone;
+//! - [`server`], [`publish`], [`subs`]: what they share — nats-server through `fpaas-testkit`, peak RSS, stream
 //!   progress, paths; messages as the shuffler publishes them, bounded-in-flight publishing.
 //!
 //! `decode` and `ingest` run child processes of the running executable (`decode`, `shuffler`): they measure
 //! the `fpaas` binary, so they are meant to run inside it.
 
 pub mod decode;
+pub mod deliver;
 pub mod error;
+pub mod fanout;
 pub mod ingest;
 pub mod publish;
 pub mod record_kv;
 pub mod server;
 pub mod storage;
+pub mod subs;
 
 pub use error::{Error, Result};
 
@@ -48,6 +53,10 @@ pub enum Bench {
     Storage(storage::Args),
     /// Record KV: records/s written, likes/s indexed, like-index queries/s, watch cost by key order, memory per record.
     RecordKv(record_kv::Args),
+    /// Subscriptions: one worker, N subscriptions with mixed filters, latency from relay frame to webhook receipt.
+    Fanout(fanout::Args),
+    /// Delivery throughput: one subscription taking every event in batches, beside reading the stream alone.
+    Deliver(deliver::Args),
 }
 
 /// A benchmark's result: named figures, each key ending in its unit.
@@ -114,6 +123,8 @@ pub async fn run(args: &Args) -> Result<Report> {
         Bench::Ingest(a) => ingest::run(a).await,
         Bench::Storage(a) => storage::run(a).await,
         Bench::RecordKv(a) => record_kv::run(a).await,
+        Bench::Fanout(a) => fanout::run(a).await,
+        Bench::Deliver(a) => deliver::run(a).await,
     }
 }
 

@@ -100,6 +100,23 @@ pub enum ExprError {
     },
 }
 
+/// A document parsed once for evaluation by many expressions (an event tested against every subscription
+/// predicate that concerns it): [`Expr::matches`] on a `serde_json::Value` converts the whole document on every
+/// call, [`Expr::matches_data`] does not.
+#[derive(Clone, Debug)]
+pub struct Data(jmespath::Rcvar);
+
+impl Data {
+    /// Parses JSON bytes.
+    ///
+    /// # Errors
+    /// When the bytes are not JSON.
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let v: jmespath::Variable = serde_json::from_slice(bytes)?;
+        Ok(Self(Arc::new(v)))
+    }
+}
+
 impl Expr {
     /// Compiles `text`.
     ///
@@ -146,6 +163,23 @@ impl Expr {
     /// Whether the expression is truthy on `data` (JMESPath truthiness); an evaluation error is `false`.
     pub fn matches(&self, data: &serde_json::Value) -> bool {
         self.compiled.search(data).is_ok_and(|v| v.is_truthy())
+    }
+
+    /// [`Expr::matches`] on a document parsed once ([`Data`]).
+    pub fn matches_data(&self, data: &Data) -> bool {
+        self.compiled.search(&data.0).is_ok_and(|v| v.is_truthy())
+    }
+
+    /// [`Expr::search`] on a document parsed once ([`Data`]).
+    ///
+    /// # Errors
+    /// [`ExprError::Runtime`].
+    pub fn search_data(&self, data: &Data) -> Result<serde_json::Value, ExprError> {
+        let result = self
+            .compiled
+            .search(&data.0)
+            .map_err(|e| self.runtime(e.to_string()))?;
+        serde_json::to_value(&*result).map_err(|e| self.runtime(e.to_string()))
     }
 
     fn runtime(&self, message: String) -> ExprError {

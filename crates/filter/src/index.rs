@@ -38,13 +38,24 @@ impl<'a> EventKey<'a> {
 }
 
 /// Subscriptions (by id) and their filters, indexed for matching.
+///
+/// Layout: a subscription with DIDs is found only through its DIDs (`by_did`; its collection patterns are then
+/// checked on the few found); one without DIDs through its collections (`exact_any_did`, `prefix_any_did`), or
+/// is in `firehose` when it names neither. No set is built per event, so an event costs the subscriptions it
+/// can concern, not the number of subscriptions without a DID list (a first version unioned such sets and
+/// spent most of a worker's time hashing them at 10,000 subscriptions).
 #[derive(Debug)]
 pub struct Index<Id> {
     filters: HashMap<Id, Compiled>,
-    exact: HashMap<String, HashSet<Id>>,
-    prefix: HashMap<String, HashSet<Id>>,
-    any_collection: HashSet<Id>,
+    /// Subscriptions with DIDs, by DID.
     by_did: HashMap<String, HashSet<Id>>,
+    /// Subscriptions without DIDs, by exact collection.
+    exact_any_did: HashMap<String, HashSet<Id>>,
+    /// Subscriptions without DIDs, by collection prefix (`app.bsky.feed` for `app.bsky.feed.*`).
+    prefix_any_did: HashMap<String, HashSet<Id>>,
+    /// Subscriptions with neither DIDs nor collections.
+    firehose: HashSet<Id>,
+    /// Every subscription without DIDs (events without a collection: identity, account, sync).
     any_did: HashSet<Id>,
 }
 
@@ -52,10 +63,10 @@ impl<Id> Default for Index<Id> {
     fn default() -> Self {
         Self {
             filters: HashMap::new(),
-            exact: HashMap::new(),
-            prefix: HashMap::new(),
-            any_collection: HashSet::new(),
             by_did: HashMap::new(),
+            exact_any_did: HashMap::new(),
+            prefix_any_did: HashMap::new(),
+            firehose: HashSet::new(),
             any_did: HashSet::new(),
         }
     }
@@ -84,18 +95,18 @@ impl<Id: Clone + Eq + Hash + Ord> Index<Id> {
     pub fn insert(&mut self, id: Id, spec: &FilterSpec) -> Result<(), FilterError> {
         let compiled = spec.compile()?;
         self.remove(&id);
-        if compiled.collections.is_empty() {
-            self.any_collection.insert(id.clone());
-        }
-        for c in &compiled.collections {
-            let (map, key) = match c {
-                CollectionPattern::Exact(k) => (&mut self.exact, k),
-                CollectionPattern::Prefix(k) => (&mut self.prefix, k),
-            };
-            map.entry(key.clone()).or_default().insert(id.clone());
-        }
         if compiled.spec.dids.is_empty() {
             self.any_did.insert(id.clone());
+            if compiled.collections.is_empty() {
+                self.firehose.insert(id.clone());
+            }
+            for c in &compiled.collections {
+                let (map, key) = match c {
+                    CollectionPattern::Exact(k) => (&mut self.exact_any_did, k),
+                    CollectionPattern::Prefix(k) => (&mut self.prefix_any_did, k),
+                };
+                map.entry(key.clone()).or_default().insert(id.clone());
+            }
         }
         for d in &compiled.spec.dids {
             self.by_did.entry(d.clone()).or_default().insert(id.clone());
@@ -117,16 +128,18 @@ impl<Id: Clone + Eq + Hash + Ord> Index<Id> {
                 }
             }
         };
-        for c in &old.collections {
-            match c {
-                CollectionPattern::Exact(k) => drop_from(&mut self.exact, k),
-                CollectionPattern::Prefix(k) => drop_from(&mut self.prefix, k),
+        if old.spec.dids.is_empty() {
+            for c in &old.collections {
+                match c {
+                    CollectionPattern::Exact(k) => drop_from(&mut self.exact_any_did, k),
+                    CollectionPattern::Prefix(k) => drop_from(&mut self.prefix_any_did, k),
+                }
             }
         }
         for d in &old.spec.dids {
             drop_from(&mut self.by_did, d);
         }
-        self.any_collection.remove(id);
+        self.firehose.remove(id);
         self.any_did.remove(id);
         true
     }
@@ -134,37 +147,29 @@ impl<Id: Clone + Eq + Hash + Ord> Index<Id> {
     /// The subscriptions whose collection and DID filters admit the event and whose kinds and operations
     /// include it (predicates not evaluated), sorted.
     pub fn candidates(&self, key: &EventKey<'_>) -> Vec<Id> {
-        // Collection dimension: events without a collection are not excluded by collection filters.
-        let mut by_collection: Option<HashSet<&Id>> = None;
-        if let Some(collection) = key.collection {
-            let mut set: HashSet<&Id> = self.any_collection.iter().collect();
-            if let Some(ids) = self.exact.get(collection) {
-                set.extend(ids);
-            }
-            for (i, _) in collection.match_indices('.') {
-                if let Some(ids) = self.prefix.get(&collection[..i]) {
-                    set.extend(ids);
-                }
-            }
-            by_collection = Some(set);
-        }
-        let mut by_did: HashSet<&Id> = self.any_did.iter().collect();
+        // Events without a collection are not excluded by collection filters.
+        let mut admitted: Vec<&Id> = Vec::new();
         if let Some(ids) = self.by_did.get(key.did) {
-            by_did.extend(ids);
+            admitted.extend(ids.iter().filter(|id| {
+                let patterns = &self.filters[*id].collections;
+                key.collection
+                    .is_none_or(|c| patterns.is_empty() || patterns.iter().any(|p| p.matches(c)))
+            }));
         }
-        let admitted: Vec<&Id> = match &by_collection {
-            Some(c) if c.len() <= by_did.len() => c
-                .iter()
-                .filter(|id| by_did.contains(*id))
-                .copied()
-                .collect(),
-            Some(c) => by_did
-                .iter()
-                .filter(|id| c.contains(*id))
-                .copied()
-                .collect(),
-            None => by_did.into_iter().collect(),
-        };
+        match key.collection {
+            Some(collection) => {
+                if let Some(ids) = self.exact_any_did.get(collection) {
+                    admitted.extend(ids);
+                }
+                for (i, _) in collection.match_indices('.') {
+                    if let Some(ids) = self.prefix_any_did.get(&collection[..i]) {
+                        admitted.extend(ids);
+                    }
+                }
+                admitted.extend(&self.firehose);
+            }
+            None => admitted.extend(&self.any_did),
+        }
         let mut out: Vec<Id> = admitted
             .into_iter()
             .filter(|id| {
@@ -178,7 +183,9 @@ impl<Id: Clone + Eq + Hash + Ord> Index<Id> {
             })
             .cloned()
             .collect();
+        // A subscription without DIDs is found once per pattern that admits the collection.
         out.sort();
+        out.dedup();
         out
     }
 

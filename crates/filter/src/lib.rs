@@ -15,6 +15,6 @@ pub mod functions;
 pub mod index;
 pub mod spec;
 
-pub use expr::{Expr, ExprError};
+pub use expr::{Data, Expr, ExprError};
 pub use index::{EventKey, Index};
 pub use spec::{CollectionPattern, FilterError, FilterSpec, MAX_COLLECTIONS, MAX_DIDS};

@@ -29,7 +29,7 @@ pub struct StreamEvent {
     pub collection: Option<String>,
     /// The event JSON.
     pub payload: Bytes,
-    json: OnceLock<Option<serde_json::Value>>,
+    data: OnceLock<Option<fpaas_filter::Data>>,
 }
 
 impl StreamEvent {
@@ -52,7 +52,7 @@ impl StreamEvent {
             operation,
             collection,
             payload: msg.payload.clone(),
-            json: OnceLock::new(),
+            data: OnceLock::new(),
         })
     }
 
@@ -66,11 +66,11 @@ impl StreamEvent {
         }
     }
 
-    /// The payload parsed as JSON (once); `None` when it is not JSON (counted by the caller; such an event
-    /// matches no predicate).
-    pub fn json(&self) -> Option<&serde_json::Value> {
-        self.json
-            .get_or_init(|| serde_json::from_slice(&self.payload).ok())
+    /// The payload parsed for JMESPath (once, shared by every predicate and transform that reads it);
+    /// `None` when it is not JSON.
+    pub fn data(&self) -> Option<&fpaas_filter::Data> {
+        self.data
+            .get_or_init(|| fpaas_filter::Data::from_json_bytes(&self.payload).ok())
             .as_ref()
     }
 }

@@ -11,6 +11,42 @@ use fpaas_control::SubStats;
 
 use crate::batch::Batch;
 
+/// The subscription's Prometheus series, registered once (a lookup by name and labels per update would cost
+/// a hash of the labels and two string copies, every second for every subscription).
+struct Handles {
+    matched: metrics::Counter,
+    delivered_events: metrics::Counter,
+    delivered_batches: metrics::Counter,
+    delivered_bytes: metrics::Counter,
+    failed_attempts: metrics::Counter,
+    dead_lettered_events: metrics::Counter,
+    lag_events: metrics::Gauge,
+    lag_seconds: metrics::Gauge,
+    retrying: metrics::Gauge,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Self {
+            matched: metrics::Counter::noop(),
+            delivered_events: metrics::Counter::noop(),
+            delivered_batches: metrics::Counter::noop(),
+            delivered_bytes: metrics::Counter::noop(),
+            failed_attempts: metrics::Counter::noop(),
+            dead_lettered_events: metrics::Counter::noop(),
+            lag_events: metrics::Gauge::noop(),
+            lag_seconds: metrics::Gauge::noop(),
+            retrying: metrics::Gauge::noop(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handles")
+    }
+}
+
 /// Counters of one subscription (see the module docs).
 #[derive(Debug, Default)]
 pub struct SubCounters {
@@ -43,6 +79,7 @@ pub struct SubCounters {
     /// Event time (µs) of the oldest event of the batch being delivered, 0 when none.
     pub oldest_undelivered_us: AtomicI64,
     last_error: Mutex<Option<(String, DateTime<Utc>)>>,
+    m: Handles,
 }
 
 impl SubCounters {
@@ -69,32 +106,38 @@ impl SubCounters {
         }
         // Exported from where the subscription's counts are, so its series continue across workers.
         let labels = c.labels();
-        for (name, value) in [
-            ("fpaas_pipeline_matched_events_total", stats.matched_events),
-            (
+        let counter = |name: &'static str, value: u64| {
+            let h = metrics::counter!(name, &labels);
+            h.absolute(value);
+            h
+        };
+        let m = Handles {
+            matched: counter("fpaas_pipeline_matched_events_total", stats.matched_events),
+            delivered_events: counter(
                 "fpaas_pipeline_delivered_events_total",
                 stats.delivered_events,
             ),
-            (
+            delivered_batches: counter(
                 "fpaas_pipeline_delivered_batches_total",
                 stats.delivered_batches,
             ),
-            (
+            delivered_bytes: counter(
                 "fpaas_pipeline_delivered_bytes_total",
                 stats.delivered_bytes,
             ),
-            (
+            failed_attempts: counter(
                 "fpaas_pipeline_failed_attempts_total",
                 stats.failed_attempts,
             ),
-            (
+            dead_lettered_events: counter(
                 "fpaas_pipeline_dead_lettered_events_total",
                 stats.dead_lettered_events,
             ),
-        ] {
-            metrics::counter!(name, &labels).absolute(value);
-        }
-        c
+            lag_events: metrics::gauge!("fpaas_pipeline_lag_events", &labels),
+            lag_seconds: metrics::gauge!("fpaas_pipeline_lag_seconds", &labels),
+            retrying: metrics::gauge!("fpaas_pipeline_retrying", &labels),
+        };
+        Self { m, ..c }
     }
 
     fn labels(&self) -> [(&'static str, String); 2] {
@@ -111,12 +154,9 @@ impl SubCounters {
         self.delivered_batches.fetch_add(1, Ordering::Relaxed);
         self.delivered_bytes
             .fetch_add(batch.body.len() as u64, Ordering::Relaxed);
-        let labels = self.labels();
-        metrics::counter!("fpaas_pipeline_delivered_events_total", &labels)
-            .increment(batch.events as u64);
-        metrics::counter!("fpaas_pipeline_delivered_batches_total", &labels).increment(1);
-        metrics::counter!("fpaas_pipeline_delivered_bytes_total", &labels)
-            .increment(batch.body.len() as u64);
+        self.m.delivered_events.increment(batch.events as u64);
+        self.m.delivered_batches.increment(1);
+        self.m.delivered_bytes.increment(batch.body.len() as u64);
         if batch.first_time_us > 0 {
             let now_us = Utc::now().timestamp_micros();
             let age = (now_us - batch.first_time_us).max(0) as f64 / 1e6;
@@ -127,7 +167,7 @@ impl SubCounters {
     /// An attempt failed.
     pub fn failed(&self, error: String) {
         self.failed_attempts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("fpaas_pipeline_failed_attempts_total", &self.labels()).increment(1);
+        self.m.failed_attempts.increment(1);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((error, Utc::now()));
     }
 
@@ -135,8 +175,7 @@ impl SubCounters {
     pub fn dead_lettered(&self, batch: &Batch) {
         self.dead_lettered_events
             .fetch_add(batch.events as u64, Ordering::Relaxed);
-        metrics::counter!("fpaas_pipeline_dead_lettered_events_total", &self.labels())
-            .increment(batch.events as u64);
+        self.m.dead_lettered_events.increment(batch.events as u64);
     }
 
     /// The figures for the stats bucket, with the lag against the stream's last sequence.
@@ -170,15 +209,9 @@ impl SubCounters {
 
     /// Sets the gauges (and the matched-events counter) of this subscription from `stats`.
     pub fn export_gauges(&self, stats: &SubStats) {
-        let labels = self.labels();
-        metrics::counter!("fpaas_pipeline_matched_events_total", &labels)
-            .absolute(stats.matched_events);
-        metrics::gauge!("fpaas_pipeline_lag_events", &labels).set(stats.lag_events as f64);
-        metrics::gauge!("fpaas_pipeline_lag_seconds", &labels).set(stats.lag_seconds);
-        metrics::gauge!("fpaas_pipeline_retrying", &labels).set(if stats.retrying {
-            1.0
-        } else {
-            0.0
-        });
+        self.m.matched.absolute(stats.matched_events);
+        self.m.lag_events.set(stats.lag_events as f64);
+        self.m.lag_seconds.set(stats.lag_seconds);
+        self.m.retrying.set(if stats.retrying { 1.0 } else { 0.0 });
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fpaas_event::{Kind, Operation, SUBJECT_PREFIX};
-use fpaas_filter::{CollectionPattern, Expr, FilterSpec, Index};
+use fpaas_filter::{CollectionPattern, Expr, FilterSpec};
 
 use crate::batch::{Item, Limits};
 use crate::event::StreamEvent;
@@ -47,8 +47,8 @@ pub struct SubConfig {
     pub generation: u64,
     /// The filter as written.
     pub filter: FilterSpec,
-    /// The filter compiled, in an index of its own (for catch-up reading).
-    own_index: Index<u8>,
+    /// The filter compiled (for catch-up reading, which checks one subscription without the index).
+    compiled: fpaas_filter::spec::Compiled,
     /// The filter's predicate, compiled.
     predicate: Option<Expr>,
     /// The JMESPath transform.
@@ -103,16 +103,8 @@ impl SubConfig {
             id: id.to_owned(),
             message,
         };
-        let mut own_index = Index::new();
-        own_index
-            .insert(0u8, &filter)
-            .map_err(|e| err(format!("filter: {e}")))?;
-        let predicate = filter
-            .predicate
-            .as_deref()
-            .map(Expr::compile)
-            .transpose()
-            .map_err(|e| err(format!("predicate: {e}")))?;
+        let compiled = filter.compile().map_err(|e| err(format!("filter: {e}")))?;
+        let predicate = compiled.predicate.clone();
         let transform = transform
             .map(Expr::compile)
             .transpose()
@@ -122,7 +114,7 @@ impl SubConfig {
             tenant: tenant.to_owned(),
             generation,
             filter,
-            own_index,
+            compiled,
             predicate,
             transform,
             limits,
@@ -141,13 +133,13 @@ impl SubConfig {
     pub fn predicate_matches(&self, event: &StreamEvent) -> bool {
         self.predicate
             .as_ref()
-            .is_none_or(|p| event.json().is_some_and(|json| p.matches(json)))
+            .is_none_or(|p| event.data().is_some_and(|data| p.matches_data(data)))
     }
 
     /// Does the event match (index dimensions and predicate)?
     pub fn matches(&self, event: &StreamEvent) -> bool {
         let key = event.key();
-        !self.own_index.candidates(&key).is_empty() && self.predicate_matches(event)
+        self.compiled.admits(&key) && self.predicate_matches(event)
     }
 
     /// The event as delivered: the event JSON, or the transform's result.
@@ -155,10 +147,10 @@ impl SubConfig {
         let data = match &self.transform {
             None => event.payload.to_vec(),
             Some(expr) => {
-                let Some(json) = event.json() else {
+                let Some(data) = event.data() else {
                     return Transformed::Failed("the event is not JSON".into());
                 };
-                match expr.search(json) {
+                match expr.search_data(data) {
                     Ok(v) => match serde_json::to_vec(&v) {
                         Ok(bytes) => bytes,
                         Err(e) => return Transformed::Failed(e.to_string()),

@@ -117,6 +117,88 @@ pub fn partition_of(id: &str, partitions: u32) -> u32 {
     h % partitions.max(1)
 }
 
+/// The buckets and the dead-letter stream a worker uses.
+struct Provisioned {
+    subs: KvBucket,
+    progress: KvBucket,
+    stats: KvBucket,
+    tenants: KvBucket,
+    leases: KvBucket,
+    dlq: crate::deliver::DeadLetters,
+}
+
+/// Creates (or opens) the worker's buckets and the dead-letter stream.
+async fn provision(
+    client: &fpaas_bus::Client,
+    config: &WorkerConfig,
+) -> Result<Provisioned, fpaas_bus::BusError> {
+    let kv = |bucket: &str, description: &str, max_age_secs: u64| KvSettings {
+        description: description.to_owned(),
+        max_age_secs,
+        replicas: config.replicas,
+        ..KvSettings::bucket(bucket)
+    };
+    let subs = ensure_kv_on(
+        client,
+        &kv(
+            layout::SUBS_BUCKET,
+            "fpaas subscriptions (written by the API)",
+            0,
+        ),
+    )
+    .await?;
+    let progress = ensure_kv_on(
+        client,
+        &kv(
+            layout::PROGRESS_BUCKET,
+            "fpaas subscription progress (written by workers)",
+            0,
+        ),
+    )
+    .await?;
+    let stats = ensure_kv_on(
+        client,
+        &kv(
+            layout::STATS_BUCKET,
+            "fpaas subscription stats (written by workers)",
+            0,
+        ),
+    )
+    .await?;
+    let tenants = ensure_kv_on(
+        client,
+        &kv(
+            layout::TENANTS_BUCKET,
+            "fpaas tenants and API keys (written by the API)",
+            0,
+        ),
+    )
+    .await?;
+    let leases = ensure_kv_on(
+        client,
+        &kv(
+            layout::LEASES_BUCKET,
+            "fpaas worker heartbeats and partition leases (expire unless refreshed)",
+            config.lease_ttl_secs,
+        ),
+    )
+    .await?;
+    let dlq = crate::deliver::DeadLetters::ensure(
+        client,
+        config.replicas,
+        config.dead_letter_max_age_secs,
+    )
+    .await?;
+    Ok(Provisioned {
+        subs,
+        progress,
+        stats,
+        tenants,
+        leases,
+        dlq,
+    })
+}
+
 /// Runs a worker until `cancel`; what it owns is handed back on the way out.
 ///
 /// # Errors
@@ -136,63 +218,28 @@ pub async fn run(
     } else {
         config.worker_id.clone()
     };
-    let kv = |bucket: &str, description: &str, max_age_secs: u64| KvSettings {
-        description: description.to_owned(),
-        max_age_secs,
-        replicas: config.replicas,
-        ..KvSettings::bucket(bucket)
+    // NATS may be starting or briefly overloaded: provisioning is retried until it works or the worker is
+    // stopped (the process stays up, not ready, and says why).
+    let mut backoff = fpaas_bus::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let Provisioned {
+        subs,
+        progress,
+        stats,
+        tenants,
+        leases,
+        dlq,
+    } = loop {
+        match provision(&client, &config).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(error = %e, "provisioning the worker's buckets failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
     };
-    let subs = ensure_kv_on(
-        &client,
-        &kv(
-            layout::SUBS_BUCKET,
-            "fpaas subscriptions (written by the API)",
-            0,
-        ),
-    )
-    .await?;
-    let progress = ensure_kv_on(
-        &client,
-        &kv(
-            layout::PROGRESS_BUCKET,
-            "fpaas subscription progress (written by workers)",
-            0,
-        ),
-    )
-    .await?;
-    let stats = ensure_kv_on(
-        &client,
-        &kv(
-            layout::STATS_BUCKET,
-            "fpaas subscription stats (written by workers)",
-            0,
-        ),
-    )
-    .await?;
-    let tenants = ensure_kv_on(
-        &client,
-        &kv(
-            layout::TENANTS_BUCKET,
-            "fpaas tenants and API keys (written by the API)",
-            0,
-        ),
-    )
-    .await?;
-    let leases = ensure_kv_on(
-        &client,
-        &kv(
-            layout::LEASES_BUCKET,
-            "fpaas worker heartbeats and partition leases (expire unless refreshed)",
-            config.lease_ttl_secs,
-        ),
-    )
-    .await?;
-    let dlq = crate::deliver::DeadLetters::ensure(
-        &client,
-        config.replicas,
-        config.dead_letter_max_age_secs,
-    )
-    .await?;
     let sender = crate::deliver::Sender::new(&config.webhook_addresses)
         .map_err(|e| WorkerError::Config(e.to_string()))?;
     let (ctrl_tx, ctrl_rx) = mpsc::channel(1024);
@@ -225,7 +272,7 @@ pub async fn run(
     let tick = Duration::from_millis((config.lease_ttl_secs * 1000 / 3).max(200));
     let mut lease_timer = tokio::time::interval(tick);
     let mut stats_timer = tokio::time::interval(Duration::from_secs(1));
-    let mut last_written: HashMap<String, SubStats> = HashMap::new();
+    let mut last_written: HashMap<String, (SubStats, std::time::Instant)> = HashMap::new();
     let mut watch = None;
     // When this worker last refreshed every lease it holds.
     let mut last_refresh = std::time::Instant::now();
@@ -601,11 +648,26 @@ async fn tenant_rate_quota(tenants: &KvBucket, tenant_id: &str) -> u32 {
     }
 }
 
+/// A subscription whose only change is its lag is written at most this often (the Prometheus gauges follow
+/// the lag every second; the bucket is for the API, and thousands of subscriptions would otherwise mean
+/// thousands of writes a second).
+const LAG_ONLY_WRITE_EVERY: Duration = Duration::from_secs(30);
+
+/// The stats without the fields that move by themselves (lag, time of writing).
+fn counts_only(s: &SubStats) -> SubStats {
+    SubStats {
+        lag_events: 0,
+        lag_seconds: 0.0,
+        updated_at: None,
+        ..s.clone()
+    }
+}
+
 async fn write_stats(
     shared: &Shared,
     stats: &KvBucket,
     running: &HashMap<String, Running>,
-    last: &mut HashMap<String, SubStats>,
+    last: &mut HashMap<String, (SubStats, std::time::Instant)>,
 ) {
     if running.is_empty() {
         return;
@@ -615,26 +677,41 @@ async fn write_stats(
         Err(_) => return,
     };
     last.retain(|id, _| running.contains_key(id));
+    let mut writes = Vec::new();
     for (id, r) in running {
-        let mut s = r.counters.snapshot(last_seq);
+        let s = r.counters.snapshot(last_seq);
         r.counters.export_gauges(&s);
-        if last.get(id).is_some_and(|prev| {
-            let mut p = prev.clone();
-            p.updated_at = None;
-            p == s
-        }) {
-            continue;
+        let due = match last.get(id) {
+            None => true,
+            Some((prev, at)) => {
+                counts_only(prev) != counts_only(&s)
+                    || ((prev.lag_events != s.lag_events || prev.lag_seconds != s.lag_seconds)
+                        && at.elapsed() >= LAG_ONLY_WRITE_EVERY)
+            }
+        };
+        if due {
+            writes.push((id.clone(), s));
         }
-        let unstamped = s.clone();
-        s.updated_at = Some(chrono::Utc::now());
-        let bytes = serde_json::to_vec(&s).unwrap_or_default();
-        if stats
-            .put(&layout::stats_key(id), bytes.into())
-            .await
-            .is_ok()
-        {
-            last.insert(id.clone(), unstamped);
-        }
+    }
+    // Concurrently, a bounded number at a time: one slow write does not hold the others.
+    let done: Vec<(String, SubStats)> = futures::stream::iter(writes)
+        .map(|(id, s)| async move {
+            let mut stamped = s.clone();
+            stamped.updated_at = Some(chrono::Utc::now());
+            let bytes = serde_json::to_vec(&stamped).unwrap_or_default();
+            stats
+                .put(&layout::stats_key(&id), bytes.into())
+                .await
+                .ok()
+                .map(|_| (id, s))
+        })
+        .buffer_unordered(64)
+        .filter_map(|w| async move { w })
+        .collect()
+        .await;
+    let now = std::time::Instant::now();
+    for (id, s) in done {
+        last.insert(id, (s, now));
     }
 }
 

@@ -195,6 +195,8 @@ pub struct Generator {
     faults: FaultConfig,
     rare_boost: u32,
     small_frames: bool,
+    /// Follow the wall clock (event times are "now") instead of the simulated one.
+    wall_clock: bool,
     /// The hostile frames injected by `hostile_every` (built on first use) and the next one to send.
     hostile: Vec<Vec<u8>>,
     next_hostile: usize,
@@ -278,6 +280,7 @@ impl Generator {
             faults,
             rare_boost: 1,
             small_frames: false,
+            wall_clock: false,
             hostile: Vec::new(),
             next_hostile: 0,
         }
@@ -299,6 +302,19 @@ impl Generator {
     pub fn with_rare_boost(mut self, boost: u32) -> Self {
         self.rare_boost = boost.clamp(1, 1_000);
         self
+    }
+
+    /// Event times follow the wall clock (each event's `time` is when it was generated, still strictly
+    /// increasing) instead of the simulated clock from 2026-07-04. For latency benchmarks, which compare an
+    /// event's `time_us` with when it arrives; the events are then no longer a pure function of the seed.
+    pub fn with_wall_clock(mut self, wall_clock: bool) -> Self {
+        self.wall_clock = wall_clock;
+        self
+    }
+
+    /// The DIDs of the simulated accounts, in repo order (an account deleted later gets a new DID).
+    pub fn dids(&self) -> Vec<String> {
+        self.repos.iter().map(|r| r.did.clone()).collect()
     }
 
     /// Seq the next event will get.
@@ -369,7 +385,15 @@ impl Generator {
     pub fn next_event(&mut self) -> Result<Generated, EncodeError> {
         self.produced += 1;
         let n = self.produced;
-        self.clock_us += self.rng.random_range(0..5_000);
+        let step = self.rng.random_range(0..5_000);
+        if self.wall_clock {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            self.clock_us = (self.clock_us + 1).max(now);
+        } else {
+            self.clock_us += step;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
 

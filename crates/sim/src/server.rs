@@ -73,6 +73,9 @@ pub struct SimConfig {
     /// Keep the ground truth of every generated event in memory ([`Sim::truth`]). Turn off for long runs
     /// ([`serve`] always does).
     pub record_truth: bool,
+    /// Event times follow the wall clock instead of the simulated one ([`Generator::with_wall_clock`]): for
+    /// latency measurements from the relay frame on.
+    pub wall_clock: bool,
 }
 
 impl Default for SimConfig {
@@ -89,6 +92,7 @@ impl Default for SimConfig {
             rare_boost: 1,
             small_frames: false,
             record_truth: true,
+            wall_clock: false,
         }
     }
 }
@@ -265,7 +269,8 @@ impl Shared {
             None => Source::Gen(Box::new(
                 Generator::new(cfg.seed, cfg.repos, cfg.start_seq, cfg.faults.clone())
                     .with_rare_boost(cfg.rare_boost)
-                    .with_small_frames(cfg.small_frames),
+                    .with_small_frames(cfg.small_frames)
+                    .with_wall_clock(cfg.wall_clock),
             )),
         };
         let (head_tx, _) = watch::channel(None);
