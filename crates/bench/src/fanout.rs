@@ -51,6 +51,9 @@ pub struct Args {
     /// `batching.max_wait_ms` of every subscription.
     #[arg(long, default_value_t = 20)]
     max_wait_ms: u64,
+    /// Seconds the worker idles with every subscription running before its memory is read.
+    #[arg(long, default_value_t = 10)]
+    settle_secs: u64,
     /// Seed of the simulator and of the filters.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -147,8 +150,13 @@ pub async fn run(args: &Args) -> Result<Report> {
         )
         .await?;
     let startup_s = created.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_idle = worker.rss().unwrap_or(0);
+    // Memory once the start-up garbage is returned (sampled every second, the lowest of the last five).
+    let mut samples = Vec::new();
+    for _ in 0..args.settle_secs.max(1) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(worker.rss().unwrap_or(0));
+    }
+    let rss_idle = samples.iter().rev().take(5).copied().min().unwrap_or(0);
     let cpu_before = cpu_s(worker_pid(&worker)).unwrap_or(0.0);
 
     // The firehose: relay-sim → shuffler.

@@ -167,7 +167,14 @@ impl Expr {
 
     /// [`Expr::matches`] on a document parsed once ([`Data`]).
     pub fn matches_data(&self, data: &Data) -> bool {
-        self.compiled.search(&data.0).is_ok_and(|v| v.is_truthy())
+        self.eval(data).is_ok_and(|v| v.is_truthy())
+    }
+
+    /// Evaluates on the parsed document itself (`Expression::search` would copy it: its argument is
+    /// serialized into a new document on every call without the crate's nightly-only specialization).
+    fn eval(&self, data: &Data) -> jmespath::SearchResult {
+        let mut ctx = jmespath::Context::new(&self.text, crate::functions::runtime());
+        jmespath::interpret(&data.0, self.compiled.as_ast(), &mut ctx)
     }
 
     /// [`Expr::search`] on a document parsed once ([`Data`]).
@@ -175,10 +182,7 @@ impl Expr {
     /// # Errors
     /// [`ExprError::Runtime`].
     pub fn search_data(&self, data: &Data) -> Result<serde_json::Value, ExprError> {
-        let result = self
-            .compiled
-            .search(&data.0)
-            .map_err(|e| self.runtime(e.to_string()))?;
+        let result = self.eval(data).map_err(|e| self.runtime(e.to_string()))?;
         serde_json::to_value(&*result).map_err(|e| self.runtime(e.to_string()))
     }
 

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use fpaas_event::{Event, Kind, Operation};
 
@@ -46,9 +47,10 @@ impl<'a> EventKey<'a> {
 /// spent most of a worker's time hashing them at 10,000 subscriptions).
 #[derive(Debug)]
 pub struct Index<Id> {
-    filters: HashMap<Id, Compiled>,
-    /// Subscriptions with DIDs, by DID.
-    by_did: HashMap<String, HashSet<Id>>,
+    filters: HashMap<Id, Arc<Compiled>>,
+    /// Subscriptions with DIDs, by DID (a list: most DIDs are named by one subscription, and a one-element
+    /// list costs a fraction of a set).
+    by_did: HashMap<String, Vec<Id>>,
     /// Subscriptions without DIDs, by exact collection.
     exact_any_did: HashMap<String, HashSet<Id>>,
     /// Subscriptions without DIDs, by collection prefix (`app.bsky.feed` for `app.bsky.feed.*`).
@@ -93,7 +95,12 @@ impl<Id: Clone + Eq + Hash + Ord> Index<Id> {
     /// # Errors
     /// The spec's [`FilterError`]; the index is then unchanged.
     pub fn insert(&mut self, id: Id, spec: &FilterSpec) -> Result<(), FilterError> {
-        let compiled = spec.compile()?;
+        self.insert_compiled(id, Arc::new(spec.compile()?));
+        Ok(())
+    }
+
+    /// Adds (or replaces) subscription `id` with a filter compiled before (shared, not copied).
+    pub fn insert_compiled(&mut self, id: Id, compiled: Arc<Compiled>) {
         self.remove(&id);
         if compiled.spec.dids.is_empty() {
             self.any_did.insert(id.clone());
@@ -109,10 +116,9 @@ impl<Id: Clone + Eq + Hash + Ord> Index<Id> {
             }
         }
         for d in &compiled.spec.dids {
-            self.by_did.entry(d.clone()).or_default().insert(id.clone());
+            self.by_did.entry(d.clone()).or_default().push(id.clone());
         }
         self.filters.insert(id, compiled);
-        Ok(())
     }
 
     /// Removes subscription `id`; `true` if it was there.
@@ -137,7 +143,12 @@ impl<Id: Clone + Eq + Hash + Ord> Index<Id> {
             }
         }
         for d in &old.spec.dids {
-            drop_from(&mut self.by_did, d);
+            if let Some(ids) = self.by_did.get_mut(d.as_str()) {
+                ids.retain(|x| x != id);
+                if ids.is_empty() {
+                    self.by_did.remove(d.as_str());
+                }
+            }
         }
         self.firehose.remove(id);
         self.any_did.remove(id);

@@ -39,8 +39,19 @@ fn compliance_suite() {
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         for group in groups {
             let given = &group["given"];
+            let data = fpaas_filter::Data::from_json_bytes(&serde_json::to_vec(given).unwrap())
+                .expect("given parses");
             for case in group["cases"].as_array().unwrap() {
                 let expression = case["expression"].as_str().unwrap();
+                // The parsed-once path (what workers use) answers exactly as the plain one.
+                if let Ok(e) = Expr::compile(expression) {
+                    match (e.search(given), e.search_data(&data)) {
+                        (Ok(a), Ok(b)) => assert!(same(&a, &b), "{expression}: {a} vs {b}"),
+                        (Err(_), Err(_)) => {}
+                        (a, b) => panic!("{expression}: {a:?} vs {b:?}"),
+                    }
+                    assert_eq!(e.matches(given), e.matches_data(&data), "{expression}");
+                }
                 let ok = match (case.get("result"), case.get("error")) {
                     (Some(want), _) => Expr::compile(expression)
                         .and_then(|e| e.search(given))

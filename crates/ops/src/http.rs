@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text format (`text/plain; version=0.0.4`) |
+//! | `GET /metrics` | Prometheus text format (`text/plain; version=0.0.4`): the recorder's families, then [`crate::extra`]'s |
 //! | `GET /health` | `200 ok` while the process runs (liveness) |
 //! | `GET /ready` | `200 ready`, or `503` listing the required components that are down |
 //! | `GET /health/detailed` | JSON: `{"ready": bool, "components": [...]}` |
@@ -65,11 +65,9 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(state): State<OpsState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut page = state.metrics.render();
+    crate::extra::render_into(&mut page);
+    ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], page).into_response()
 }
 
 async fn ready_handler(State(state): State<OpsState>) -> Response {

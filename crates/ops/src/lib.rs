@@ -3,9 +3,10 @@
 //! [`serve`]): `GET /metrics`, `/health`, `/ready`, `/health/detailed`; reading that text format back ([`prom`]:
 //! the workspace's one Prometheus text parser); and [`config`], how every long-running command reads its
 //! configuration (defaults → file → `FPAAS_*` environment → flags) and how its reference in `docs/config.md` is
-//! generated.
+//! generated; [`extra`]: metric families rendered at scrape time by their owner (one series per subscription).
 
 pub mod config;
+pub mod extra;
 mod health;
 mod http;
 mod metrics_setup;

@@ -87,8 +87,8 @@ pub async fn run(
     };
     state.position.store(start, Ordering::Release);
     let mut tail = StreamTail::new(&client, &stream, From::Seq(start + 1), Vec::new());
-    let mut index: Index<String> = Index::new();
-    let mut slots: HashMap<String, Slot> = HashMap::new();
+    let mut index: Index<Arc<str>> = Index::new();
+    let mut slots: HashMap<Arc<str>, Slot> = HashMap::new();
     let mut last_tick = Instant::now();
     let fell_behind = metrics::counter!("fpaas_pipeline_fell_behind_total");
     let unreadable = metrics::counter!("fpaas_pipeline_unreadable_events_total");
@@ -168,19 +168,15 @@ pub async fn run(
 
 fn apply(
     c: Ctrl,
-    index: &mut Index<String>,
-    slots: &mut HashMap<String, Slot>,
+    index: &mut Index<Arc<str>>,
+    slots: &mut HashMap<Arc<str>, Slot>,
     state: &ReaderState,
 ) {
     match c {
         Ctrl::Join { sub, tx, reply } => {
-            let id = sub.id.clone();
+            let id: Arc<str> = Arc::from(sub.id.as_str());
             remove(&id, index, slots, state);
-            if let Err(e) = index.insert(id.clone(), &sub.filter) {
-                // The filter compiled when the subscription was built; this cannot differ.
-                tracing::error!(subscription = %id, error = %e, "filter refused by the index");
-                return;
-            }
+            index.insert_compiled(id.clone(), sub.compiled.clone());
             slots.insert(id, Slot { sub, tx });
             state.live.store(slots.len() as u64, Ordering::Relaxed);
             let _ = reply.send(state.position.load(Ordering::Acquire));
@@ -191,12 +187,12 @@ fn apply(
 
 fn remove(
     id: &str,
-    index: &mut Index<String>,
-    slots: &mut HashMap<String, Slot>,
+    index: &mut Index<Arc<str>>,
+    slots: &mut HashMap<Arc<str>, Slot>,
     state: &ReaderState,
 ) {
-    if slots.remove(id).is_some() {
-        index.remove(&id.to_owned());
+    if let Some((key, _)) = slots.remove_entry(id) {
+        index.remove(&key);
     }
     state.live.store(slots.len() as u64, Ordering::Relaxed);
 }

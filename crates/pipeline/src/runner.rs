@@ -108,7 +108,7 @@ impl Runner {
     }
 
     async fn run_once(&mut self) -> Result<Stop, RunError> {
-        self.progress = self.load_progress().await?;
+        self.progress = Box::pin(self.load_progress()).await?;
         self.counters
             .acked_seq
             .store(self.progress.acked_seq, Ordering::Relaxed);
@@ -202,10 +202,11 @@ impl Runner {
             .acked_seq
             .store(batcher.scanned_to(), Ordering::Relaxed);
         if self.last_saved.elapsed() >= IDLE_SAVE_EVERY {
-            self.save_progress(Progress {
+            // Boxed: the KV write's future would otherwise be part of every idle runner's task.
+            Box::pin(self.save_progress(Progress {
                 acked_seq: batcher.scanned_to(),
                 pending: None,
-            })
+            }))
             .await?;
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! catch-up reader, with the server-side subject filters that make catching up cheap), its transform, batch
 //! limits, start and webhook target.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fpaas_event::{Kind, Operation, SUBJECT_PREFIX};
@@ -45,10 +46,9 @@ pub struct SubConfig {
     pub tenant: String,
     /// Changes with every edit; part of batch ids.
     pub generation: u64,
-    /// The filter as written.
-    pub filter: FilterSpec,
-    /// The filter compiled (for catch-up reading, which checks one subscription without the index).
-    compiled: fpaas_filter::spec::Compiled,
+    /// The filter, compiled once: shared by the shared reader's index and this subscription's catch-up
+    /// reading (which checks it without the index). `compiled.spec` is the filter as written.
+    pub compiled: Arc<fpaas_filter::spec::Compiled>,
     /// The filter's predicate, compiled.
     predicate: Option<Expr>,
     /// The JMESPath transform.
@@ -103,7 +103,7 @@ impl SubConfig {
             id: id.to_owned(),
             message,
         };
-        let compiled = filter.compile().map_err(|e| err(format!("filter: {e}")))?;
+        let compiled = Arc::new(filter.compile().map_err(|e| err(format!("filter: {e}")))?);
         let predicate = compiled.predicate.clone();
         let transform = transform
             .map(Expr::compile)
@@ -113,7 +113,6 @@ impl SubConfig {
             id: id.to_owned(),
             tenant: tenant.to_owned(),
             generation,
-            filter,
             compiled,
             predicate,
             transform,
@@ -126,7 +125,7 @@ impl SubConfig {
 
     /// Does the subscription need the event's JSON to decide (predicate) or to deliver (transform)?
     pub fn needs_json(&self) -> bool {
-        self.filter.predicate.is_some() || self.transform.is_some()
+        self.compiled.spec.predicate.is_some() || self.transform.is_some()
     }
 
     /// Is the predicate (if any) truthy on the event? (The shared reader's index has checked the rest.)
@@ -169,7 +168,7 @@ impl SubConfig {
 
     /// Server-side subject filters covering every event the filter can match (empty = the whole stream).
     pub fn subject_filters(&self) -> Vec<String> {
-        subject_filters(&self.filter)
+        subject_filters(&self.compiled.spec)
     }
 }
 

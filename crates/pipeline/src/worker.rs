@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) queue_capacity: usize,
     pub(crate) rate: RateLimiter,
     pub(crate) tenants: KvBucket,
+    /// The running subscriptions' counters, rendered on `/metrics`.
+    pub(crate) registry: Arc<crate::stats::Registry>,
 }
 
 struct Running {
@@ -105,6 +107,21 @@ struct Running {
     handle: JoinHandle<Stop>,
     counters: Arc<SubCounters>,
     partition: u32,
+    /// Its series leave `/metrics` when it stops.
+    _listed: Listed,
+}
+
+/// A subscription's place in the metrics registry, removed on drop (unless a newer runner replaced it).
+struct Listed {
+    registry: Arc<crate::stats::Registry>,
+    id: String,
+    counters: Arc<SubCounters>,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.registry.remove_if_same(&self.id, &self.counters);
+    }
 }
 
 /// The partition of a subscription id (FNV-1a, stable across versions and machines).
@@ -263,6 +280,7 @@ pub async fn run(
         queue_capacity: config.queue_capacity,
         rate: RateLimiter::default(),
         tenants,
+        registry: crate::stats::Registry::new(),
     });
     tracing::info!(worker = %worker_id, partitions = config.partitions, lease_ttl_secs = config.lease_ttl_secs, "worker started");
 
@@ -283,6 +301,7 @@ pub async fn run(
     let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
     let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
 
+    let mut dirty = false;
     loop {
         if watch.is_none() {
             match subs.watch(">").await {
@@ -313,7 +332,9 @@ pub async fn run(
                                     let _ = stats.remove(&layout::stats_key(&id)).await;
                                 }
                             }
-                            reconcile(&shared, &stats, &config, &directory, &owned, &mut running).await;
+                            // Reconciled shortly, once for a burst of changes (a worker starting on 10,000
+                            // subscriptions would otherwise reconcile 10,000 times over a growing directory).
+                            dirty = true;
                         }
                     }
                     Some(Err(e)) => { tracing::warn!(error = %e, "subscription watch failed; re-watching"); watch = None; }
@@ -329,6 +350,10 @@ pub async fn run(
             }
             _ = stats_timer.tick() => {
                 write_stats(&shared, &stats, &running, &mut last_written).await;
+            }
+            _ = tokio::time::sleep(RECONCILE_DEBOUNCE), if dirty => {
+                dirty = false;
+                reconcile(&shared, &stats, &config, &directory, &owned, &mut running).await;
             }
         }
     }
@@ -358,30 +383,6 @@ pub async fn run(
 fn register_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
-        "fpaas_pipeline_matched_events_total",
-        "Events that matched a subscription (per tenant, subscription)."
-    );
-    describe_counter!(
-        "fpaas_pipeline_delivered_events_total",
-        "Events in batches the receiver accepted (per tenant, subscription)."
-    );
-    describe_counter!(
-        "fpaas_pipeline_delivered_batches_total",
-        "Batches the receiver accepted (per tenant, subscription)."
-    );
-    describe_counter!(
-        "fpaas_pipeline_delivered_bytes_total",
-        "Body bytes the receiver accepted (per tenant, subscription)."
-    );
-    describe_counter!(
-        "fpaas_pipeline_failed_attempts_total",
-        "Delivery attempts that failed (per tenant, subscription)."
-    );
-    describe_counter!(
-        "fpaas_pipeline_dead_lettered_events_total",
-        "Events in dead-lettered batches (per tenant, subscription)."
-    );
-    describe_counter!(
         "fpaas_pipeline_attempts_total",
         "Delivery attempts by outcome."
     );
@@ -396,18 +397,6 @@ fn register_metrics() {
     describe_counter!(
         "fpaas_pipeline_rate_limited_total",
         "Batches that waited for their tenant's delivery-rate quota (per tenant)."
-    );
-    describe_gauge!(
-        "fpaas_pipeline_lag_events",
-        "Stream positions between the stream's last sequence and the subscription's progress."
-    );
-    describe_gauge!(
-        "fpaas_pipeline_lag_seconds",
-        "Age of the oldest matched event not yet accepted (0 when none waits)."
-    );
-    describe_gauge!(
-        "fpaas_pipeline_retrying",
-        "1 while a subscription's batch waits for a retry."
     );
     describe_gauge!(
         "fpaas_pipeline_partitions_owned",
@@ -568,6 +557,9 @@ async fn stop_partition(partition: u32, running: &mut HashMap<String, Running>) 
     }
 }
 
+/// How long after a subscription change the runners are reconciled (changes arriving meanwhile join it).
+const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(50);
+
 /// Starts, restarts and stops runners so that exactly the active subscriptions of owned partitions run,
 /// each at its current generation.
 async fn reconcile(
@@ -600,15 +592,42 @@ async fn reconcile(
             let _ = tokio::time::timeout(Duration::from_secs(5), r.handle).await;
         }
     }
-    for (id, sub) in directory {
-        if sub.state != SubState::Active || running.contains_key(id) {
-            continue;
+    let to_start: Vec<(&String, &Subscription, u32)> = directory
+        .iter()
+        .filter(|(id, sub)| sub.state == SubState::Active && !running.contains_key(*id))
+        .map(|(id, sub)| (id, sub, partition_of(id, config.partitions)))
+        .filter(|(_, _, partition)| owned.contains_key(partition))
+        .collect();
+    if to_start.is_empty() {
+        return;
+    }
+    // Each tenant's quota once, every subscription's stored figures concurrently (in order).
+    let mut quotas: HashMap<&str, u32> = HashMap::new();
+    for (_, sub, _) in &to_start {
+        if !quotas.contains_key(sub.tenant_id.as_str()) {
+            let q = tenant_rate_quota(&shared.tenants, &sub.tenant_id).await;
+            quotas.insert(&sub.tenant_id, q);
         }
-        let partition = partition_of(id, config.partitions);
-        if !owned.contains_key(&partition) {
-            continue;
-        }
-        let quota = tenant_rate_quota(&shared.tenants, &sub.tenant_id).await;
+    }
+    let keys: Vec<String> = to_start
+        .iter()
+        .map(|(id, _, _)| layout::stats_key(id))
+        .collect();
+    let previous: Vec<SubStats> = futures::stream::iter(keys)
+        .map(|key| {
+            let stats = stats.clone();
+            async move {
+                match stats.get(&key).await {
+                    Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                    _ => SubStats::default(),
+                }
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    for ((id, sub, partition), previous) in to_start.into_iter().zip(previous) {
+        let quota = quotas.get(sub.tenant_id.as_str()).copied().unwrap_or(0);
         let cfg = match crate::deliver::compile(sub, quota) {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -616,12 +635,14 @@ async fn reconcile(
                 continue;
             }
         };
-        let previous: SubStats = match stats.get(&layout::stats_key(id)).await {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            _ => SubStats::default(),
-        };
         let counters = Arc::new(SubCounters::new(&sub.tenant_id, id, &previous));
         let cancel = CancellationToken::new();
+        shared.registry.insert(id, counters.clone());
+        let listed = Listed {
+            registry: shared.registry.clone(),
+            id: id.clone(),
+            counters: counters.clone(),
+        };
         let runner = Runner::new(cfg, shared.clone(), counters.clone(), cancel.clone());
         let handle = tokio::spawn(runner.run());
         running.insert(
@@ -632,6 +653,7 @@ async fn reconcile(
                 handle,
                 counters,
                 partition,
+                _listed: listed,
             },
         );
     }
@@ -676,11 +698,14 @@ async fn write_stats(
         Ok(b) => b.last_seq,
         Err(_) => return,
     };
+    shared
+        .registry
+        .stream_last_seq
+        .store(last_seq, Ordering::Relaxed);
     last.retain(|id, _| running.contains_key(id));
     let mut writes = Vec::new();
     for (id, r) in running {
         let s = r.counters.snapshot(last_seq);
-        r.counters.export_gauges(&s);
         let due = match last.get(id) {
             None => true,
             Some((prev, at)) => {
