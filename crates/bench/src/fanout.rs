@@ -18,6 +18,11 @@
 //! `--max-wait-ms`. Memory per idle subscription is the worker's RSS with every subscription running and the
 //! stream quiet, minus its RSS before they were created, over N. Latencies are recorded after a warm-up of
 //! `--warmup-secs`, until every matched event was delivered.
+//!
+//! With `--failing K`, K more subscriptions are added halfway through the feed: everything matched, delivered to
+//! a receiver that answers 500 after 1.5 s (past their 1 s timeout), retried and dead-lettered. The healthy
+//! subscriptions' latency before them (the baseline, `p99_ms`) and with them (`with_failing_p99_ms`) are
+//! reported with their ratio.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,10 @@ pub struct Args {
     /// `batching.max_wait_ms` of every subscription.
     #[arg(long, default_value_t = 20)]
     max_wait_ms: u64,
+    /// Subscriptions to a failing receiver (everything matched; answers 500 after 1.5 s, past their 1 s
+    /// timeout), added halfway: the others' latency before and after is compared.
+    #[arg(long, default_value_t = 0)]
+    failing: usize,
     /// Seconds the worker idles with every subscription running before its memory is read.
     #[arg(long, default_value_t = 10)]
     settle_secs: u64,
@@ -189,6 +198,25 @@ pub async fn run(args: &Args) -> Result<Report> {
         .context("starting the shuffler child")?;
     tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
     receiver.got.record(true);
+    let mut baseline: Option<Vec<f64>> = None;
+    if args.failing > 0 {
+        let half =
+            Duration::from_secs_f64((args.seconds as f64 / 2.0 - args.warmup_secs as f64).max(1.0));
+        tokio::time::sleep(half).await;
+        baseline = Some(receiver.got.take_latencies_ms());
+        let failing = (0..args.failing).map(|i| {
+            (
+                format!("s_failing{i:04}"),
+                json!({
+                    "batching": {"max_events": 100, "max_wait_ms": args.max_wait_ms},
+                    "start": {"at": "live"},
+                    "delivery": {"type": "webhook", "url": receiver.url(&format!("/fail/{i}")),
+                                 "timeout_ms": 1000, "retry": {"schedule_ms": [200, 400, 800]}}
+                }),
+            )
+        });
+        put_subscriptions(&client, failing).await?;
+    }
     let fed = wait_for_messages(
         &js,
         "FIREHOSE",
@@ -201,13 +229,25 @@ pub async fn run(args: &Args) -> Result<Report> {
         },
     )
     .await?;
-    // Until every matched event was delivered.
+    // Until every matched event was delivered (the failing subscriptions aside).
+    let failing_n = args.failing;
     let mut last = (0.0, Instant::now());
     worker
         .wait("every match delivered", Duration::from_secs(120), |p| {
-            let matched = fpaas_testkit::prom_value(p, "fpaas_pipeline_matched_events_total", "");
-            let delivered =
-                fpaas_testkit::prom_value(p, "fpaas_pipeline_delivered_events_total", "");
+            let healthy = |name: &str| {
+                fpaas_testkit::prom_value(p, name, "")
+                    - (0..failing_n)
+                        .map(|i| {
+                            fpaas_testkit::prom_value(
+                                p,
+                                name,
+                                &format!("subscription=\"s_failing{i:04}\""),
+                            )
+                        })
+                        .sum::<f64>()
+            };
+            let matched = healthy("fpaas_pipeline_matched_events_total");
+            let delivered = healthy("fpaas_pipeline_delivered_events_total");
             if delivered != last.0 {
                 last = (delivered, Instant::now());
             }
@@ -218,7 +258,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     let cpu = cpu_s(worker_pid(&worker)).unwrap_or(0.0) - cpu_before;
     let page = worker.page().await.unwrap_or_default();
     let metric = |name: &str| fpaas_testkit::prom_value(&page, name, "");
-    let lat = receiver.got.latencies_ms();
+    let lat = receiver.got.take_latencies_ms();
     let _ = shuffler.start_kill();
     let _ = shuffler.wait().await;
     let _ = sim.shutdown().await;
@@ -243,11 +283,42 @@ pub async fn run(args: &Args) -> Result<Report> {
         "deliveries_per_s",
         r2(metric("fpaas_pipeline_delivered_batches_total") / fed.span_s.max(1e-9)),
     );
-    report.add("latency_samples", lat.len() as u64);
-    report.add("p50_ms", r2(quantile(&lat, 0.5)));
-    report.add("p90_ms", r2(quantile(&lat, 0.9)));
-    report.add("p99_ms", r2(quantile(&lat, 0.99)));
-    report.add("max_ms", r2(quantile(&lat, 1.0)));
+    match &baseline {
+        None => {
+            report.add("latency_samples", lat.len() as u64);
+            report.add("p50_ms", r2(quantile(&lat, 0.5)));
+            report.add("p90_ms", r2(quantile(&lat, 0.9)));
+            report.add("p99_ms", r2(quantile(&lat, 0.99)));
+            report.add("max_ms", r2(quantile(&lat, 1.0)));
+        }
+        Some(base) => {
+            // Before the failing subscriptions (the baseline) and with them, in the same run.
+            report.add("latency_samples", base.len() as u64);
+            report.add("p50_ms", r2(quantile(base, 0.5)));
+            report.add("p99_ms", r2(quantile(base, 0.99)));
+            report.add("max_ms", r2(quantile(base, 1.0)));
+            report.add("failing_subscriptions", args.failing as u64);
+            report.add("with_failing_latency_samples", lat.len() as u64);
+            report.add("with_failing_p50_ms", r2(quantile(&lat, 0.5)));
+            report.add("with_failing_p99_ms", r2(quantile(&lat, 0.99)));
+            report.add("with_failing_max_ms", r2(quantile(&lat, 1.0)));
+            report.add(
+                "ratio_vs_baseline",
+                r2(quantile(&lat, 0.99) / quantile(base, 0.99).max(1e-9)),
+            );
+            report.add(
+                "failing_requests",
+                receiver
+                    .got
+                    .failed
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            report.add(
+                "failed_attempts",
+                metric("fpaas_pipeline_failed_attempts_total") as u64,
+            );
+        }
+    }
     report.add(
         "fell_behind",
         metric("fpaas_pipeline_fell_behind_total") as u64,

@@ -1,5 +1,5 @@
 //! What the subscription benches (`fanout`, `deliver`) share: a webhook receiver that records, per event, the
-//! time from the event's `time_us` to its arrival ([`Receiver`]); the worker as a child process of this binary
+//! time from the event's `time_us` to its arrival, and fails on `/fail…` paths ([`Receiver`]); the worker as a child process of this binary
 //! with its `/metrics` ([`WorkerChild`]); subscriptions written straight into the subscriptions bucket, as the
 //! API stores them ([`put_subscriptions`]).
 
@@ -38,6 +38,8 @@ pub struct Received {
     pub events: AtomicU64,
     /// Body bytes.
     pub bytes: AtomicU64,
+    /// Requests to `/fail…` paths (answered 500 after [`FAIL_DELAY`], not counted above).
+    pub failed: AtomicU64,
     /// Per event: arrival − `time_us`, in microseconds (only while recording).
     latencies_us: Mutex<Vec<i64>>,
     /// When the first and the last request arrived.
@@ -51,12 +53,12 @@ impl Received {
         self.recording.store(on, Ordering::Relaxed);
     }
 
-    /// The recorded latencies in milliseconds, sorted.
-    pub fn latencies_ms(&self) -> Vec<f64> {
+    /// The latencies recorded so far in milliseconds, sorted; the record starts empty again.
+    pub fn take_latencies_ms(&self) -> Vec<f64> {
         let mut v: Vec<f64> = self
             .latencies_us
             .lock()
-            .map(|l| l.iter().map(|&us| us as f64 / 1000.0).collect())
+            .map(|mut l| l.drain(..).map(|us| us as f64 / 1000.0).collect())
             .unwrap_or_default();
         v.sort_by(f64::total_cmp);
         v
@@ -97,7 +99,20 @@ impl Drop for Receiver {
     }
 }
 
-async fn receive(State(got): State<Arc<Received>>, body: Bytes) -> StatusCode {
+/// How long a request to a `/fail…` path waits before its 500.
+pub const FAIL_DELAY: Duration = Duration::from_millis(1500);
+
+async fn receive(
+    State(got): State<Arc<Received>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> StatusCode {
+    if uri.path().starts_with("/fail") {
+        // A failing receiver: slow, then an error (the subscription times out and retries).
+        got.failed.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(FAIL_DELAY).await;
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
     let at = Instant::now();
     let now = now_us();
     got.requests.fetch_add(1, Ordering::Relaxed);

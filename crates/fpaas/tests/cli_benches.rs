@@ -1,7 +1,8 @@
 //! Every bench end to end on a small workload, as a user runs it (`fpaas bench NAME --json`): each prints one
 //! JSON object whose figures are present and positive. `ingest` (with the relay simulator, the raw-publish
 //! baseline and the shuffler as a child process), `record-kv` and `storage` start their own nats-server child;
-//! `decode` reads the committed corpus.
+//! `decode` reads the committed corpus; `fanout` and `deliver` run the worker as a child against their own
+//! nats-server (fanout with relay-sim and the shuffler too).
 
 use std::process::Command;
 
@@ -123,4 +124,69 @@ fn bench_storage_json_has_positive_figures() {
     let logical = v["logical_bytes_per_msg"].as_f64().expect("logical");
     let payload = v["mean_payload_bytes"].as_f64().expect("payload");
     assert!(logical > payload, "{v}");
+}
+
+#[test]
+fn bench_fanout_json_has_latency_memory_and_the_failing_comparison() {
+    let v = bench_json(&[
+        "fanout",
+        "--subscriptions",
+        "200",
+        "--rate",
+        "400",
+        "--seconds",
+        "8",
+        "--warmup-secs",
+        "1",
+        "--settle-secs",
+        "1",
+        "--repos",
+        "500",
+        "--failing",
+        "2",
+    ]);
+    assert_eq!(v["bench"], "fanout");
+    assert_eq!(v["subscriptions"], 200, "{v}");
+    for key in [
+        "events",
+        "events_per_s",
+        "matched_events",
+        "delivered_events",
+        "latency_samples",
+        "p50_ms",
+        "p99_ms",
+        "with_failing_latency_samples",
+        "with_failing_p99_ms",
+        "ratio_vs_baseline",
+        "failing_requests",
+        "failed_attempts",
+        "rss_mb",
+    ] {
+        positive(&v, key);
+    }
+    assert!(v["kb_per_subscription"].as_f64().is_some(), "{v}");
+    // The healthy subscriptions stayed live (the failing ones may have fallen back to catching up), and the
+    // bench only ends once each of them delivered every match.
+    assert!(v["subscriptions_live_end"].as_u64() >= Some(200), "{v}");
+    assert_eq!(v["fell_behind"].as_u64().map(|_| ()), Some(()), "{v}");
+}
+
+#[test]
+fn bench_deliver_json_has_rate_and_ratio() {
+    let v = bench_json(&["deliver", "--events", "5000", "--batch", "500"]);
+    assert_eq!(v["bench"], "deliver");
+    assert_eq!(v["events"], 5000, "{v}");
+    for key in [
+        "events_per_s",
+        "read_alone_events_per_s",
+        "ratio_vs_baseline",
+        "batches",
+        "rss_mb",
+    ] {
+        positive(&v, key);
+    }
+    assert!(
+        v["batches"].as_u64() >= Some(10),
+        "batches of at most 500: {v}"
+    );
 }
