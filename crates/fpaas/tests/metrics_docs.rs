@@ -1,7 +1,8 @@
 //! `docs/metrics.md` lists exactly the metrics the processes export: this test runs relay-sim, the shuffler,
 //! record-kv, like-indexer, the API and a subscription worker as real processes against a real nats-server (with a NATS outage in the middle,
 //! so failure paths report too), scrapes each `/metrics`, and compares the names with the documented ones in
-//! both directions. It also checks the naming convention of `docs/metrics.md` on every exported name.
+//! both directions. It also checks the naming convention of `docs/metrics.md` on every exported name, and that
+//! every metric the shipped Grafana dashboards and Prometheus alert rules (`deploy/`) query is exported.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -48,6 +49,42 @@ fn names(page: &str) -> BTreeSet<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// The `fpaas_*` metric names the shipped Grafana dashboards' queries and Prometheus alert rules use
+/// (histogram suffixes folded into their metric).
+fn shipped_queries() -> BTreeSet<String> {
+    let root = workspace_root().join("deploy");
+    let mut texts = Vec::new();
+    for entry in std::fs::read_dir(root.join("grafana/dashboards")).expect("dashboards") {
+        let path = entry.expect("entry").path();
+        let dash: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("dashboard JSON");
+        for panel in dash["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                texts.push(target["expr"].as_str().expect("expr").to_owned());
+            }
+        }
+    }
+    texts.push(std::fs::read_to_string(root.join("prometheus/alerts.yml")).expect("alerts"));
+    let mut out = BTreeSet::new();
+    for text in texts {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("fpaas_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name)
+                .to_owned();
+            out.insert(name);
+        }
+    }
+    out
 }
 
 fn documented() -> BTreeSet<String> {
@@ -248,6 +285,14 @@ async fn every_documented_metric_is_exported_and_every_exported_one_is_documente
     assert!(
         missing.is_empty(),
         "in docs/metrics.md but not exported: {missing:?}"
+    );
+    // Every FPaaS metric a shipped dashboard panel or alert rule queries is exported by a running process.
+    let queried = shipped_queries();
+    assert!(queried.len() >= 15, "{queried:?}");
+    let unknown: Vec<_> = queried.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "deploy/ dashboards or alerts query metrics no process exports: {unknown:?}"
     );
     // The convention: a subsystem prefix, counters end in _total, no unit other than seconds and bytes.
     let subsystems = [
