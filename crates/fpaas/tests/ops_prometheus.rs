@@ -104,6 +104,81 @@ fn dashboards_are_provisionable_and_query_the_provisioned_datasource() {
     assert!(panels_seen >= 10, "{panels_seen}");
 }
 
+/// Grafana's URL slug of a title (lowercase, runs of other characters as one `-`).
+fn slug(title: &str) -> String {
+    let mut out = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_owned()
+}
+
+#[test]
+fn the_nats_dashboards_are_at_the_seeds_addresses_and_use_the_exporters_names() {
+    let ops = std::fs::read_to_string(workspace_root().join("docs/operations.md")).unwrap();
+    // The exporter metrics documented in docs/operations.md (from the exporter's sources).
+    let documented: std::collections::BTreeSet<String> = ops
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("gnatsd_") || n.starts_with("jetstream_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(documented.len() >= 15, "{documented:?}");
+    let mut addresses = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for file in ["nats-server.json", "nats-jetstream.json"] {
+        let path = workspace_root()
+            .join("deploy/grafana/dashboards")
+            .join(file);
+        let dash: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        addresses.push(format!(
+            "/d/{}/{}",
+            dash["uid"].as_str().unwrap(),
+            slug(dash["title"].as_str().unwrap())
+        ));
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let names: Vec<String> = expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("gnatsd_") || w.starts_with("jetstream_"))
+                    .map(str::to_owned)
+                    .collect();
+                assert!(
+                    !names.is_empty(),
+                    "{file}: {expr} queries no exporter metric"
+                );
+                used.extend(names);
+            }
+        }
+    }
+    assert_eq!(
+        addresses,
+        [
+            "/d/nats-server/nats-server-dashboard",
+            "/d/nats-jetstream/nats-jetstream-dashboard"
+        ]
+    );
+    let unknown: Vec<_> = used.difference(&documented).collect();
+    assert!(
+        unknown.is_empty(),
+        "not exporter metrics (docs/operations.md): {unknown:?}"
+    );
+    for needed in [
+        "gnatsd_varz_cpu",
+        "gnatsd_varz_slow_consumers",
+        "jetstream_server_total_streams",
+    ] {
+        assert!(used.contains(needed), "{needed}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_a_running_fpaas_and_answers_queries_on_its_metrics() {
     let ops = format!("127.0.0.1:{}", free_port());
