@@ -24,6 +24,8 @@ use crate::worker::Shared;
 
 /// How long a read waits before the runner looks at its batch deadline again.
 const READ_WAIT: Duration = Duration::from_millis(100);
+/// Longest wait for the stream's answer to "the next message on my subjects from sequence N".
+const GAP_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle progress (no match for a while) is saved at most this often: with 10,000 subscriptions, every 5 s
 /// would be 2,000 KV writes a second for positions that a restart re-scans in one request.
 const IDLE_SAVE_EVERY: Duration = Duration::from_secs(30);
@@ -294,15 +296,22 @@ impl Runner {
         // an idle subscription moved or restarted). Thousands of subscriptions then start without a consumer
         // each.
         if let Some((rx, joined_at)) = self.join().await {
+            // Bounded: while the stream elects a leader the answer may take long; without it the runner
+            // simply reads the gap on its own reader below.
             let gap_empty = joined_at <= batcher.scanned_to()
-                || next_seq_matching(
-                    &self.shared.client,
-                    &self.shared.stream,
-                    &filters,
-                    batcher.scanned_to() + 1,
-                )
-                .await?
-                .is_none_or(|n| n > joined_at);
+                || matches!(
+                    tokio::time::timeout(
+                        GAP_CHECK_TIMEOUT,
+                        next_seq_matching(
+                            &self.shared.client,
+                            &self.shared.stream,
+                            &filters,
+                            batcher.scanned_to() + 1,
+                        ),
+                    )
+                    .await,
+                    Ok(Ok(next)) if next.is_none_or(|n| n > joined_at)
+                );
             joined = Some((rx, joined_at));
             if gap_empty {
                 batcher.scanned(joined_at);
@@ -350,14 +359,18 @@ impl Runner {
                         None => joined = self.join().await,
                         Some((_, joined_at)) => {
                             let joined_at = *joined_at;
-                            let next = next_seq_matching(
-                                &self.shared.client,
-                                &self.shared.stream,
-                                &filters,
-                                batcher.scanned_to() + 1,
+                            let next = tokio::time::timeout(
+                                GAP_CHECK_TIMEOUT,
+                                next_seq_matching(
+                                    &self.shared.client,
+                                    &self.shared.stream,
+                                    &filters,
+                                    batcher.scanned_to() + 1,
+                                ),
                             )
-                            .await?;
-                            if next.is_none_or(|n| n > joined_at) {
+                            .await;
+                            // No answer in time: keep reading, ask again at the next idle read.
+                            if matches!(next, Ok(Ok(n)) if n.is_none_or(|n| n > joined_at)) {
                                 batcher.scanned(joined_at);
                                 if let Some(rx) = self.switch(&mut joined) {
                                     return Ok(CatchUp::Live(rx));

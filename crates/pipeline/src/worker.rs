@@ -520,6 +520,37 @@ async fn leases_tick(
             .await;
         tracing::info!(partition, "partition handed back");
     }
+    // Take back our own leases first: a lease that still names this worker (its refreshes failed while the
+    // bucket changed leader, and the runners were stopped) is not anybody else's; compare-and-set on its
+    // revision takes it back at once instead of waiting for it to expire.
+    for entry in &entries {
+        if owned.len() >= target {
+            break;
+        }
+        let Some(partition) = entry
+            .key
+            .strip_prefix("part.")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owned.contains_key(&partition) || partition >= config.partitions {
+            continue;
+        }
+        if matches!(&entry.state, KvState::Value(v) if *v == me)
+            && let Ok(Ok(KvWrite::Written(r))) = tokio::time::timeout(
+                op_timeout,
+                leases.update(&entry.key, me.clone(), entry.revision),
+            )
+            .await
+        {
+            tracing::info!(partition, "own partition lease taken back");
+            if owned.is_empty() {
+                *last_refresh = std::time::Instant::now();
+            }
+            owned.insert(partition, r);
+        }
+    }
     // Claim free partitions, starting at a worker-specific offset so workers do not race for the same.
     let offset = partition_of(worker_id, config.partitions);
     for i in 0..config.partitions {
@@ -617,8 +648,9 @@ async fn reconcile(
         .map(|key| {
             let stats = stats.clone();
             async move {
-                match stats.get(&key).await {
-                    Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                // Bounded (the main loop waits for it): figures not read in time start from zero.
+                match tokio::time::timeout(Duration::from_secs(1), stats.get(&key)).await {
+                    Ok(Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_default(),
                     _ => SubStats::default(),
                 }
             }
@@ -662,8 +694,9 @@ async fn reconcile(
 /// The tenant's delivery-rate quota in events per second (0 = none; a tenant record that cannot be read
 /// leaves the subscription unlimited rather than stopped).
 async fn tenant_rate_quota(tenants: &KvBucket, tenant_id: &str) -> u32 {
-    match tenants.get(&layout::tenant_key(tenant_id)).await {
-        Ok(Some(bytes)) => serde_json::from_slice::<fpaas_control::Tenant>(&bytes)
+    let key = layout::tenant_key(tenant_id);
+    match tokio::time::timeout(Duration::from_secs(1), tenants.get(&key)).await {
+        Ok(Ok(Some(bytes))) => serde_json::from_slice::<fpaas_control::Tenant>(&bytes)
             .map(|t| u32::try_from(t.quotas.max_delivery_events_per_s).unwrap_or(u32::MAX))
             .unwrap_or(0),
         _ => 0,
@@ -694,9 +727,16 @@ async fn write_stats(
     if running.is_empty() {
         return;
     }
-    let last_seq = match stream_bounds(&shared.client, &shared.stream).await {
-        Ok(b) => b.last_seq,
-        Err(_) => return,
+    // Bounded: this runs in the worker's main loop, which must keep refreshing leases while NATS elects a
+    // new leader (an unbounded stream-info request there stopped a worker's runners on a cluster node loss).
+    let last_seq = match tokio::time::timeout(
+        Duration::from_secs(1),
+        stream_bounds(&shared.client, &shared.stream),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.last_seq,
+        _ => return,
     };
     shared
         .registry
@@ -719,7 +759,7 @@ async fn write_stats(
         }
     }
     // Concurrently, a bounded number at a time: one slow write does not hold the others.
-    let done: Vec<(String, SubStats)> = futures::stream::iter(writes)
+    let writing = futures::stream::iter(writes)
         .map(|(id, s)| async move {
             let mut stamped = s.clone();
             stamped.updated_at = Some(chrono::Utc::now());
@@ -732,8 +772,11 @@ async fn write_stats(
         })
         .buffer_unordered(64)
         .filter_map(|w| async move { w })
-        .collect()
-        .await;
+        .collect::<Vec<(String, SubStats)>>();
+    // What is not written within 2 s is written at a later tick.
+    let Ok(done) = tokio::time::timeout(Duration::from_secs(2), writing).await else {
+        return;
+    };
     let now = std::time::Instant::now();
     for (id, s) in done {
         last.insert(id, (s, now));
