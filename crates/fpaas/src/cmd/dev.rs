@@ -1,5 +1,5 @@
 //! `fpaas dev`: the whole stack on one machine for local development — a project-local nats-server with
-//! JetStream (child process, store under `.dev/`), the relay simulator, the shuffler (in-process, from
+//! JetStream (child process, store under `.dev/`; with `--cluster` three of them in one cluster, R=3), the relay simulator, the shuffler (in-process, from
 //! `fpaas-ingest`) publishing the simulator's events into the stream, the HTTP API (`fpaas-api`) and a
 //! subscription worker (`fpaas-pipeline`, loopback webhooks allowed), with one ops server (`/metrics`,
 //! `/health`, `/ready`, `/health/detailed`) on `--metrics-listen` and a log line of the shuffler's counts every
@@ -29,6 +29,14 @@ pub struct Args {
     /// NATS monitoring port.
     #[arg(long, default_value_t = 8222)]
     nats_monitor_port: u16,
+    /// Three nats-server nodes in one JetStream cluster on loopback instead of one (client ports
+    /// `--nats-port` … +2, monitoring ports `--nats-monitor-port` … +2, routes on `--cluster-port` … +2), with
+    /// every stream and bucket at R=3: the production topology on one machine.
+    #[arg(long)]
+    cluster: bool,
+    /// First route port of `--cluster`.
+    #[arg(long, default_value_t = 6222)]
+    cluster_port: u16,
     /// State directory (JetStream store, logs).
     #[arg(long, default_value = ".dev")]
     state_dir: std::path::PathBuf,
@@ -61,28 +69,61 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let store = args.state_dir.join("nats");
-    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
-    let mut nats = tokio::process::Command::new(&args.nats_server)
-        .args(["-js", "-a", "127.0.0.1", "-p"])
-        .arg(args.nats_port.to_string())
-        .arg("-m")
-        .arg(args.nats_monitor_port.to_string())
-        .arg("--store_dir")
-        .arg(&store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (run `bash scripts/setup-tools.sh` to install it)",
-                args.nats_server.display()
-            )
-        })?;
+    let nodes: u16 = if args.cluster { 3 } else { 1 };
+    let replicas = usize::from(nodes);
+    let mut servers = Vec::new();
+    for i in 0..nodes {
+        let store = if args.cluster {
+            args.state_dir.join(format!("nats-cluster/n{i}"))
+        } else {
+            args.state_dir.join("nats")
+        };
+        std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+        let mut cmd = tokio::process::Command::new(&args.nats_server);
+        cmd.args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg((args.nats_port + i).to_string())
+            .arg("-m")
+            .arg((args.nats_monitor_port + i).to_string())
+            .arg("--store_dir")
+            .arg(&store);
+        if args.cluster {
+            let routes: Vec<String> = (0..nodes)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", args.cluster_port + j))
+                .collect();
+            cmd.args([
+                "--server_name",
+                &format!("n{i}"),
+                "--cluster_name",
+                "fpaas-dev",
+            ])
+            .arg("--cluster")
+            .arg(format!("nats://127.0.0.1:{}", args.cluster_port + i))
+            .arg("--routes")
+            .arg(routes.join(","));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (run `bash scripts/setup-tools.sh` to install it)",
+                    args.nats_server.display()
+                )
+            })?;
+        servers.push(child);
+    }
+    let nats_url = (0..nodes)
+        .map(|i| format!("nats://127.0.0.1:{}", args.nats_port + i))
+        .collect::<Vec<_>>()
+        .join(",");
     tracing::info!(
-        port = args.nats_port,
+        nodes,
+        url = %nats_url,
         monitor = args.nats_monitor_port,
+        replicas,
         "nats-server started"
     );
 
@@ -114,11 +155,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = fpaas_ingest::ShufflerConfig {
         relay: format!("ws://{sim_addr}"),
         instance: args.instance.clone(),
-        nats_url: format!("nats://127.0.0.1:{}", args.nats_port),
+        nats_url: nats_url.clone(),
         metrics_listen: None,
         stream: fpaas_bus::StreamSettings {
             max_bytes: args.stream_max_bytes,
+            replicas,
             ..Default::default()
+        },
+        cursor_kv: fpaas_bus::KvSettings {
+            replicas,
+            ..fpaas_ingest::ShufflerConfig::default().cursor_kv
         },
         ..Default::default()
     };
@@ -129,13 +175,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let watch = tokio::spawn(watch(stats, shutdown.clone()));
 
     // The subscription service: the API and one worker, on their own NATS connection.
-    let nats_url = format!("nats://127.0.0.1:{}", args.nats_port);
     let client = fpaas_bus::connect(&nats_url, "fpaas-dev").await?;
     let api_cfg = fpaas_api::ApiConfig {
         listen: args.api_listen.clone(),
         nats_url: nats_url.clone(),
         metrics_listen: None,
         admin_token: Some(args.admin_token.clone()),
+        replicas,
         webhook_addresses: fpaas_webhook::AddrPolicy {
             allow_loopback: true,
             ..Default::default()
@@ -156,6 +202,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         nats_url,
         metrics_listen: None,
         worker_id: "dev".into(),
+        replicas,
         ..Default::default()
     };
     worker_cfg.webhook_addresses.allow_loopback = true;
@@ -171,9 +218,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    let first_exit = futures::future::select_all(servers.iter_mut().map(|c| Box::pin(c.wait())));
     tokio::select! {
         _ = super::shutdown_signal() => tracing::info!("shutting down"),
-        status = nats.wait() => tracing::error!(?status, "nats-server exited"),
+        (status, i, _) = first_exit => tracing::error!(?status, node = i, "nats-server exited"),
     }
     // The shuffler first (it drains and saves its cursor while NATS and the relay are still up).
     shuffler_shutdown.cancel();
@@ -188,7 +236,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), ops).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sim_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), watch).await;
-    let _ = nats.kill().await;
+    for mut server in servers {
+        let _ = server.kill().await;
+    }
     Ok(())
 }
 
