@@ -868,6 +868,23 @@ async fn dlq_subject(s: &AppState, auth: &TenantAuth, sub_id: &str) -> Result<St
     Ok(layout::dlq_subject(&auth.tenant.id, sub_id))
 }
 
+/// The caller's dead letter `raw_seq` of subscription `sub_id` (404 when the subscription or the letter is not
+/// theirs: a sequence is global to the stream, so the subject is checked).
+async fn owned_dead_letter(
+    s: &AppState,
+    auth: &TenantAuth,
+    sub_id: &str,
+    raw_seq: &str,
+) -> Result<fpaas_bus::LoggedMsg, ApiError> {
+    let subject = dlq_subject(s, auth, sub_id).await?;
+    let seq = parse_seq(raw_seq)?;
+    s.dlq
+        .get(seq)
+        .await?
+        .filter(|m| m.subject == subject)
+        .ok_or_else(|| ApiError::not_found(format!("dead letter {seq}")))
+}
+
 fn parse_seq(raw: &str) -> Result<u64, ApiError> {
     raw.parse::<u64>()
         .ok()
@@ -947,14 +964,7 @@ async fn get_dead_letter(
     State(s): State<AppState>,
     Path((sub_id, seq)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let subject = dlq_subject(&s, &auth, &sub_id).await?;
-    let seq = parse_seq(&seq)?;
-    let msg = s
-        .dlq
-        .get(seq)
-        .await?
-        .filter(|m| m.subject == subject)
-        .ok_or_else(|| ApiError::not_found(format!("dead letter {seq}")))?;
+    let msg = owned_dead_letter(&s, &auth, &sub_id, &seq).await?;
     let mut response = (
         [(header::CONTENT_TYPE, "application/json")],
         msg.payload.clone(),
@@ -978,13 +988,8 @@ async fn delete_dead_letter(
     State(s): State<AppState>,
     Path((sub_id, seq)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let subject = dlq_subject(&s, &auth, &sub_id).await?;
-    let seq = parse_seq(&seq)?;
-    // Check the owner before deleting: a sequence is global to the stream.
-    match s.dlq.get(seq).await? {
-        Some(m) if m.subject == subject => {}
-        _ => return Err(ApiError::not_found(format!("dead letter {seq}"))),
-    }
+    // The owner is checked before deleting.
+    let seq = owned_dead_letter(&s, &auth, &sub_id, &seq).await?.seq;
     if !s.dlq.delete(seq).await? {
         return Err(ApiError::not_found(format!("dead letter {seq}")));
     }
@@ -997,14 +1002,8 @@ async fn replay_dead_letter(
     Path((sub_id, seq)): Path<(String, String)>,
 ) -> Result<Json<Replayed>, ApiError> {
     let (sub, _) = s.store.subscription(&auth.tenant.id, &sub_id).await?;
-    let subject = layout::dlq_subject(&auth.tenant.id, &sub_id);
-    let seq = parse_seq(&seq)?;
-    let msg = s
-        .dlq
-        .get(seq)
-        .await?
-        .filter(|m| m.subject == subject)
-        .ok_or_else(|| ApiError::not_found(format!("dead letter {seq}")))?;
+    let msg = owned_dead_letter(&s, &auth, &sub_id, &seq).await?;
+    let seq = msg.seq;
     let batch_id = msg
         .header(layout::HDR_BATCH_ID)
         .map_or_else(|| format!("{sub_id}.dlq{seq}"), str::to_owned);
