@@ -345,6 +345,9 @@ async fn start_and_loop(
 /// hop is cheap relative to the work, and the runtime is never blocked for long.
 const OFFLOAD_FRAME_BYTES: usize = 64 * 1024;
 
+/// Reads of the cursor bucket before a reconnect gives up and resumes from its own watermark.
+const RESUME_READ_TRIES: u32 = 3;
+
 /// A decoded frame, its events, and each event's bus message (in event order).
 type Decoded = (Frame, fpaas_event::Normalized, Vec<WireMessage>);
 
@@ -588,10 +591,24 @@ impl Runner {
     /// first frame this run read (so a failed first session is read again, not skipped).
     async fn resume_cursor(&mut self, shutdown: &CancellationToken) -> Option<i64> {
         let own = self.wm.watermark();
-        let load = tokio::time::timeout(self.cfg.probe_timeout(), self.kv.load_all());
-        let stored = tokio::select! {
-            _ = shutdown.cancelled() => return own,
-            r = load => r,
+        // A failed read would resume from our own watermark, which after a long cut is older than the
+        // duplicate window: everything a peer stored meanwhile would be stored again. So a few tries first.
+        let mut backoff = self.cfg.probe_backoff();
+        let mut tries = 0;
+        let stored = loop {
+            tries += 1;
+            let load = tokio::time::timeout(self.cfg.probe_timeout(), self.kv.load_all());
+            let r = tokio::select! {
+                _ = shutdown.cancelled() => return own,
+                r = load => r,
+            };
+            if matches!(r, Ok(Ok(_))) || tries >= RESUME_READ_TRIES {
+                break r;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return own,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
         };
         match stored {
             Ok(Ok(stored)) => {

@@ -2,7 +2,8 @@
 //! cut by a [`TcpProxy`]:
 //! - one of two shufflers cut off from NATS (and, separately, from its relay) for longer than the stream's
 //!   (test-shortened) duplicate window while the other keeps publishing: on recovery it re-reads the cursor
-//!   bucket and resumes from its peer's cursor, so the stream holds each event exactly once;
+//!   bucket and resumes from its peer's cursor, so nothing is lost and the cut is not replayed (repeats stay
+//!   within what one shuffler has in flight: the pair is exactly-once only while both stay within the window);
 //! - a cursor of another stream (a staging shuffler on the same bucket) is not resumed from;
 //! - a second process with a live instance name refuses to start; a crashed holder's lease is taken over
 //!   after `lease_ttl`;
@@ -21,9 +22,11 @@ use fpaas_sim::{Sim, SimConfig};
 use fpaas_testkit::{NatsServer, TcpProxy, eventually};
 use tokio_util::sync::CancellationToken;
 
-const WINDOW_SECS: u64 = 2;
-const CUT: Duration = Duration::from_secs(5);
-const EVENTS: u64 = 5_000;
+const WINDOW_SECS: u64 = 5;
+const CUT: Duration = Duration::from_secs(8);
+const EVENTS: u64 = 12_000;
+/// The simulator's pace in the pair tests, events per second.
+const RATE: f64 = 500.0;
 
 async fn jetstream(url: &str) -> async_nats::jetstream::Context {
     async_nats::jetstream::new(async_nats::connect(url).await.expect("nats"))
@@ -47,7 +50,7 @@ async fn pair_with_one_side_cut(cut: Cut) {
     let nats = NatsServer::new();
     let (sim, _) = Sim::start(SimConfig {
         seed: 31,
-        rate: Some(500.0),
+        rate: Some(RATE),
         limit: Some(EVENTS),
         rare_boost: 50,
         ..Default::default()
@@ -129,20 +132,29 @@ async fn pair_with_one_side_cut(cut: Cut) {
     );
     assert!(ra.reconnects >= 1, "a noticed the cut: {ra:?}");
     assert_eq!(rb.reconnects, 0, "b was not cut: {rb:?}");
-    assert_eq!(
-        ra.stale_resumes, 0,
-        "a resumed from b's fresh cursor: {ra:?}"
+    // Nothing lost, and no replay of the cut: a resumed from b's cursor, not from its own watermark, which would
+    // repeat everything b stored during the cut (`CUT` × `RATE` events). Not strictly exactly-once: the two
+    // shufflers publish each event independently and JetStream drops the second copy only within the duplicate
+    // window, so if one falls behind the other by more than the (test-shortened) window — on a loaded machine,
+    // acks held up for seconds — some second copies are stored too. Half a replay is the bound.
+    let repeats = assert_none_lost(&read_stream(&js, "FIREHOSE").await, &sim.truth());
+    let replay = (CUT.as_secs_f64() * RATE) as usize;
+    eprintln!("{cut:?} cut: {repeats} repeats (a replay of the cut: ~{replay})");
+    assert!(
+        repeats <= replay / 2,
+        "{repeats} repeats: a replayed the cut (~{replay} events) instead of resuming from b's cursor"
     );
-    assert_exactly_once(&read_stream(&js, "FIREHOSE").await, &sim.truth());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_cut_off_from_nats_longer_than_the_dup_window_stores_each_event_once() {
+async fn peer_cut_off_from_nats_longer_than_the_dup_window_loses_nothing_and_does_not_replay_the_cut()
+ {
     pair_with_one_side_cut(Cut::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_cut_off_from_its_relay_longer_than_the_dup_window_stores_each_event_once() {
+async fn peer_cut_off_from_its_relay_longer_than_the_dup_window_loses_nothing_and_does_not_replay_the_cut()
+ {
     pair_with_one_side_cut(Cut::Relay).await;
 }
 
