@@ -1,18 +1,18 @@
-//! Subscription delivery on a real 3-node nats-server cluster with everything at R=3 (the stream, the
-//! subscriptions, progress and lease buckets, the dead letters): events are published at a steady pace while
-//! the node leading the firehose stream is killed with SIGKILL, and later the node leading the worker's lease
-//! bucket. Every event reaches the receiver, every repeat carries the batch id of its first delivery, delivery
-//! resumes (from the kill until an event published after it arrives; printed, bounded at 30 s), and a
-//! restarted node catches up with the stream.
+//! The whole path on a real 3-node nats-server cluster with everything at R=3 (the stream, the cursor, lease,
+//! subscription, progress buckets, the dead letters): relay-sim → the shuffler pair (two instances, as in
+//! production) → the firehose stream → a worker → a webhook. While the simulator produces at a steady pace, the
+//! node leading the firehose stream is killed with SIGKILL, and later the node leading the worker's lease
+//! bucket. Every event of the simulator reaches the receiver, every repeat carries the batch id of its first
+//! delivery, delivery resumes (from the kill until an event the relay produced after it arrives: printed,
+//! target < 10 s), and each killed node, restarted, catches up with the stream.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fpaas_control::{Subscription, SubscriptionSpec, layout};
-use fpaas_testkit::stream::{corpus_events, stream_info};
+use fpaas_sim::{Sim, SimConfig, TruthEvent};
+use fpaas_testkit::stream::{stream_info, truth_key};
 use fpaas_testkit::{NatsCluster, Reply, WebhookReceiver, eventually, eventually_some};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -21,29 +21,6 @@ use tokio_util::sync::CancellationToken;
 async fn leader(js: &async_nats::jetstream::Context, stream: &str) -> Option<usize> {
     let info = stream_info(js, stream).await?;
     info.cluster?.leader?.strip_prefix('n')?.parse().ok()
-}
-
-/// Publishes `event` until JetStream acknowledges it (the dedup id makes a retry harmless).
-async fn publish(js: &async_nats::jetstream::Context, event: &fpaas_event::Event) {
-    let wire = fpaas_event::WireMessage::from_event(event);
-    loop {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(fpaas_event::HEADER_MSG_ID, wire.msg_id.as_str());
-        for (name, value) in &wire.headers {
-            headers.insert(*name, value.as_str());
-        }
-        let attempt = async {
-            js.publish_with_headers(wire.subject.clone(), headers, wire.payload.clone().into())
-                .await
-                .ok()?
-                .await
-                .ok()
-        };
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Event id → the batch ids it arrived in, from every request the receiver got.
@@ -61,9 +38,9 @@ fn arrivals(receiver: &WebhookReceiver) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-/// A soak run (`FPAAS_SOAK=1 bash scripts/test.sh`, or `--include-ignored`): ~45 s and three servers.
+/// A soak run (`FPAAS_SOAK=1 bash scripts/test.sh`, or `--include-ignored`): ~60 s and three servers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "soak: a 3-node cluster and two node kills, ~45 s (FPAAS_SOAK=1)"]
+#[ignore = "soak: a 3-node cluster and two node kills, ~60 s (FPAAS_SOAK=1)"]
 async fn delivery_survives_the_loss_of_the_stream_leader_and_of_the_lease_leader() {
     // The worker's warnings help when this fails (RUST_LOG=fpaas_pipeline=debug for more).
     let _ = tracing_subscriber::fmt()
@@ -132,50 +109,70 @@ async fn delivery_survives_the_loss_of_the_stream_leader_and_of_the_lease_leader
         tokio::spawn(async move { fpaas_pipeline::run(client, cfg, cancel).await })
     };
 
-    // The publisher: 25 events every 50 ms (~500/s), each retried until acknowledged, until told to stop.
-    let events = Arc::new(corpus_events(20_000));
-    let published = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (js, events, published, done) =
-            (js.clone(), events.clone(), published.clone(), done.clone());
-        tokio::spawn(async move {
-            for chunk in events.chunks(25) {
-                if done.load(Ordering::Relaxed) {
-                    break;
-                }
-                for e in chunk {
-                    publish(&js, e).await;
-                    published.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+    // The relay and the shuffler pair in front of the stream.
+    const FRAMES: u64 = 15_000;
+    let (sim, _) = Sim::start(SimConfig {
+        seed: 77,
+        rate: Some(300.0),
+        limit: Some(FRAMES),
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let shufflers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|instance| {
+            let cfg = fpaas_ingest::ShufflerConfig {
+                relay: sim.url(),
+                instance: instance.into(),
+                nats_url: urls.clone(),
+                stream: fpaas_bus::StreamSettings {
+                    replicas: 3,
+                    max_bytes: 1 << 30,
+                    ..Default::default()
+                },
+                cursor_kv: fpaas_bus::KvSettings {
+                    replicas: 3,
+                    ..Default::default()
+                },
+                cursor_save_interval_ms: 200,
+                lease_ttl_ms: 3_000,
+                start_cursor: Some(0),
+                metrics_listen: None,
+                ..Default::default()
+            };
+            let shuffler = fpaas_ingest::Shuffler::new(cfg);
+            tokio::spawn(shuffler.run(fpaas_ops::Health::new(), cancel.clone()))
         })
+        .collect();
+    // The simulator's events by seq, as the ids the webhook carries (oversize ones are dropped by design).
+    let ids_after = |seq: i64| -> Vec<String> {
+        sim.truth()
+            .iter()
+            .filter(|t| matches!(t, TruthEvent::Op { seq: s, .. } if *s > seq))
+            .filter_map(truth_key)
+            .collect()
     };
 
     // Kills `node` once delivery is flowing; returns how long until the receiver got a new request.
     let mut recoveries = Vec::new();
     for (round, stream) in [(1, "FIREHOSE"), (2, "KV_fpaas_leases")] {
         eventually(Duration::from_secs(60), || async {
-            published.load(Ordering::Relaxed) >= round * 1_000 && receiver.count() > 0
+            sim.produced() >= round * 3_000 && receiver.count() > 0
         })
         .await
         .expect("publishing and delivering");
         let victim = eventually_some(Duration::from_secs(10), || leader(&js, stream))
             .await
             .expect("a leader");
-        // Recovered = an event published after the kill has reached the receiver (publishing, the stream's
-        // new leader, the worker's reader and leases, and the POST all work again).
-        let mark = published.load(Ordering::Relaxed);
+        // Recovered = an event the relay produced after the kill has reached the receiver (the shufflers'
+        // publishing, the stream's new leader, the worker's reader and leases, and the POST all work again).
+        let mark = sim.head_seq().unwrap_or(0);
         let killed = Instant::now();
         tokio::task::block_in_place(|| cluster.kill_node(victim));
-        let after: Vec<String> = events[(mark + 1).min(events.len())..]
-            .iter()
-            .map(|e| fpaas_event::WireMessage::from_event(e).msg_id)
-            .collect();
         eventually(Duration::from_secs(60), || async {
             let got = arrivals(&receiver);
-            after.iter().any(|id| got.contains_key(id))
+            ids_after(mark).iter().any(|id| got.contains_key(id))
         })
         .await
         .unwrap_or_else(|e| {
@@ -199,22 +196,17 @@ async fn delivery_survives_the_loss_of_the_stream_leader_and_of_the_lease_leader
         .await
         .unwrap_or_else(|e| panic!("n{victim} caught up with the stream: {e}"));
     }
-    // A little more after the last recovery, then stop publishing.
-    let stop_at = published.load(Ordering::Relaxed) + 500;
-    eventually(Duration::from_secs(60), || async {
-        published.load(Ordering::Relaxed) >= stop_at
+    eventually(Duration::from_secs(120), || async {
+        sim.produced() >= FRAMES
     })
     .await
-    .expect("publishing after the recoveries");
-    done.store(true, Ordering::Relaxed);
-    publisher.await.unwrap();
-    let published = published.load(Ordering::Relaxed);
+    .expect("the relay produced everything");
+    for s in &shufflers {
+        assert!(!s.is_finished(), "a shuffler exited");
+    }
 
     // Every event delivered; a repeat only ever under the batch id of its first delivery.
-    let want: Vec<String> = events[..published]
-        .iter()
-        .map(|e| fpaas_event::WireMessage::from_event(e).msg_id)
-        .collect();
+    let want = ids_after(-1);
     let got = eventually_some(Duration::from_secs(60), || async {
         let got = arrivals(&receiver);
         want.iter().all(|id| got.contains_key(id)).then_some(got)
@@ -244,4 +236,7 @@ async fn delivery_survives_the_loss_of_the_stream_leader_and_of_the_lease_leader
     }
     cancel.cancel();
     let _ = worker.await;
+    for s in shufflers {
+        s.await.expect("join").expect("the shuffler ran to the end");
+    }
 }

@@ -25,5 +25,5 @@ pub use nats::{NatsCluster, NatsServer, NatsServerOptions, TEST_MAX_PAYLOAD};
 pub use paths::{nats_server_bin, python, workspace_root};
 pub use process::{Finished, Proc, run_measured};
 pub use proxy::TcpProxy;
-pub use wait::{Elapsed, eventually, eventually_some, free_port};
+pub use wait::{Elapsed, eventually, eventually_some, free_port, free_port_block};
 pub use webhook::{Received, Reply, WebhookReceiver};

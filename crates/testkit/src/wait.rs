@@ -96,6 +96,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `n` consecutive TCP ports on 127.0.0.1 that were all free a moment ago, for a process that
+/// takes a block of neighbouring ports from one base (`fpaas dev --cluster`: clients, monitoring, routes).
+/// The block is taken from the same counter as [`free_port`], so no later pick of this process falls inside
+/// it.
+///
+/// # Panics
+/// When no block of `n` free ports is found in the range (`n` must be far below its 12,000 ports).
+pub fn free_port_block(n: u16) -> u16 {
+    let n32 = u32::from(n.max(1));
+    let start = std::process::id().wrapping_mul(2_654_435_761) % PORT_SPAN;
+    for _ in 0..PORT_SPAN / n32 {
+        let first = PICKS.fetch_add(n32, Ordering::Relaxed);
+        let base = (start + first) % PORT_SPAN;
+        if base + n32 > PORT_SPAN {
+            continue; // the block would wrap around the range
+        }
+        let all_free = (0..n32).all(|i| {
+            u16::try_from(PORT_BASE + base + i)
+                .is_ok_and(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
+        if all_free {
+            return u16::try_from(PORT_BASE + base).expect("port range");
+        }
+    }
+    panic!(
+        "no block of {n} free loopback ports in {PORT_BASE}-{}",
+        PORT_BASE + PORT_SPAN - 1
+    )
+}
+
 /// Sync polling for the process helpers: `true` once `condition` held before `timeout`.
 pub(crate) fn poll_blocking(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -102,9 +102,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .arg("--routes")
             .arg(routes.join(","));
         }
+        // Its log goes to a file beside its store: a child holding our stderr would outlive us if we were
+        // SIGKILLed, and keep whoever reads our output waiting.
+        let log_path = args.state_dir.join(if args.cluster {
+            format!("nats-n{i}.log")
+        } else {
+            "nats.log".to_owned()
+        });
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| {
@@ -124,6 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         url = %nats_url,
         monitor = args.nats_monitor_port,
         replicas,
+        logs = %args.state_dir.display(),
         "nats-server started"
     );
 
