@@ -24,7 +24,6 @@ use async_nats::header::{HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
-use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -185,7 +184,8 @@ impl Publisher {
         {
             Ok(ack) => {
                 self.bytes_in_flight += size;
-                self.in_flight.push(InFlight::new(ack, msg, started));
+                self.in_flight
+                    .push(InFlight::new(self.js.clone(), ack, msg, started));
             }
             Err(err) => {
                 let error = map_publish_error(err);
@@ -321,25 +321,83 @@ fn map_publish_error(err: PublishError) -> BusError {
         | PublishErrorKind::BrokenPipe
         | PublishErrorKind::MaxAckPending => BusErrorKind::Publish,
     };
+    if is_in_process(&err) {
+        return BusError::with_source(
+            kind,
+            "jetstream publish: message id still in process on the stream after resends",
+            err,
+        );
+    }
     BusError::with_source(kind, "jetstream publish", err)
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+/// How often one message is sent again while the stream answers "duplicate message id is in process", and the
+/// pause before each resend (doubling from the first, capped at the last).
+const IN_PROCESS_RESENDS: u32 = 12;
+const IN_PROCESS_PAUSE_MIN: Duration = Duration::from_millis(25);
+const IN_PROCESS_PAUSE_MAX: Duration = Duration::from_millis(500);
 
-/// One outstanding ack: the async-nats ack future plus the message to hand back on failure.
+/// Whether the stream answered 10158, "duplicate message id is in process": on a clustered stream, another
+/// publisher's copy of this message id (the HA peer's) has been proposed and not yet applied. It is neither
+/// stored nor refused: the same message sent again gets the duplicate ack once that copy is stored (or is
+/// stored itself if that proposal failed).
+fn is_in_process(err: &PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+}
+
+/// One outstanding publish: its ack, resent with the same id while the stream says the id is in process
+/// (bounded: then it fails like any publish), resolving to the completion and the payload size it releases.
 struct InFlight {
-    ack: AckFuture,
-    msg: Option<OutMsg>,
-    started: Instant,
+    fut: Pin<Box<dyn Future<Output = (Completion, usize)> + Send>>,
 }
 
 impl InFlight {
-    fn new(ack: PublishAckFuture, msg: OutMsg, started: Instant) -> Self {
-        Self {
-            ack: IntoFuture::into_future(ack),
-            msg: Some(msg),
-            started,
-        }
+    fn new(js: jetstream::Context, ack: PublishAckFuture, msg: OutMsg, started: Instant) -> Self {
+        let fut = async move {
+            let mut result = ack.await;
+            let mut pause = IN_PROCESS_PAUSE_MIN;
+            for _ in 0..IN_PROCESS_RESENDS {
+                match &result {
+                    Err(err) if is_in_process(err) => {}
+                    _ => break,
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(IN_PROCESS_PAUSE_MAX);
+                // Never queued while disconnected (see `publish`): the failure then ends the session as usual.
+                if js.client().connection_state() != async_nats::connection::State::Connected {
+                    break;
+                }
+                let Ok(headers) = build_headers(&msg) else {
+                    break;
+                };
+                tracing::debug!(msg_id = %msg.msg_id, "message id in process on the stream; sending it again");
+                result = match js
+                    .publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
+                    .await
+                {
+                    Ok(ack) => ack.await,
+                    Err(err) => Err(err),
+                };
+            }
+            let latency = started.elapsed();
+            let size = msg.payload.len();
+            let completion = match result {
+                Ok(ack) => Ok(Acked {
+                    token: msg.token,
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                    latency,
+                }),
+                Err(err) => Err(Box::new(Failed {
+                    msg,
+                    error: map_publish_error(err),
+                })),
+            };
+            (completion, size)
+        };
+        Self { fut: Box::pin(fut) }
     }
 }
 
@@ -348,29 +406,7 @@ impl Future for InFlight {
     type Output = (Completion, usize);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<(Completion, usize)> {
-        let result = match self.ack.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result,
-        };
-        let latency = self.started.elapsed();
-        let Some(msg) = self.msg.take() else {
-            // Polled after completion: FuturesUnordered never does this.
-            return Poll::Pending;
-        };
-        let size = msg.payload.len();
-        let completion = match result {
-            Ok(ack) => Ok(Acked {
-                token: msg.token,
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-                latency,
-            }),
-            Err(err) => Err(Box::new(Failed {
-                msg,
-                error: map_publish_error(err),
-            })),
-        };
-        Poll::Ready((completion, size))
+        self.fut.as_mut().poll(cx)
     }
 }
 

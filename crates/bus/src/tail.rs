@@ -18,6 +18,11 @@ use crate::error::{BusError, BusErrorKind};
 /// recreate the consumer (a node loss is noticed within ~2× this).
 pub const PULL_EXPIRES: Duration = Duration::from_secs(4);
 
+/// A reader that returned nothing for this long checks whether the stream holds a message for it; if so, its
+/// consumer is stuck (it lived on a node that was lost, and the client's own recreation is slow or silent:
+/// measured 10+ s on a 3-node cluster) and it is opened again from where it stopped.
+pub const STALL_AFTER: Duration = Duration::from_secs(3);
+
 /// Where a [`StreamTail`] starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum From {
@@ -63,6 +68,10 @@ pub struct StreamTail {
     next_seq: u64,
     first: Option<From>,
     messages: Option<pull::Ordered>,
+    /// The sequence the open consumer started at (`None`: only new messages, position unknown).
+    opened_at: Option<u64>,
+    /// When the reader last returned a message, was opened or checked for a stall.
+    last_progress: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for StreamTail {
@@ -91,6 +100,8 @@ impl StreamTail {
             next_seq: 0,
             first: Some(from),
             messages: None,
+            opened_at: None,
+            last_progress: tokio::time::Instant::now(),
         }
     }
 
@@ -100,15 +111,21 @@ impl StreamTail {
     }
 
     async fn open(&mut self) -> Result<(), BusError> {
-        let deliver_policy = match self.first.take() {
-            Some(From::First) => DeliverPolicy::All,
-            Some(From::New) => DeliverPolicy::New,
-            Some(From::Seq(seq)) => DeliverPolicy::ByStartSequence {
-                start_sequence: seq.max(1),
-            },
-            None => DeliverPolicy::ByStartSequence {
-                start_sequence: self.next_seq.max(1),
-            },
+        let (deliver_policy, opened_at) = match self.first.take() {
+            Some(From::First) => (DeliverPolicy::All, Some(1)),
+            Some(From::New) => (DeliverPolicy::New, None),
+            Some(From::Seq(seq)) => (
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: seq.max(1),
+                },
+                Some(seq.max(1)),
+            ),
+            None => (
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: self.next_seq.max(1),
+                },
+                Some(self.next_seq.max(1)),
+            ),
         };
         let (filter_subject, filter_subjects) = match self.filters.as_slice() {
             [one] => (one.clone(), Vec::new()),
@@ -142,7 +159,35 @@ impl StreamTail {
             BusError::during(BusErrorKind::Consumer, "ordered messages", &self.stream, e)
         })?;
         self.messages = Some(messages);
+        self.opened_at = opened_at;
+        self.last_progress = tokio::time::Instant::now();
         Ok(())
+    }
+
+    /// After [`STALL_AFTER`] without a message: if the stream holds one at or after our position (within our
+    /// filters), the consumer is stuck and is dropped, so the next call opens a new one from the position.
+    /// At most one check (a bounded direct get) per `STALL_AFTER`.
+    async fn check_stalled(&mut self) {
+        if self.last_progress.elapsed() < STALL_AFTER {
+            return;
+        }
+        self.last_progress = tokio::time::Instant::now();
+        let from = if self.next_seq > 0 {
+            self.next_seq
+        } else {
+            match self.opened_at {
+                Some(seq) => seq,
+                None => return,
+            }
+        };
+        let client = self.js.client();
+        let check = next_seq_matching(&client, &self.stream, &self.filters, from);
+        if let Ok(Ok(Some(seq))) = tokio::time::timeout(Duration::from_secs(1), check).await {
+            tracing::debug!(stream = %self.stream, from, waiting = seq, "reader stalled; opening it again");
+            self.messages = None;
+            self.first = None;
+            self.next_seq = self.next_seq.max(from);
+        }
     }
 
     /// The next message, waiting at most `wait` for it (`Ok(None)` when none arrived in time).
@@ -167,7 +212,10 @@ impl StreamTail {
             return Ok(None);
         };
         let item = match tokio::time::timeout(wait, messages.next()).await {
-            Err(_) => return Ok(None),
+            Err(_) => {
+                self.check_stalled().await;
+                return Ok(None);
+            }
             Ok(item) => item,
         };
         match item {
@@ -183,6 +231,7 @@ impl StreamTail {
                     }
                 };
                 self.next_seq = seq + 1;
+                self.last_progress = tokio::time::Instant::now();
                 Ok(Some(TailMsg {
                     seq,
                     subject: message.subject.to_string(),

@@ -432,19 +432,6 @@ async fn leases_tick(
     last_refresh: &mut std::time::Instant,
 ) {
     let ttl = Duration::from_secs(config.lease_ttl_secs);
-    // A worker that could not refresh its leases for half their lifetime stops acting on them before they can
-    // expire and be claimed by another worker (two owners of a subscription would form different batches).
-    if !owned.is_empty() && last_refresh.elapsed() > ttl / 2 {
-        tracing::warn!(
-            partitions = owned.len(),
-            "leases not refreshed for half their lifetime: stopping their runners"
-        );
-        let partitions: Vec<u32> = owned.keys().copied().collect();
-        owned.clear();
-        for partition in partitions {
-            stop_partition(partition, running).await;
-        }
-    }
     let me = Bytes::from(worker_id.to_owned());
     let op_timeout = (ttl / 3).max(Duration::from_millis(300));
     match tokio::time::timeout(
@@ -456,10 +443,12 @@ async fn leases_tick(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "lease heartbeat failed");
+            give_up_stale_leases(ttl, owned, running, last_refresh).await;
             return;
         }
         Err(_) => {
             tracing::warn!("lease heartbeat timed out");
+            give_up_stale_leases(ttl, owned, running, last_refresh).await;
             return;
         }
     }
@@ -487,6 +476,8 @@ async fn leases_tick(
     }
     if all_refreshed {
         *last_refresh = std::time::Instant::now();
+    } else {
+        give_up_stale_leases(ttl, owned, running, last_refresh).await;
     }
     for partition in lost {
         tracing::warn!(partition, "partition lease lost");
@@ -571,6 +562,30 @@ async fn leases_tick(
             }
             owned.insert(partition, r);
         }
+    }
+}
+
+/// After a failed refresh: a worker whose leases were last all refreshed more than half their lifetime ago
+/// stops acting on them before they can expire and be claimed by another worker (two owners of a subscription
+/// would form different batches). Checked after trying to refresh, not before: a tick that runs late (the
+/// main loop was busy) but refreshes by compare-and-set has proven the leases are still its own.
+async fn give_up_stale_leases(
+    ttl: Duration,
+    owned: &mut HashMap<u32, u64>,
+    running: &mut HashMap<String, Running>,
+    last_refresh: &std::time::Instant,
+) {
+    if owned.is_empty() || last_refresh.elapsed() <= ttl / 2 {
+        return;
+    }
+    tracing::warn!(
+        partitions = owned.len(),
+        "leases not refreshed for half their lifetime: stopping their runners"
+    );
+    let partitions: Vec<u32> = owned.keys().copied().collect();
+    owned.clear();
+    for partition in partitions {
+        stop_partition(partition, running).await;
     }
 }
 

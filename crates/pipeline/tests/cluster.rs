@@ -98,7 +98,8 @@ async fn delivery_survives_the_loss_of_the_stream_leader_and_of_the_lease_leader
         nats_url: urls.clone(),
         worker_id: "w_cluster".into(),
         partitions: 4,
-        lease_ttl_secs: 2,
+        // The shipped lease lifetime (10 s): a lease-bucket election shorter than half of it does not stop the runners.
+        lease_ttl_secs: fpaas_pipeline::WorkerConfig::default().lease_ttl_secs,
         replicas: 3,
         metrics_listen: None,
         ..Default::default()
