@@ -102,7 +102,9 @@ async fn racing_publishers_of_the_same_ids_both_complete_on_a_replicated_stream(
                 }
             };
             for i in pending.drain(..) {
-                publisher.publish(common::msg("atproto.firehose.t", i)).await;
+                publisher
+                    .publish(common::msg("atproto.firehose.t", i))
+                    .await;
                 while let Some(c) = publisher.try_next_completion() {
                     take(c, &mut failed);
                 }
@@ -121,8 +123,16 @@ async fn racing_publishers_of_the_same_ids_both_complete_on_a_replicated_stream(
     let other = common::js_with_timeout(&urls).await;
     let (a, b) = tokio::join!(tokio::spawn(race(js.clone())), tokio::spawn(race(other)));
     let (a, b) = (a.expect("join"), b.expect("join"));
-    assert_eq!(a.len() + b.len(), 2 * N as usize, "every publish acknowledged");
-    let stored: u64 = a.iter().chain(b.iter()).map(|a| u64::from(!a.duplicate)).sum();
+    assert_eq!(
+        a.len() + b.len(),
+        2 * N as usize,
+        "every publish acknowledged"
+    );
+    let stored: u64 = a
+        .iter()
+        .chain(b.iter())
+        .map(|a| u64::from(!a.duplicate))
+        .sum();
     // (Fewer than N "stored" acks only when a stored publish's ack timed out and its resend was a duplicate.)
     assert!(stored <= N, "{stored} acks said stored for {N} ids");
     assert_eq!(common::stream_messages(&js, "FIREHOSE").await, N);
