@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use fpaas_control::{
     ApiKeyRecord, Progress, Quotas, SubState, SubStats, Subscription, SubscriptionPatch,
-    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Usage, layout,
+    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicInfo, TopicSpec, Usage, layout,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -418,6 +418,59 @@ pub fn operations() -> Vec<Operation> {
             errors: &[404],
             handler: || delete(delete_dead_letter),
         },
+        // -------------------------------------------------------------- topics
+        Operation {
+            method: "post",
+            path: "/v1/topics",
+            operation_id: "createTopic",
+            summary: "Create a topic: a stream of the tenant's own, with its retention by age and size.",
+            access: Access::Tenant,
+            request: Some(schema::<TopicSpec>),
+            query: &[],
+            status: 201,
+            response: Body::Json(schema::<Topic>),
+            errors: &[400, 409, 413, 422, 429],
+            handler: || post(create_topic),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/topics",
+            operation_id: "listTopics",
+            summary: "List the tenant's topics, by name.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<TopicList>),
+            errors: &[],
+            handler: || get(list_topics),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/topics/{topic}",
+            operation_id: "getTopic",
+            summary: "Get a topic with what its stream holds now.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<TopicInfo>),
+            errors: &[404],
+            handler: || get(get_topic),
+        },
+        Operation {
+            method: "delete",
+            path: "/v1/topics/{topic}",
+            operation_id: "deleteTopic",
+            summary: "Delete a topic and everything it holds.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 204,
+            response: Body::Empty,
+            errors: &[404],
+            handler: || delete(delete_topic),
+        },
     ]
 }
 
@@ -477,6 +530,13 @@ pub struct KeyCreated {
 pub struct KeyList {
     /// Oldest first.
     pub keys: Vec<ApiKeyRecord>,
+}
+
+/// Topics.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct TopicList {
+    /// By name.
+    pub topics: Vec<Topic>,
 }
 
 /// Subscriptions.
@@ -776,6 +836,44 @@ async fn delete_sub(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     s.store.delete_subscription(&auth.tenant.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_topic(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    ApiJson(spec): ApiJson<TopicSpec>,
+) -> Result<Response, ApiError> {
+    let topic = s.store.create_topic(&auth.tenant, spec).await?;
+    let mut response = (StatusCode::CREATED, Json(&topic)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/topics/{}", topic.name)) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn list_topics(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+) -> Result<Json<TopicList>, ApiError> {
+    let topics = s.store.list_topics(&auth.tenant.id).await?;
+    Ok(Json(TopicList { topics }))
+}
+
+async fn get_topic(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TopicInfo>, ApiError> {
+    Ok(Json(s.store.topic_info(&auth.tenant.id, &name).await?))
+}
+
+async fn delete_topic(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete_topic(&auth.tenant.id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

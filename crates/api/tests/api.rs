@@ -253,7 +253,21 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         .await;
     assert_eq!(a_key.status, 201);
     let a_key_id = a_key.json["key"]["key_id"].as_str().unwrap().to_owned();
-    let a_ids = [a_id.clone(), a_sub_id.clone(), a_key_id.clone()];
+    let a_topic = api
+        .call(
+            Method::POST,
+            "/v1/topics",
+            Some(&a_token),
+            Some(json!({"name": "alices-likes", "max_bytes": 1_048_576})),
+        )
+        .await;
+    assert_eq!(a_topic.status, 201, "{}", a_topic.json);
+    let a_ids = [
+        a_id.clone(),
+        a_sub_id.clone(),
+        a_key_id.clone(),
+        "alices-likes".to_owned(),
+    ];
     let before = api
         .call(
             Method::GET,
@@ -294,6 +308,10 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         ("getDeadLetter", Expect::Refused(404)),
         ("replayDeadLetter", Expect::Refused(404)),
         ("deleteDeadLetter", Expect::Refused(404)),
+        ("createTopic", Expect::OwnOnly(201)),
+        ("listTopics", Expect::OwnOnly(200)),
+        ("getTopic", Expect::Refused(404)),
+        ("deleteTopic", Expect::Refused(404)),
     ]
     .into_iter()
     .collect();
@@ -306,6 +324,7 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
             "createSubscription" => sub_spec(&receiver.url("/b")),
             "updateSubscription" => json!({"name": "hijacked"}),
             "rotateSecret" => json!({"overlap_secs": 0}),
+            "createTopic" => json!({"name": "bobs-topic", "max_bytes": 1_048_576}),
             other => panic!("no body for {other}"),
         }
     };
@@ -324,7 +343,8 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
             .replace("{tenant_id}", &a_id)
             .replace("{sub_id}", &a_sub_id)
             .replace("{key_id}", &a_key_id)
-            .replace("{seq}", &a_seq.to_string());
+            .replace("{seq}", &a_seq.to_string())
+            .replace("{topic}", "alices-likes");
         assert!(!path.contains('{'), "unknown path parameter in {template}");
         let body = has_body.then(|| body_for(id));
         // Without a token: 401 unless public.
@@ -393,6 +413,10 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         .await;
     assert_eq!(after.status, 200);
     assert_eq!(after.json, before.json, "A's subscription untouched");
+    let topic = api
+        .call(Method::GET, "/v1/topics/alices-likes", Some(&a_token), None)
+        .await;
+    assert_eq!(topic.status, 200, "A's topic still there: {}", topic.json);
     let letters = api
         .call(
             Method::GET,
@@ -992,4 +1016,182 @@ fn docs_api_md_lists_every_operation_and_error_code() {
         let row = format!("| `{code}` | {status} |");
         assert!(text.contains(&row), "docs/api.md lacks the error row {row}");
     }
+}
+
+/// Topics: a tenant's own stream with the asked retention, readable and countable; names unique per tenant
+/// (the same name in another tenant is another stream); bad names and retentions refused with their codes;
+/// the count and bytes quotas; delete removes the stream, and deleting the tenant removes its topics' streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_streams_of_their_own_within_the_quotas() {
+    let api = Api::start().await;
+    let js = async_nats::jetstream::new(api.client.clone());
+    let (a_id, a) = api
+        .tenant(
+            "alice",
+            json!({"max_topics": 2, "max_topic_bytes": 3_145_728}),
+        )
+        .await;
+    let (b_id, b) = api.tenant("bob", json!({})).await;
+    let create = |token: &str, body: Value| {
+        let token = token.to_owned();
+        let api = &api;
+        async move {
+            api.call(Method::POST, "/v1/topics", Some(&token), Some(body))
+                .await
+        }
+    };
+
+    let made = create(
+        &a,
+        json!({"name": "likes-per-post", "max_age_secs": 3600, "max_bytes": 2_097_152}),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.json);
+    let stream = made.json["stream"].as_str().expect("stream").to_owned();
+    let subject = made.json["subject"].as_str().expect("subject").to_owned();
+    assert!(
+        stream.contains(&a_id) && subject.contains(&a_id),
+        "{}",
+        made.json
+    );
+    let info = js
+        .get_stream(&stream)
+        .await
+        .expect("the topic's stream exists")
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(3600));
+    assert_eq!(info.config.max_bytes, 2_097_152);
+    assert_eq!(info.config.subjects, vec![subject.clone()]);
+
+    // What is published to it shows in GET.
+    for i in 0..3 {
+        js.publish(subject.clone(), format!("{{\"n\":{i}}}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let got = api
+        .call(Method::GET, "/v1/topics/likes-per-post", Some(&a), None)
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json["messages"], 3, "{}", got.json);
+    assert_eq!(got.json["last_seq"], 3);
+
+    // The same name twice: 409; in another tenant: its own stream.
+    let again = create(
+        &a,
+        json!({"name": "likes-per-post", "max_bytes": 1_048_576}),
+    )
+    .await;
+    assert_eq!(
+        (again.status, again.json["error"].as_str()),
+        (409, Some("conflict"))
+    );
+    let bobs = create(
+        &b,
+        json!({"name": "likes-per-post", "max_bytes": 1_048_576}),
+    )
+    .await;
+    assert_eq!(bobs.status, 201, "{}", bobs.json);
+    assert_ne!(bobs.json["stream"], made.json["stream"]);
+    let bob_sees = api
+        .call(Method::GET, "/v1/topics/likes-per-post", Some(&b), None)
+        .await;
+    assert_eq!(bob_sees.json["messages"], 0, "bob's topic is his own");
+
+    // Refusals, each with its code; nothing created by them.
+    for (body, status, code) in [
+        (json!({"name": "Caps"}), 422, "bad_value"),
+        (json!({"name": "-dash-first"}), 422, "bad_value"),
+        (json!({"name": "a.b"}), 422, "bad_value"),
+        (json!({"name": "x".repeat(65)}), 422, "bad_value"),
+        (
+            json!({"name": "ok", "max_age_secs": 10}),
+            422,
+            "limit_exceeded",
+        ),
+        (
+            json!({"name": "ok", "max_bytes": 1000}),
+            422,
+            "limit_exceeded",
+        ),
+        (
+            json!({"name": "ok", "max_bytes": 4_194_304}),
+            429,
+            "quota_exceeded",
+        ),
+        // 2 MiB held + 2 MiB > the 3 MiB of topic bytes.
+        (
+            json!({"name": "ok", "max_bytes": 2_097_152}),
+            429,
+            "quota_exceeded",
+        ),
+        (
+            json!({"name": "ok", "retention": "forever"}),
+            400,
+            "unknown_field",
+        ),
+    ] {
+        let r = create(&a, body.clone()).await;
+        assert_eq!(
+            (r.status, r.json["error"].as_str()),
+            (status, Some(code)),
+            "{body}: {}",
+            r.json
+        );
+    }
+    let second = create(&a, json!({"name": "top-10", "max_bytes": 1_048_576})).await;
+    assert_eq!(second.status, 201, "{}", second.json);
+    let third = create(&a, json!({"name": "third", "max_bytes": 1_048_576})).await;
+    assert_eq!(
+        (third.status, third.json["error"].as_str()),
+        (429, Some("quota_exceeded")),
+        "max_topics is 2"
+    );
+    let list = api.call(Method::GET, "/v1/topics", Some(&a), None).await;
+    let names: Vec<&str> = list.json["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["likes-per-post", "top-10"]);
+
+    // Delete: the stream goes; then the name is free again.
+    let del = api
+        .call(Method::DELETE, "/v1/topics/top-10", Some(&a), None)
+        .await;
+    assert_eq!(del.status, 204);
+    let top10_stream = layout::topic_stream(&a_id, "top-10");
+    assert!(
+        js.get_stream(&top10_stream).await.is_err(),
+        "stream deleted"
+    );
+    let gone = api
+        .call(Method::GET, "/v1/topics/top-10", Some(&a), None)
+        .await;
+    assert_eq!(gone.status, 404);
+
+    // Deleting the tenant deletes its topics' streams, not another tenant's.
+    let del_tenant = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tenants/{a_id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(del_tenant.status, 204, "{}", del_tenant.json);
+    assert!(
+        js.get_stream(&stream).await.is_err(),
+        "alice's topic stream deleted"
+    );
+    assert!(
+        js.get_stream(&layout::topic_stream(&b_id, "likes-per-post"))
+            .await
+            .is_ok(),
+        "bob's topic untouched"
+    );
 }

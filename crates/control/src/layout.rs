@@ -88,6 +88,29 @@ pub fn dlq_subject(tenant_id: &str, sub_id: &str) -> String {
     format!("fpaas.dlq.{tenant_id}.{sub_id}")
 }
 
+/// Key prefix of topics in the tenants bucket.
+pub const TOPIC_KEY_PREFIX: &str = "topic.";
+
+/// Key of a topic in the tenants bucket.
+pub fn topic_key(tenant_id: &str, name: &str) -> String {
+    format!("{TOPIC_KEY_PREFIX}{tenant_id}.{name}")
+}
+
+/// Key pattern of a tenant's topics.
+pub fn tenant_topics_pattern(tenant_id: &str) -> String {
+    format!("{TOPIC_KEY_PREFIX}{tenant_id}.*")
+}
+
+/// The JetStream stream of a tenant's topic (names are `[a-z0-9_-]`, valid in stream names).
+pub fn topic_stream(tenant_id: &str, name: &str) -> String {
+    format!("FPAAS_TOPIC_{tenant_id}_{name}")
+}
+
+/// The subject a topic's messages are stored under.
+pub fn topic_subject(tenant_id: &str, name: &str) -> String {
+    format!("fpaas.topic.{tenant_id}.{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,11 +5,11 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`model`] | the documents: [`Tenant`], [`Quotas`], [`ApiKeyRecord`], [`Subscription`] and what a tenant writes ([`SubscriptionSpec`], [`SubscriptionPatch`]), [`Progress`], [`SubStats`] |
+//! | [`model`] | the documents: [`Tenant`], [`Quotas`], [`ApiKeyRecord`], [`Subscription`], [`Topic`] and what a tenant writes ([`SubscriptionSpec`], [`SubscriptionPatch`], [`TopicSpec`]), [`Progress`], [`SubStats`] |
 //! | [`layout`] | bucket, stream and subject names, key builders, DLQ header names |
 //! | [`validate`] | checking a spec or patch completely before anything is written: [`ValidationError`] with a stable code |
 //! | [`ids`] | ids (`t_`, `s_`, `k_`), API tokens (`fpk_`) and their SHA-256, webhook secrets (`whsec_`) |
-//! | [`store`] | [`Store`]: tenant, key and subscription CRUD (tenant-scoped), compare-and-set updates, progress and stats reads |
+//! | [`store`] | [`Store`]: tenant, key, subscription and topic CRUD (tenant-scoped; a topic's stream with it), compare-and-set updates, progress and stats reads |
 //! | `error` | [`StoreError`] with a `Copy` [`StoreErrorKind`] |
 
 mod error;
@@ -23,7 +23,8 @@ pub use error::{StoreError, StoreErrorKind};
 pub use model::{
     ApiKeyRecord, Batching, BatchingPatch, Delivery, PendingBatch, Progress, Quotas, QuotasPatch,
     RetryPolicy, SecretEntry, Source, Start, SubState, SubStats, Subscription, SubscriptionPatch,
-    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Usage, WebhookDelivery,
+    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicInfo, TopicSpec, Usage,
+    WebhookDelivery,
 };
 pub use store::{Store, StoreSettings};
 pub use validate::{ValidationCode, ValidationError, validate_webhook_url};

@@ -49,6 +49,11 @@ pub struct Quotas {
     /// Most events per second delivered to the tenant's receivers, all subscriptions together (read and
     /// enforced by the worker).
     pub max_delivery_events_per_s: u64,
+    /// Most topics the tenant may have (enforced by the API: 429 `quota_exceeded`).
+    pub max_topics: u32,
+    /// Most bytes all the tenant's topics may hold together: the sum of their `max_bytes` (enforced by the
+    /// API at creation: 429 `quota_exceeded`).
+    pub max_topic_bytes: i64,
 }
 
 impl Default for Quotas {
@@ -57,6 +62,8 @@ impl Default for Quotas {
             max_subscriptions: 100,
             max_dids_per_filter: 10_000,
             max_delivery_events_per_s: 10_000,
+            max_topics: 10,
+            max_topic_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -71,6 +78,10 @@ pub struct QuotasPatch {
     pub max_dids_per_filter: Option<u32>,
     /// New [`Quotas::max_delivery_events_per_s`].
     pub max_delivery_events_per_s: Option<u64>,
+    /// New [`Quotas::max_topics`].
+    pub max_topics: Option<u32>,
+    /// New [`Quotas::max_topic_bytes`].
+    pub max_topic_bytes: Option<i64>,
 }
 
 impl QuotasPatch {
@@ -85,7 +96,87 @@ impl QuotasPatch {
         if let Some(v) = self.max_delivery_events_per_s {
             quotas.max_delivery_events_per_s = v;
         }
+        if let Some(v) = self.max_topics {
+            quotas.max_topics = v;
+        }
+        if let Some(v) = self.max_topic_bytes {
+            quotas.max_topic_bytes = v;
+        }
     }
+}
+
+/// What a tenant posts to create a topic: a JetStream stream of its own that subscriptions publish into and
+/// read from (`docs/api.md`, Topics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The topic's name, unique within the tenant: 1–64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or
+    /// digit.
+    pub name: String,
+    /// Messages older than this are removed, in seconds (60 s to 30 days; default 1 day).
+    #[serde(default = "default_topic_max_age_secs")]
+    pub max_age_secs: u64,
+    /// The oldest messages are removed beyond this many bytes (1 MiB up to the tenant's `max_topic_bytes`;
+    /// default 1 GiB).
+    #[serde(default = "default_topic_max_bytes")]
+    pub max_bytes: i64,
+}
+
+fn default_topic_max_age_secs() -> u64 {
+    24 * 60 * 60
+}
+
+fn default_topic_max_bytes() -> i64 {
+    1024 * 1024 * 1024
+}
+
+/// A topic as stored and returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Topic {
+    /// The topic's name (unique within the tenant).
+    pub name: String,
+    /// The owner.
+    pub tenant_id: String,
+    /// Retention by age, in seconds.
+    pub max_age_secs: u64,
+    /// Retention by size, in bytes.
+    pub max_bytes: i64,
+    /// The JetStream stream holding it.
+    pub stream: String,
+    /// The subject its messages are stored under.
+    pub subject: String,
+    /// Creation time.
+    #[schemars(with = "String")]
+    pub created_at: DateTime<Utc>,
+}
+
+impl Topic {
+    /// A new topic of `tenant_id` from a (validated) spec.
+    pub fn from_spec(tenant_id: &str, spec: TopicSpec) -> Self {
+        Self {
+            stream: crate::layout::topic_stream(tenant_id, &spec.name),
+            subject: crate::layout::topic_subject(tenant_id, &spec.name),
+            name: spec.name,
+            tenant_id: tenant_id.to_owned(),
+            max_age_secs: spec.max_age_secs,
+            max_bytes: spec.max_bytes,
+            created_at: now(),
+        }
+    }
+}
+
+/// A topic with what its stream holds now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TopicInfo {
+    /// The topic.
+    #[serde(flatten)]
+    pub topic: Topic,
+    /// Messages it holds.
+    pub messages: u64,
+    /// Sequence of its oldest message (last + 1 when empty).
+    pub first_seq: u64,
+    /// Sequence of its newest message (0 when nothing was ever stored).
+    pub last_seq: u64,
 }
 
 /// A tenant: the owner of API keys and subscriptions.

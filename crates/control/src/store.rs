@@ -16,7 +16,7 @@ use crate::ids;
 use crate::layout;
 use crate::model::{
     ApiKeyRecord, Progress, SubStats, Subscription, SubscriptionSpec, Tenant, TenantPatch,
-    TenantSpec, Usage, now,
+    TenantSpec, Topic, TopicInfo, TopicSpec, Usage, now,
 };
 use crate::validate;
 
@@ -49,6 +49,8 @@ pub struct Store {
     subs: KvBucket,
     progress: KvBucket,
     stats: KvBucket,
+    js: JetStream,
+    settings: StoreSettings,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -105,6 +107,8 @@ impl Store {
             .await?,
             stats: fpaas_bus::ensure_kv(js, &kv(layout::STATS_BUCKET, "fpaas subscription stats"))
                 .await?,
+            js: js.clone(),
+            settings: settings.clone(),
         })
     }
 
@@ -267,6 +271,13 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+        for topic in self.list_topics(tenant_id).await? {
+            match self.delete_topic(tenant_id, &topic.name).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         for (hash, _) in self.keys_of(tenant_id).await? {
             self.tenants
                 .delete(&layout::api_key_key(&hash), None, None)
@@ -276,6 +287,147 @@ impl Store {
             .delete(&layout::tenant_key(tenant_id), None, None)
             .await?;
         tracing::info!(tenant = %tenant_id, "tenant deleted");
+        Ok(())
+    }
+
+    /// Creates a topic of `tenant`: its document in the tenants bucket, then its stream (removed again if
+    /// the stream cannot be created).
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Invalid`] for a bad spec, [`StoreErrorKind::Quota`] beyond `max_topics` or
+    /// `max_topic_bytes`, [`StoreErrorKind::Conflict`] when the tenant has a topic of that name,
+    /// [`StoreErrorKind::Unavailable`] when NATS fails or refuses the stream.
+    pub async fn create_topic(
+        &self,
+        tenant: &Tenant,
+        spec: TopicSpec,
+    ) -> Result<Topic, StoreError> {
+        validate::topic(&spec, &tenant.quotas)?;
+        let existing = self.list_topics(&tenant.id).await?;
+        let quota = |field: &str, message: String| -> StoreError {
+            validate::ValidationError::new(validate::ValidationCode::QuotaExceeded, field, message)
+                .into()
+        };
+        if existing.iter().any(|t| t.name == spec.name) {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!("a topic named {} exists", spec.name),
+            ));
+        }
+        if existing.len() >= tenant.quotas.max_topics as usize {
+            return Err(quota(
+                "topics",
+                format!(
+                    "this tenant has {} topics; its quota is {}",
+                    existing.len(),
+                    tenant.quotas.max_topics
+                ),
+            ));
+        }
+        let held: i64 = existing.iter().map(|t| t.max_bytes).sum();
+        if held.saturating_add(spec.max_bytes) > tenant.quotas.max_topic_bytes {
+            return Err(quota(
+                "max_bytes",
+                format!(
+                    "this tenant's topics hold up to {held} bytes; {} more exceeds its quota of {}",
+                    spec.max_bytes, tenant.quotas.max_topic_bytes
+                ),
+            ));
+        }
+        let topic = Topic::from_spec(&tenant.id, spec);
+        let key = layout::topic_key(&tenant.id, &topic.name);
+        if written(self.tenants.create(&key, encode(&topic)).await?, "topic")?.is_none() {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!("a topic named {} exists", topic.name),
+            ));
+        }
+        let settings = fpaas_bus::StreamSettings {
+            name: topic.stream.clone(),
+            subjects: vec![topic.subject.clone()],
+            max_age_secs: topic.max_age_secs,
+            max_bytes: topic.max_bytes,
+            replicas: self.settings.replicas,
+            storage: self.settings.storage,
+            ..fpaas_bus::StreamSettings::default()
+        };
+        if let Err(e) = fpaas_bus::ensure_stream(&self.js, &settings).await {
+            let _ = self.tenants.delete(&key, None, None).await;
+            return Err(StoreError::with_source(
+                StoreErrorKind::Unavailable,
+                format!("the stream of topic {} could not be created", topic.name),
+                e,
+            ));
+        }
+        tracing::info!(tenant = %tenant.id, topic = %topic.name, stream = %topic.stream, "topic created");
+        Ok(topic)
+    }
+
+    /// The tenant's topics, by name.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Unavailable`], [`StoreErrorKind::Corrupt`].
+    pub async fn list_topics(&self, tenant_id: &str) -> Result<Vec<Topic>, StoreError> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.tenants
+            .snapshot_each(&layout::tenant_topics_pattern(tenant_id), false, |entry| {
+                if let KvState::Value(bytes) = &entry.state {
+                    match decode::<Topic>(&entry.key, bytes) {
+                        Ok(t) => out.push(t),
+                        Err(e) => bad = Some(e),
+                    }
+                }
+            })
+            .await?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// A topic of the tenant.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::NotFound`] when the tenant has no topic of that name.
+    pub async fn topic(&self, tenant_id: &str, name: &str) -> Result<Topic, StoreError> {
+        let key = layout::topic_key(tenant_id, name);
+        if !fpaas_bus::is_valid_kv_key(&key) {
+            return Err(StoreError::new(StoreErrorKind::NotFound, "no such topic"));
+        }
+        match self.tenants.get(&key).await? {
+            Some(bytes) => decode(&key, &bytes),
+            None => Err(StoreError::new(StoreErrorKind::NotFound, "no such topic")),
+        }
+    }
+
+    /// A topic of the tenant with what its stream holds now.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::NotFound`], [`StoreErrorKind::Unavailable`].
+    pub async fn topic_info(&self, tenant_id: &str, name: &str) -> Result<TopicInfo, StoreError> {
+        let topic = self.topic(tenant_id, name).await?;
+        let bounds = fpaas_bus::tail::stream_bounds(&self.js.client(), &topic.stream).await?;
+        Ok(TopicInfo {
+            topic,
+            messages: bounds.messages,
+            first_seq: bounds.first_seq,
+            last_seq: bounds.last_seq,
+        })
+    }
+
+    /// Deletes a topic: its stream and its document.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::NotFound`], [`StoreErrorKind::Unavailable`].
+    pub async fn delete_topic(&self, tenant_id: &str, name: &str) -> Result<(), StoreError> {
+        let topic = self.topic(tenant_id, name).await?;
+        fpaas_bus::delete_streams(&self.js.client(), std::slice::from_ref(&topic.stream)).await?;
+        self.tenants
+            .delete(&layout::topic_key(tenant_id, name), None, None)
+            .await?;
+        tracing::info!(tenant = %tenant_id, topic = %name, "topic deleted");
         Ok(())
     }
 

@@ -84,6 +84,59 @@ fn limit(field: &str, message: String) -> ValidationError {
     ValidationError::new(ValidationCode::LimitExceeded, field, message)
 }
 
+/// Topic retention by age, in seconds (1 minute to 30 days).
+pub const TOPIC_MAX_AGE_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 24 * 60 * 60;
+/// Smallest topic size limit, in bytes (1 MiB).
+pub const TOPIC_MIN_BYTES: i64 = 1024 * 1024;
+
+/// Checks a topic spec against the tenant's quotas (the count and total-bytes quotas need the stored topics:
+/// the store checks those).
+///
+/// # Errors
+/// [`ValidationCode::BadValue`] for a bad name, [`ValidationCode::LimitExceeded`] for a retention out of range,
+/// [`ValidationCode::QuotaExceeded`] for a size above the tenant's `max_topic_bytes`.
+pub fn topic(spec: &crate::model::TopicSpec, quotas: &Quotas) -> Result<(), ValidationError> {
+    let n = &spec.name;
+    let ok_chars = n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if n.is_empty() || n.len() > 64 || !ok_chars || !n.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(ValidationError::new(
+            ValidationCode::BadValue,
+            "name",
+            "1-64 of a-z, 0-9, '-', '_', starting with a letter or digit",
+        ));
+    }
+    if !TOPIC_MAX_AGE_RANGE.contains(&spec.max_age_secs) {
+        return Err(limit(
+            "max_age_secs",
+            format!(
+                "{} s; allowed {}-{}",
+                spec.max_age_secs,
+                TOPIC_MAX_AGE_RANGE.start(),
+                TOPIC_MAX_AGE_RANGE.end()
+            ),
+        ));
+    }
+    if spec.max_bytes < TOPIC_MIN_BYTES {
+        return Err(limit(
+            "max_bytes",
+            format!("{} bytes; at least {TOPIC_MIN_BYTES}", spec.max_bytes),
+        ));
+    }
+    if spec.max_bytes > quotas.max_topic_bytes {
+        return Err(ValidationError::new(
+            ValidationCode::QuotaExceeded,
+            "max_bytes",
+            format!(
+                "{} bytes; this tenant's topics may hold {} bytes together",
+                spec.max_bytes, quotas.max_topic_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a name.
 ///
 /// # Errors

@@ -72,6 +72,8 @@ enum Command {
     Sub(cmd::client::SubArgs),
     /// List, inspect, replay and purge a subscription's dead letters through the API.
     Dlq(cmd::client::DlqArgs),
+    /// Manage the tenant's topics (streams of its own) through the API.
+    Topic(cmd::client::TopicArgs),
 }
 
 /// The log filter when `RUST_LOG` is unset: one-shot queries and tools print their answer and only warnings
@@ -88,7 +90,8 @@ fn default_filter(command: &Command) -> &'static str {
         | Command::StorageEstimate(_)
         | Command::Tenant(_)
         | Command::Sub(_)
-        | Command::Dlq(_) => "warn",
+        | Command::Dlq(_)
+        | Command::Topic(_) => "warn",
         _ => "info,async_nats=warn",
     }
 }
@@ -144,6 +147,7 @@ fn main() -> std::process::ExitCode {
             Command::Tenant(a) => cmd::client::tenant(a).await,
             Command::Sub(a) => cmd::client::sub(a).await,
             Command::Dlq(a) => cmd::client::dlq(a).await,
+            Command::Topic(a) => cmd::client::topic(a).await,
         }
     });
     match result {

@@ -1,8 +1,9 @@
-//! The API's command line (`fpaas tenant|sub|dlq`) against a real `fpaas serve` and `fpaas worker` on a real
+//! The API's command line (`fpaas tenant|sub|dlq|topic`) against a real `fpaas serve` and `fpaas worker` on a real
 //! nats-server: a tenant and a subscription created from the command line, read back, changed, paused and
 //! resumed; an invalid spec exits 1 with the API's code and position on stderr; a batch the receiver refused
 //! lands in the dead letters, `dlq replay --all` delivers it with its original `webhook-id`, and `dlq list`
-//! is then empty; the tenant is deleted with everything it owned.
+//! is then empty; a topic is created, read, refused twice and deleted; the tenant is deleted with everything
+//! it owned.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -257,6 +258,32 @@ async fn the_command_line_manages_tenants_subscriptions_and_dead_letters() {
     let stats = ok(a, t, &["sub", "stats", &id], None);
     assert_eq!(stats["subscription_id"], id.as_str());
     assert!(ok(a, t, &["sub", "usage"], None).is_object());
+
+    // Topics.
+    let topic = ok(
+        a,
+        t,
+        &[
+            "topic",
+            "create",
+            "per-post",
+            "--max-age-secs",
+            "3600",
+            "--max-bytes",
+            "1048576",
+        ],
+        None,
+    );
+    assert_eq!(topic["max_age_secs"], 3600);
+    assert_eq!(ok(a, t, &["topic", "get", "per-post"], None)["messages"], 0);
+    assert_eq!(
+        ok(a, t, &["topic", "list"], None)["topics"][0]["name"],
+        "per-post"
+    );
+    let err = fails(a, t, &["topic", "create", "per-post"], None);
+    assert!(err.contains("409 conflict"), "{err}");
+    ok(a, t, &["topic", "delete", "per-post"], None);
+    assert_eq!(ok(a, t, &["topic", "list"], None)["topics"], json!([]));
 
     ok(a, t, &["sub", "delete", &id], None);
     assert_eq!(ok(a, t, &["sub", "list"], None)["subscriptions"], json!([]));

@@ -505,3 +505,58 @@ pub async fn dlq(a: DlqArgs) -> anyhow::Result<()> {
     };
     print(&v)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub command: TopicCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TopicCommand {
+    /// Create a topic (a stream of the tenant's own).
+    Create {
+        /// 1-64 of a-z, 0-9, '-', '_'.
+        name: String,
+        /// Retention by age in seconds (default 1 day).
+        #[arg(long)]
+        max_age_secs: Option<u64>,
+        /// Retention by size in bytes (default 1 GiB).
+        #[arg(long)]
+        max_bytes: Option<i64>,
+    },
+    /// List the tenant's topics.
+    List,
+    /// Show a topic with what it holds now.
+    Get { name: String },
+    /// Delete a topic and everything it holds.
+    Delete { name: String },
+}
+
+pub async fn topic(a: TopicArgs) -> anyhow::Result<()> {
+    let c = &a.conn;
+    let path = |name: &str| -> anyhow::Result<String> { Ok(format!("/v1/topics/{}", seg(name)?)) };
+    let v = match a.command {
+        TopicCommand::Create {
+            name,
+            max_age_secs,
+            max_bytes,
+        } => {
+            let mut body = json!({"name": name});
+            if let Some(v) = max_age_secs {
+                body["max_age_secs"] = json!(v);
+            }
+            if let Some(v) = max_bytes {
+                body["max_bytes"] = json!(v);
+            }
+            c.call(false, Method::POST, "/v1/topics", Some(body))
+                .await?
+        }
+        TopicCommand::List => c.call(false, Method::GET, "/v1/topics", None).await?,
+        TopicCommand::Get { name } => c.call(false, Method::GET, &path(&name)?, None).await?,
+        TopicCommand::Delete { name } => c.call(false, Method::DELETE, &path(&name)?, None).await?,
+    };
+    print(&v)
+}
