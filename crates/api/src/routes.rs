@@ -402,7 +402,7 @@ pub fn operations() -> Vec<Operation> {
             query: &[],
             status: 200,
             response: Body::Json(schema::<Replayed>),
-            errors: &[404, 502],
+            errors: &[404, 409, 502],
             handler: || post(replay_dead_letter),
         },
         Operation {
@@ -462,13 +462,13 @@ pub fn operations() -> Vec<Operation> {
             method: "delete",
             path: "/v1/topics/{topic}",
             operation_id: "deleteTopic",
-            summary: "Delete a topic and everything it holds.",
+            summary: "Delete a topic and everything it holds (not while a subscription delivers into it: 409).",
             access: Access::Tenant,
             request: None,
             query: &[],
             status: 204,
             response: Body::Empty,
-            errors: &[404],
+            errors: &[404, 409],
             handler: || delete(delete_topic),
         },
     ]
@@ -750,7 +750,11 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// The SSRF guard's check of a webhook URL without resolving it: a literal address (or `localhost`) that the
 /// configured policy refuses is 422 `url_not_allowed`; a name is resolved and checked again at each delivery.
 fn check_destination(s: &AppState, delivery: &fpaas_control::Delivery) -> Result<(), ApiError> {
-    let url = &delivery.webhook().url;
+    // A topic delivery is checked by the store (the topic must be the tenant's).
+    let Some(webhook) = delivery.webhook() else {
+        return Ok(());
+    };
+    let url = &webhook.url;
     fpaas_control::validate_webhook_url(url).map_err(|e| ApiError::validation(&e))?;
     s.sender.policy().check_url(url).map(drop).map_err(|e| {
         let mut err = ApiError::new(
@@ -1112,7 +1116,13 @@ async fn replay_dead_letter(
         .filter(|e| e.expires_at.is_none_or(|t| t > now))
         .filter_map(|e| fpaas_webhook::Secret::parse(&e.secret).ok())
         .collect();
-    let webhook = sub.delivery.webhook();
+    let Some(webhook) = sub.delivery.webhook() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "replay POSTs to a webhook; this subscription delivers to a topic (its dead letters can be read and deleted)",
+        ));
+    };
     let request = fpaas_webhook::BatchRequest {
         url: webhook.url.clone(),
         batch_id: batch_id.clone(),

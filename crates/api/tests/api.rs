@@ -1159,7 +1159,58 @@ async fn topics_are_streams_of_their_own_within_the_quotas() {
         .collect();
     assert_eq!(names, ["likes-per-post", "top-10"]);
 
-    // Delete: the stream goes; then the name is free again.
+    // A subscription may deliver into its tenant's topic, not into a missing one (nor another tenant's).
+    let into = |topic: &str| {
+        json!({"filter": {"collections": ["app.bsky.feed.like"]},
+               "delivery": {"type": "topic", "topic": topic}})
+    };
+    let sub = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&a),
+            Some(into("top-10")),
+        )
+        .await;
+    assert_eq!(sub.status, 201, "{}", sub.json);
+    assert_eq!(sub.json["delivery"]["topic"], "top-10");
+    for (token, topic) in [(&a, "no-such-topic"), (&b, "top-10")] {
+        let r = api
+            .call(
+                Method::POST,
+                "/v1/subscriptions",
+                Some(token),
+                Some(into(topic)),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.json["error"].as_str(), r.json["field"].as_str()),
+            (422, Some("bad_value"), Some("delivery.topic")),
+            "{topic}: {}",
+            r.json
+        );
+    }
+
+    // Not while a subscription delivers into it; then the stream goes.
+    let busy = api
+        .call(Method::DELETE, "/v1/topics/top-10", Some(&a), None)
+        .await;
+    assert_eq!(
+        (busy.status, busy.json["error"].as_str()),
+        (409, Some("conflict")),
+        "{}",
+        busy.json
+    );
+    let sub_id = sub.json["id"].as_str().expect("id");
+    let del_sub = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/subscriptions/{sub_id}"),
+            Some(&a),
+            None,
+        )
+        .await;
+    assert_eq!(del_sub.status, 204);
     let del = api
         .call(Method::DELETE, "/v1/topics/top-10", Some(&a), None)
         .await;

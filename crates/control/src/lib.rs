@@ -23,8 +23,8 @@ pub use error::{StoreError, StoreErrorKind};
 pub use model::{
     ApiKeyRecord, Batching, BatchingPatch, Delivery, PendingBatch, Progress, Quotas, QuotasPatch,
     RetryPolicy, SecretEntry, Source, Start, SubState, SubStats, Subscription, SubscriptionPatch,
-    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicInfo, TopicSpec, Usage,
-    WebhookDelivery,
+    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicDelivery, TopicInfo, TopicSpec,
+    Usage, WebhookDelivery,
 };
 pub use store::{Store, StoreSettings};
 pub use validate::{ValidationCode, ValidationError, validate_webhook_url};

@@ -367,19 +367,43 @@ fn default_timeout_ms() -> u64 {
     10_000
 }
 
+/// Publishing into one of the tenant's topics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicDelivery {
+    /// The topic's name (it must exist when the subscription is created or changed).
+    pub topic: String,
+    /// Retries of a batch whose publish failed (the topic's stream unreachable, full or deleted), then it is
+    /// dead-lettered.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
 /// How batches are delivered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Delivery {
     /// POST to a URL, signed (Standard Webhooks).
     Webhook(WebhookDelivery),
+    /// Publish every event of the batch into a topic of the tenant, one message each, with an id derived from
+    /// the subscription and the source event (a redelivered batch is deduplicated by the topic's stream).
+    Topic(TopicDelivery),
 }
 
 impl Delivery {
-    /// The webhook part.
-    pub fn webhook(&self) -> &WebhookDelivery {
+    /// The webhook part, for a webhook delivery.
+    pub fn webhook(&self) -> Option<&WebhookDelivery> {
         match self {
-            Delivery::Webhook(w) => w,
+            Delivery::Webhook(w) => Some(w),
+            Delivery::Topic(_) => None,
+        }
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> &RetryPolicy {
+        match self {
+            Delivery::Webhook(w) => &w.retry,
+            Delivery::Topic(t) => &t.retry,
         }
     }
 }
@@ -748,8 +772,8 @@ mod tests {
         assert_eq!(spec.batching.max_events, 500);
         assert_eq!(spec.batching.max_wait_ms, 1_000);
         assert_eq!(spec.start, Start::Seq { seq: 42 });
-        assert_eq!(spec.delivery.webhook().timeout_ms, 10_000);
-        assert_eq!(spec.delivery.webhook().retry.schedule_ms.len(), 7);
+        assert_eq!(spec.delivery.webhook().expect("webhook").timeout_ms, 10_000);
+        assert_eq!(spec.delivery.retry().schedule_ms.len(), 7);
         let back: SubscriptionSpec =
             serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
         assert_eq!(back, spec);

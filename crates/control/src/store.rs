@@ -363,6 +363,27 @@ impl Store {
         Ok(topic)
     }
 
+    /// A topic delivery must name one of the tenant's topics.
+    async fn check_delivery_topic(
+        &self,
+        tenant_id: &str,
+        delivery: &crate::model::Delivery,
+    ) -> Result<(), StoreError> {
+        let crate::model::Delivery::Topic(t) = delivery else {
+            return Ok(());
+        };
+        match self.topic(tenant_id, &t.topic).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == StoreErrorKind::NotFound => Err(validate::ValidationError::new(
+                validate::ValidationCode::BadValue,
+                "delivery.topic",
+                format!("this tenant has no topic named {}", t.topic),
+            )
+            .into()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The tenant's topics, by name.
     ///
     /// # Errors
@@ -420,9 +441,26 @@ impl Store {
     /// Deletes a topic: its stream and its document.
     ///
     /// # Errors
-    /// [`StoreErrorKind::NotFound`], [`StoreErrorKind::Unavailable`].
+    /// [`StoreErrorKind::NotFound`], [`StoreErrorKind::Conflict`] while a subscription delivers into it,
+    /// [`StoreErrorKind::Unavailable`].
     pub async fn delete_topic(&self, tenant_id: &str, name: &str) -> Result<(), StoreError> {
         let topic = self.topic(tenant_id, name).await?;
+        let users: Vec<String> = self
+            .list_subscriptions(tenant_id)
+            .await?
+            .into_iter()
+            .filter(|s| matches!(&s.delivery, crate::model::Delivery::Topic(t) if t.topic == name))
+            .map(|s| s.id)
+            .collect();
+        if !users.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!(
+                    "topic {name} is the delivery of {}; change or delete them first",
+                    users.join(", ")
+                ),
+            ));
+        }
         fpaas_bus::delete_streams(&self.js.client(), std::slice::from_ref(&topic.stream)).await?;
         self.tenants
             .delete(&layout::topic_key(tenant_id, name), None, None)
@@ -546,6 +584,8 @@ impl Store {
         spec: SubscriptionSpec,
     ) -> Result<Subscription, StoreError> {
         validate::spec(&spec, &tenant.quotas)?;
+        self.check_delivery_topic(&tenant.id, &spec.delivery)
+            .await?;
         let count = self.count_subscriptions(&tenant.id).await?;
         if count >= u64::from(tenant.quotas.max_subscriptions) {
             return Err(validate::ValidationError::new(
@@ -656,6 +696,10 @@ impl Store {
             next.tenant_id.clone_from(&current.tenant_id);
             next.created_at = current.created_at;
             validate::subscription(&next, &tenant.quotas)?;
+            if next.delivery != current.delivery {
+                self.check_delivery_topic(&tenant.id, &next.delivery)
+                    .await?;
+            }
             if next == current {
                 return Ok((current, revision));
             }

@@ -89,6 +89,16 @@ pub const TOPIC_MAX_AGE_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 24 * 60
 /// Smallest topic size limit, in bytes (1 MiB).
 pub const TOPIC_MIN_BYTES: i64 = 1024 * 1024;
 
+/// Whether `name` is a valid topic name: 1-64 of `a-z 0-9 - _`, starting with a letter or digit.
+pub fn topic_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// Checks a topic spec against the tenant's quotas (the count and total-bytes quotas need the stored topics:
 /// the store checks those).
 ///
@@ -96,11 +106,7 @@ pub const TOPIC_MIN_BYTES: i64 = 1024 * 1024;
 /// [`ValidationCode::BadValue`] for a bad name, [`ValidationCode::LimitExceeded`] for a retention out of range,
 /// [`ValidationCode::QuotaExceeded`] for a size above the tenant's `max_topic_bytes`.
 pub fn topic(spec: &crate::model::TopicSpec, quotas: &Quotas) -> Result<(), ValidationError> {
-    let n = &spec.name;
-    let ok_chars = n
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if n.is_empty() || n.len() > 64 || !ok_chars || !n.as_bytes()[0].is_ascii_alphanumeric() {
+    if !topic_name_ok(&spec.name) {
         return Err(ValidationError::new(
             ValidationCode::BadValue,
             "name",
@@ -311,7 +317,19 @@ pub fn batching(b: &Batching) -> Result<(), ValidationError> {
 /// # Errors
 /// [`ValidationCode::BadUrl`] or [`ValidationCode::LimitExceeded`].
 pub fn delivery(d: &Delivery) -> Result<(), ValidationError> {
-    let Delivery::Webhook(w) = d;
+    let w = match d {
+        Delivery::Webhook(w) => w,
+        Delivery::Topic(t) => {
+            if !topic_name_ok(&t.topic) {
+                return Err(ValidationError::new(
+                    ValidationCode::BadValue,
+                    "delivery.topic",
+                    "not a topic name (1-64 of a-z, 0-9, '-', '_')",
+                ));
+            }
+            return retry_schedule(&t.retry.schedule_ms);
+        }
+    };
     validate_webhook_url(&w.url)?;
     if !TIMEOUT_RANGE.contains(&w.timeout_ms) {
         return Err(limit(
@@ -319,16 +337,17 @@ pub fn delivery(d: &Delivery) -> Result<(), ValidationError> {
             format!("{} is outside {TIMEOUT_RANGE:?}", w.timeout_ms),
         ));
     }
-    if w.retry.schedule_ms.len() > MAX_RETRIES {
+    retry_schedule(&w.retry.schedule_ms)
+}
+
+fn retry_schedule(schedule_ms: &[u64]) -> Result<(), ValidationError> {
+    if schedule_ms.len() > MAX_RETRIES {
         return Err(limit(
             "delivery.retry.schedule_ms",
-            format!(
-                "{} retries; at most {MAX_RETRIES}",
-                w.retry.schedule_ms.len()
-            ),
+            format!("{} retries; at most {MAX_RETRIES}", schedule_ms.len()),
         ));
     }
-    if let Some(wait) = w.retry.schedule_ms.iter().find(|&&w| w > MAX_RETRY_WAIT_MS) {
+    if let Some(wait) = schedule_ms.iter().find(|&&w| w > MAX_RETRY_WAIT_MS) {
         return Err(limit(
             "delivery.retry.schedule_ms",
             format!("a wait of {wait} ms; at most {MAX_RETRY_WAIT_MS}"),
@@ -512,7 +531,7 @@ mod tests {
         );
         let webhook = |f: &dyn Fn(&mut WebhookDelivery)| {
             with(&|s| {
-                let mut w = s.delivery.webhook().clone();
+                let mut w = s.delivery.webhook().expect("a webhook").clone();
                 f(&mut w);
                 s.delivery = Delivery::Webhook(w);
             })

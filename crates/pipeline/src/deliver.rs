@@ -8,11 +8,11 @@ use bytes::Bytes;
 use chrono::Utc;
 use fpaas_bus::BusError;
 use fpaas_bus::{MsgLog, MsgLogSettings, ensure_msglog};
-use fpaas_control::{Start as CtlStart, Subscription, layout};
+use fpaas_control::{Delivery, Start as CtlStart, Subscription, layout};
 use fpaas_webhook::{AddrPolicy, BatchRequest, Outcome, RetrySchedule, Secret};
 
 use crate::batch::{Batch, Limits};
-use crate::sub::{Start, SubConfig, SubConfigError, WebhookTarget};
+use crate::sub::{Start, SubConfig, SubConfigError, Target, WebhookTarget};
 
 /// The HTTP side of a worker: one guarded client for every subscription.
 #[derive(Debug, Clone)]
@@ -45,20 +45,26 @@ pub(crate) enum Sent {
 
 /// One attempt of `batch` for `sub`.
 pub(crate) async fn send(shared: &crate::worker::Shared, sub: &SubConfig, batch: &Batch) -> Sent {
+    let webhook = match &sub.target {
+        Target::Webhook(w) => w,
+        Target::Topic {
+            subject,
+            retry_schedule_ms,
+        } => return publish_to_topic(shared, sub, batch, subject, retry_schedule_ms).await,
+    };
     let now = Utc::now().timestamp();
-    let secrets: Vec<Secret> = sub
-        .webhook
+    let secrets: Vec<Secret> = webhook
         .secrets
         .iter()
         .filter(|(_, expires)| expires.is_none_or(|e| e > now))
         .filter_map(|(s, _)| Secret::parse(s).ok())
         .collect();
     let request = BatchRequest {
-        url: sub.webhook.url.clone(),
+        url: webhook.url.clone(),
         batch_id: batch.id.clone(),
         body: Bytes::from(batch.body.clone()),
         secrets,
-        timeout: sub.webhook.timeout,
+        timeout: webhook.timeout,
     };
     let started = std::time::Instant::now();
     let outcome = shared.sender.inner.deliver(&request).await;
@@ -81,13 +87,87 @@ pub(crate) async fn send(shared: &crate::worker::Shared, sub: &SubConfig, batch:
             metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => reason.label())
                 .increment(1);
             let schedule = RetrySchedule {
-                schedule_ms: sub.webhook.retry_schedule_ms.clone(),
+                schedule_ms: webhook.retry_schedule_ms.clone(),
             };
             Sent::Retry {
                 error: detail,
                 delay: Box::new(move |attempt| schedule.delay(attempt, retry_after)),
             }
         }
+    }
+}
+
+/// The id of an event published into a topic by `subscription`: derived from the source event's id, so a
+/// redelivered batch (same events) is deduplicated by the topic's stream.
+pub fn topic_msg_id(subscription: &str, event_id: &str) -> String {
+    format!("{subscription}:{event_id}")
+}
+
+/// One event of a batch body, as published into a topic.
+#[derive(serde::Deserialize)]
+struct BodyEvent {
+    id: String,
+    time_us: i64,
+    data: Box<serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct Body {
+    events: Vec<BodyEvent>,
+}
+
+/// One attempt of a topic delivery: every event of the batch published (its `data` as the message, with a
+/// derived id and its event time), accepted once JetStream acknowledged all of them.
+async fn publish_to_topic(
+    shared: &crate::worker::Shared,
+    sub: &SubConfig,
+    batch: &Batch,
+    subject: &str,
+    retry_schedule_ms: &[u64],
+) -> Sent {
+    let retry = |error: String| {
+        metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "topic_failed")
+            .increment(1);
+        let schedule = RetrySchedule {
+            schedule_ms: retry_schedule_ms.to_vec(),
+        };
+        Sent::Retry {
+            error,
+            delay: Box::new(move |attempt| schedule.delay(attempt, None)),
+        }
+    };
+    let body: Body = match serde_json::from_slice(&batch.body) {
+        Ok(b) => b,
+        // Our own batch body: not reachable unless a bug.
+        Err(e) => return retry(format!("batch body: {e}")),
+    };
+    let started = std::time::Instant::now();
+    let js = fpaas_bus::jetstream(shared.client.clone(), body.events.len());
+    let mut publisher = fpaas_bus::Publisher::new(js, body.events.len().max(1));
+    for (n, e) in body.events.into_iter().enumerate() {
+        let msg = fpaas_bus::OutMsg {
+            subject: subject.to_owned(),
+            msg_id: topic_msg_id(&sub.id, &e.id),
+            headers: vec![(fpaas_event::wire::HEADER_TIME_US, e.time_us.to_string())],
+            payload: Bytes::from(e.data.get().as_bytes().to_vec()),
+            token: n as u64,
+        };
+        publisher.publish(msg).await;
+    }
+    let mut failure = None;
+    while let Some(done) = publisher.next_completion().await {
+        if let Err(f) = done {
+            failure.get_or_insert_with(|| format!("publish into the topic: {}", f.error));
+        }
+    }
+    metrics::histogram!("fpaas_pipeline_attempt_seconds").record(started.elapsed().as_secs_f64());
+    match failure {
+        None => {
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "accepted")
+                .increment(1);
+            Sent::Accepted
+        }
+        Some(error) => retry(error),
     }
 }
 
@@ -171,7 +251,22 @@ pub(crate) async fn dead_letter(
 /// # Errors
 /// [`SubConfigError`] when its filter or transform no longer compiles.
 pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, SubConfigError> {
-    let webhook = sub.delivery.webhook();
+    let target = match &sub.delivery {
+        Delivery::Webhook(webhook) => Target::Webhook(WebhookTarget {
+            url: webhook.url.clone(),
+            timeout: Duration::from_millis(webhook.timeout_ms),
+            retry_schedule_ms: webhook.retry.schedule_ms.clone(),
+            secrets: sub
+                .secrets
+                .iter()
+                .map(|s| (s.secret.clone(), s.expires_at.map(|e| e.timestamp())))
+                .collect(),
+        }),
+        Delivery::Topic(t) => Target::Topic {
+            subject: layout::topic_subject(&sub.tenant_id, &t.topic),
+            retry_schedule_ms: t.retry.schedule_ms.clone(),
+        },
+    };
     let start = match &sub.start {
         CtlStart::Live {} => Start::Live,
         CtlStart::RetentionStart {} => Start::RetentionStart,
@@ -190,16 +285,7 @@ pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, S
             max_wait: Duration::from_millis(sub.batching.max_wait_ms),
         },
         start,
-        WebhookTarget {
-            url: webhook.url.clone(),
-            timeout: Duration::from_millis(webhook.timeout_ms),
-            retry_schedule_ms: webhook.retry.schedule_ms.clone(),
-            secrets: sub
-                .secrets
-                .iter()
-                .map(|s| (s.secret.clone(), s.expires_at.map(|e| e.timestamp())))
-                .collect(),
-        },
+        target,
         max_events_per_s,
     )
 }

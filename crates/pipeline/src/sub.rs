@@ -37,6 +37,20 @@ pub struct WebhookTarget {
     pub secrets: Vec<(String, Option<i64>)>,
 }
 
+/// Where a subscription's batches go.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Signed POSTs to a receiver.
+    Webhook(WebhookTarget),
+    /// One message per event into a topic's stream.
+    Topic {
+        /// The topic's subject (`fpaas.topic.<tenant>.<name>`).
+        subject: String,
+        /// Waits before attempts 2, 3, …; after the last one the batch is dead-lettered.
+        retry_schedule_ms: Vec<u64>,
+    },
+}
+
 /// A subscription as the worker runs it.
 #[derive(Debug)]
 pub struct SubConfig {
@@ -58,7 +72,7 @@ pub struct SubConfig {
     /// Where it starts without progress.
     pub start: Start,
     /// Delivery.
-    pub webhook: WebhookTarget,
+    pub target: Target,
     /// Tenant's delivery rate limit in events per second (per worker).
     pub max_events_per_s: u32,
 }
@@ -96,7 +110,7 @@ impl SubConfig {
         transform: Option<&str>,
         limits: Limits,
         start: Start,
-        webhook: WebhookTarget,
+        target: Target,
         max_events_per_s: u32,
     ) -> Result<Self, SubConfigError> {
         let err = |message: String| SubConfigError {
@@ -118,7 +132,7 @@ impl SubConfig {
             transform,
             limits,
             start,
-            webhook,
+            target,
             max_events_per_s,
         })
     }

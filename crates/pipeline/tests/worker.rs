@@ -727,3 +727,124 @@ async fn start_positions_live_time_and_seq_start_where_they_say() {
         "live: what was published after the worker first ran it"
     );
 }
+
+/// A topic delivery publishes exactly the model's events (filtered, transformed, in order) into the topic's
+/// stream, one message each with the id `<subscription>:<event id>`; a second run over the same events (the
+/// progress removed, as if every batch were redelivered) stores nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_delivery_publishes_the_matched_events_once_each() {
+    let env = env().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    let stream = layout::topic_stream("t_test", "likes");
+    fpaas_bus::ensure_stream(
+        &js,
+        &fpaas_bus::StreamSettings {
+            name: stream.clone(),
+            subjects: vec![layout::topic_subject("t_test", "likes")],
+            max_bytes: 64 << 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("topic stream");
+    let events = corpus_events(900);
+    let seqs = publish_events(&env.client, &events).await;
+    put_sub(
+        &env,
+        "s_topic",
+        json!({
+            "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"], "operations": ["create"]},
+            "transform": "{post: commit.record.subject.uri, n: `1`}",
+            "batching": {"max_events": 50, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "topic", "topic": "likes"}
+        }),
+    )
+    .await;
+    let is_like_create = |e: &Event| {
+        e.commit.as_ref().is_some_and(|c| {
+            c.collection == "app.bsky.feed.like" && c.operation == fpaas_event::Operation::Create
+        })
+    };
+    let want = model(
+        &events,
+        &seqs,
+        is_like_create,
+        |v| json!({"post": v["commit"]["record"]["subject"]["uri"], "n": 1}),
+    );
+    assert!(want.len() > 20, "the corpus has likes: {}", want.len());
+    let want_ids: Vec<String> = events
+        .iter()
+        .filter(|e| is_like_create(e))
+        .map(|e| format!("s_topic:{}", fpaas_event::WireMessage::from_event(e).msg_id))
+        .collect();
+
+    // (msg id, payload) of every message of the topic, in order.
+    let read = || async {
+        let mut tail = fpaas_bus::tail::StreamTail::new(
+            &env.client,
+            &stream,
+            fpaas_bus::tail::From::First,
+            Vec::new(),
+        );
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = tail.next(Duration::from_millis(300)).await {
+            out.push((
+                m.header("Nats-Msg-Id").unwrap_or_default().to_owned(),
+                m.payload.to_vec(),
+            ));
+        }
+        out
+    };
+    let (cancel, handle) = start_worker(&env, "w_topic");
+    eventually(Duration::from_secs(30), || async {
+        read().await.len() >= want.len()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("topic filled ({} events expected): {e}", want.len()));
+    let stored = read().await;
+    let got: Vec<Value> = stored
+        .iter()
+        .map(|(_, payload)| serde_json::from_slice(payload).expect("topic message JSON"))
+        .collect();
+    let want_values: Vec<Value> = want.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(
+        got, want_values,
+        "the topic holds the model's events, in order"
+    );
+    let ids: Vec<String> = stored.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(
+        ids, want_ids,
+        "ids derived from the subscription and the source event"
+    );
+    cancel.cancel();
+    handle.await.unwrap();
+
+    // Everything again (progress removed): the topic's dedup drops every repeat.
+    let progress = fpaas_bus::ensure_kv_on(
+        &env.client,
+        &fpaas_bus::KvSettings::bucket(layout::PROGRESS_BUCKET),
+    )
+    .await
+    .expect("progress bucket");
+    progress
+        .delete(&layout::progress_key("s_topic"), None, None)
+        .await
+        .expect("delete progress");
+    let last = *seqs.last().expect("published");
+    let (cancel, handle) = start_worker(&env, "w_topic2");
+    eventually(Duration::from_secs(30), || async {
+        progress
+            .get(&layout::progress_key("s_topic"))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|p| p["acked_seq"].as_u64() >= Some(last) && p["pending"].is_null())
+    })
+    .await
+    .expect("the second run went through every event");
+    cancel.cancel();
+    handle.await.unwrap();
+    assert_eq!(read().await.len(), want.len(), "nothing stored twice");
+}
