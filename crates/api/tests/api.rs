@@ -1191,6 +1191,72 @@ async fn topics_are_streams_of_their_own_within_the_quotas() {
         );
     }
 
+    // A subscription of a topic: the tenant's existing topic, a predicate-only filter, not into itself.
+    let of = |source: &str, filter: Value, into: Value| json!({"source": {"topic": source}, "filter": filter, "delivery": into});
+    let hook = json!({"type": "webhook", "url": "https://example.com/hook"});
+    let reader = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&a),
+            Some(of(
+                "likes-per-post",
+                json!({"predicate": "n > `0`"}),
+                hook.clone(),
+            )),
+        )
+        .await;
+    assert_eq!(reader.status, 201, "{}", reader.json);
+    assert_eq!(reader.json["source"]["topic"], "likes-per-post");
+    for (body, code, field) in [
+        (
+            of("nope", json!({}), hook.clone()),
+            "bad_value",
+            "source.topic",
+        ),
+        (
+            of(
+                "likes-per-post",
+                json!({"collections": ["app.bsky.feed.like"]}),
+                hook.clone(),
+            ),
+            "bad_filter",
+            "filter.collections",
+        ),
+        (
+            of(
+                "likes-per-post",
+                json!({}),
+                json!({"type": "topic", "topic": "likes-per-post"}),
+            ),
+            "bad_value",
+            "delivery.topic",
+        ),
+    ] {
+        let r = api
+            .call(
+                Method::POST,
+                "/v1/subscriptions",
+                Some(&a),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.json["error"].as_str(), r.json["field"].as_str()),
+            (422, Some(code), Some(field)),
+            "{body}: {}",
+            r.json
+        );
+    }
+    let busy_source = api
+        .call(Method::DELETE, "/v1/topics/likes-per-post", Some(&a), None)
+        .await;
+    assert_eq!(
+        busy_source.status, 409,
+        "a source in use: {}",
+        busy_source.json
+    );
+
     // Not while a subscription delivers into it; then the stream goes.
     let busy = api
         .call(Method::DELETE, "/v1/topics/top-10", Some(&a), None)

@@ -233,15 +233,26 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// Where a subscription's events come from.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
+/// Where a subscription's events come from: `"firehose"` or `{"topic": "<name>"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
-    /// The firehose stream (the only source for now).
+    /// The firehose stream.
     #[default]
     Firehose,
+    /// One of the tenant's topics (it must exist when the subscription is created): its messages, in order,
+    /// filtered by the predicate only (they are whatever the subscription publishing into it delivered).
+    Topic(String),
+}
+
+impl Source {
+    /// The topic's name, for a topic source.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            Source::Firehose => None,
+            Source::Topic(t) => Some(t),
+        }
+    }
 }
 
 /// The lifecycle state of a subscription.

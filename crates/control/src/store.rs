@@ -372,12 +372,22 @@ impl Store {
         let crate::model::Delivery::Topic(t) = delivery else {
             return Ok(());
         };
-        match self.topic(tenant_id, &t.topic).await {
+        self.check_topic_exists(tenant_id, &t.topic, "delivery.topic")
+            .await
+    }
+
+    async fn check_topic_exists(
+        &self,
+        tenant_id: &str,
+        topic: &str,
+        field: &str,
+    ) -> Result<(), StoreError> {
+        match self.topic(tenant_id, topic).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == StoreErrorKind::NotFound => Err(validate::ValidationError::new(
                 validate::ValidationCode::BadValue,
-                "delivery.topic",
-                format!("this tenant has no topic named {}", t.topic),
+                field,
+                format!("this tenant has no topic named {topic}"),
             )
             .into()),
             Err(e) => Err(e),
@@ -449,14 +459,17 @@ impl Store {
             .list_subscriptions(tenant_id)
             .await?
             .into_iter()
-            .filter(|s| matches!(&s.delivery, crate::model::Delivery::Topic(t) if t.topic == name))
+            .filter(|s| {
+                matches!(&s.delivery, crate::model::Delivery::Topic(t) if t.topic == name)
+                    || s.source.topic() == Some(name)
+            })
             .map(|s| s.id)
             .collect();
         if !users.is_empty() {
             return Err(StoreError::new(
                 StoreErrorKind::Conflict,
                 format!(
-                    "topic {name} is the delivery of {}; change or delete them first",
+                    "topic {name} is the source or delivery of {}; change or delete them first",
                     users.join(", ")
                 ),
             ));
@@ -586,6 +599,10 @@ impl Store {
         validate::spec(&spec, &tenant.quotas)?;
         self.check_delivery_topic(&tenant.id, &spec.delivery)
             .await?;
+        if let Some(topic) = spec.source.topic() {
+            self.check_topic_exists(&tenant.id, topic, "source.topic")
+                .await?;
+        }
         let count = self.count_subscriptions(&tenant.id).await?;
         if count >= u64::from(tenant.quotas.max_subscriptions) {
             return Err(validate::ValidationError::new(

@@ -369,7 +369,52 @@ pub fn spec(s: &SubscriptionSpec, quotas: &Quotas) -> Result<(), ValidationError
         transform(t)?;
     }
     batching(&s.batching)?;
-    delivery(&s.delivery)
+    delivery(&s.delivery)?;
+    source(&s.source, &s.filter, &s.delivery)
+}
+
+/// Checks a topic source: a valid name, a filter of a predicate only (a topic's messages are whatever was
+/// published into it: no kinds, operations, collections or DIDs to match), and not delivering into itself.
+///
+/// # Errors
+/// [`ValidationCode::BadValue`] or [`ValidationCode::BadFilter`].
+pub fn source(
+    source: &crate::model::Source,
+    f: &FilterSpec,
+    delivery: &Delivery,
+) -> Result<(), ValidationError> {
+    let Some(topic) = source.topic() else {
+        return Ok(());
+    };
+    if !topic_name_ok(topic) {
+        return Err(ValidationError::new(
+            ValidationCode::BadValue,
+            "source.topic",
+            "not a topic name (1-64 of a-z, 0-9, '-', '_')",
+        ));
+    }
+    for (field, empty) in [
+        ("filter.kinds", f.kinds.is_empty()),
+        ("filter.operations", f.operations.is_empty()),
+        ("filter.collections", f.collections.is_empty()),
+        ("filter.dids", f.dids.is_empty()),
+    ] {
+        if !empty {
+            return Err(ValidationError::new(
+                ValidationCode::BadFilter,
+                field,
+                "a subscription of a topic filters with `predicate` only",
+            ));
+        }
+    }
+    if matches!(delivery, Delivery::Topic(t) if t.topic == topic) {
+        return Err(ValidationError::new(
+            ValidationCode::BadValue,
+            "delivery.topic",
+            "a subscription cannot deliver into the topic it reads",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a whole subscription after a change (the patched result, so combinations are checked too).
@@ -385,7 +430,8 @@ pub fn subscription(s: &Subscription, quotas: &Quotas) -> Result<(), ValidationE
         transform(t)?;
     }
     batching(&s.batching)?;
-    delivery(&s.delivery)
+    delivery(&s.delivery)?;
+    source(&s.source, &s.filter, &s.delivery)
 }
 
 /// Checks a new tenant.

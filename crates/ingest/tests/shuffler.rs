@@ -122,6 +122,9 @@ async fn two_instances_same_relay_no_duplicates() {
         sim.produced() >= 3_000
             && stream_len(&js, "FIREHOSE").await == Some(expected_len(&sim.truth()))
             && sb.frames.load(Ordering::Relaxed) > 0
+            // Both caught up (b may have stored everything while a, on a loaded machine, lags behind).
+            && sa.watermark_seq.load(Ordering::Relaxed) == sim.head_seq().unwrap_or(-1)
+            && sb.watermark_seq.load(Ordering::Relaxed) == sim.head_seq().unwrap_or(-1)
     })
     .await
     .expect("all events stored");

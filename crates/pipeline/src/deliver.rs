@@ -288,4 +288,11 @@ pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, S
         target,
         max_events_per_s,
     )
+    .map(|mut cfg| {
+        cfg.source_stream = sub
+            .source
+            .topic()
+            .map(|t| layout::topic_stream(&sub.tenant_id, t));
+        cfg
+    })
 }

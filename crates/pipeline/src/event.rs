@@ -56,6 +56,28 @@ impl StreamEvent {
         })
     }
 
+    /// A message of a topic: whatever a subscription delivered into it, with its id and event time from the
+    /// headers; it has no kind, operation, collection or DID (topic subscriptions filter by predicate only).
+    pub fn from_topic_msg(msg: &TailMsg) -> Self {
+        Self {
+            seq: msg.seq,
+            id: msg
+                .header(HEADER_MSG_ID)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("seq-{}", msg.seq)),
+            time_us: msg
+                .header(HEADER_TIME_US)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+            did: String::new(),
+            kind: Kind::Commit,
+            operation: None,
+            collection: None,
+            payload: msg.payload.clone(),
+            data: OnceLock::new(),
+        }
+    }
+
     /// What the filter index needs.
     pub fn key(&self) -> EventKey<'_> {
         EventKey {

@@ -144,7 +144,7 @@ impl Runner {
                 .map_err(|e| RunError::BadProgress(self.sub.id.clone(), e.to_string()));
         }
         let client = &self.shared.client;
-        let stream = &self.shared.stream;
+        let stream = self.stream();
         let first = match &self.sub.start {
             Start::Live => stream_bounds(client, stream).await?.last_seq + 1,
             Start::RetentionStart => stream_bounds(client, stream).await?.first_seq,
@@ -218,7 +218,7 @@ impl Runner {
     async fn redeliver(&mut self, pending: PendingBatch) -> Result<Step, RunError> {
         let mut tail = StreamTail::new(
             &self.shared.client,
-            &self.shared.stream,
+            self.stream(),
             From::Seq(pending.from_seq),
             self.sub.subject_filters(),
         );
@@ -232,7 +232,7 @@ impl Runner {
                 // Nothing more up to `to_seq` (the rest was removed by retention, or never matched).
                 match next_seq_matching(
                     &self.shared.client,
-                    &self.shared.stream,
+                    self.stream(),
                     &self.sub.subject_filters(),
                     tail.position().max(pending.from_seq),
                 )
@@ -245,7 +245,7 @@ impl Runner {
             if msg.seq > pending.to_seq {
                 break;
             }
-            if let Some(event) = StreamEvent::from_msg(&msg)
+            if let Some(event) = self.event_of(&msg)
                 && self.sub.matches(&event)
                 && let Transformed::Item(item) = self.sub.transform(&event)
             {
@@ -285,7 +285,7 @@ impl Runner {
         let filters = self.sub.subject_filters();
         let mut tail = StreamTail::new(
             &self.shared.client,
-            &self.shared.stream,
+            self.stream(),
             From::Seq(batcher.scanned_to() + 1),
             filters.clone(),
         );
@@ -295,7 +295,8 @@ impl Runner {
         // the saved position and the shared reader's, go live without a consumer of our own (a live start,
         // an idle subscription moved or restarted). Thousands of subscriptions then start without a consumer
         // each.
-        if let Some((rx, joined_at)) = self.join().await {
+        let topic = self.sub.source_stream.is_some();
+        if !topic && let Some((rx, joined_at)) = self.join().await {
             // Bounded: while the stream elects a leader the answer may take long; without it the runner
             // simply reads the gap on its own reader below.
             let gap_empty = joined_at <= batcher.scanned_to()
@@ -304,7 +305,7 @@ impl Runner {
                         GAP_CHECK_TIMEOUT,
                         next_seq_matching(
                             &self.shared.client,
-                            &self.shared.stream,
+                            self.stream(),
                             &filters,
                             batcher.scanned_to() + 1,
                         ),
@@ -350,12 +351,14 @@ impl Runner {
                     if let Step::Stop(s) = self.consider(batcher, &msg).await? {
                         return Ok(CatchUp::Stop(s));
                     }
-                    if msg.pending == 0 && joined.is_none() {
+                    // A topic is read on this reader for good: the shared reader reads the firehose only.
+                    if msg.pending == 0 && joined.is_none() && !topic {
                         joined = self.join().await;
                     }
                 }
                 None => {
                     match &joined {
+                        None if topic => {}
                         None => joined = self.join().await,
                         Some((_, joined_at)) => {
                             let joined_at = *joined_at;
@@ -363,7 +366,7 @@ impl Runner {
                                 GAP_CHECK_TIMEOUT,
                                 next_seq_matching(
                                     &self.shared.client,
-                                    &self.shared.stream,
+                                    self.stream(),
                                     &filters,
                                     batcher.scanned_to() + 1,
                                 ),
@@ -393,6 +396,23 @@ impl Runner {
         if rx.is_closed() { None } else { Some(rx) }
     }
 
+    /// The stream this subscription reads: its topic's, or the firehose.
+    fn stream(&self) -> &str {
+        self.sub
+            .source_stream
+            .as_deref()
+            .unwrap_or(&self.shared.stream)
+    }
+
+    /// The event of a message of [`Self::stream`].
+    fn event_of(&self, msg: &fpaas_bus::tail::TailMsg) -> Option<StreamEvent> {
+        if self.sub.source_stream.is_some() {
+            Some(StreamEvent::from_topic_msg(msg))
+        } else {
+            StreamEvent::from_msg(msg)
+        }
+    }
+
     async fn join(&self) -> Option<(mpsc::Receiver<Feed>, u64)> {
         let (tx, rx) = mpsc::channel(self.shared.queue_capacity);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -417,7 +437,7 @@ impl Runner {
         if msg.seq <= batcher.scanned_to() {
             return Ok(Step::Continue);
         }
-        match StreamEvent::from_msg(msg) {
+        match self.event_of(msg) {
             Some(event) if self.sub.matches(&event) => self.add(batcher, &event).await,
             _ => {
                 batcher.scanned(msg.seq);

@@ -73,6 +73,9 @@ pub struct SubConfig {
     pub start: Start,
     /// Delivery.
     pub target: Target,
+    /// For a subscription of a topic: the topic's stream, read on the runner's own reader (never through the
+    /// shared firehose reader). `None`: the firehose.
+    pub source_stream: Option<String>,
     /// Tenant's delivery rate limit in events per second (per worker).
     pub max_events_per_s: u32,
 }
@@ -133,6 +136,7 @@ impl SubConfig {
             limits,
             start,
             target,
+            source_stream: None,
             max_events_per_s,
         })
     }

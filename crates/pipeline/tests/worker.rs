@@ -848,3 +848,114 @@ async fn a_topic_delivery_publishes_the_matched_events_once_each() {
     handle.await.unwrap();
     assert_eq!(read().await.len(), want.len(), "nothing stored twice");
 }
+
+/// Chaining: stage 1 maps the firehose's likes to `{post, n: 1}` into a topic; stage 2 takes the topic as its
+/// source, keeps what its predicate selects and delivers to a webhook. The receiver gets exactly what the model
+/// computes from the same events, in order, each event carrying the id stage 1 gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_of_a_topic_receives_what_another_published_into_it() {
+    let env = env().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    fpaas_bus::ensure_stream(
+        &js,
+        &fpaas_bus::StreamSettings {
+            name: layout::topic_stream("t_test", "likes"),
+            subjects: vec![layout::topic_subject("t_test", "likes")],
+            max_bytes: 64 << 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("topic stream");
+    let receiver = WebhookReceiver::start().await;
+    let events = corpus_events(900);
+    let seqs = publish_events(&env.client, &events).await;
+    put_sub(
+        &env,
+        "s_map",
+        json!({
+            "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"], "operations": ["create"]},
+            "transform": "{post: commit.record.subject.uri, did: did, n: `1`}",
+            "batching": {"max_events": 50, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "topic", "topic": "likes"}
+        }),
+    )
+    .await;
+    // Stage 2 keeps the likes by DIDs starting with a-h (about a quarter) and reshapes them.
+    let reduce = put_sub(
+        &env,
+        "s_reduce",
+        json!({
+            "source": {"topic": "likes"},
+            "filter": {"predicate": "starts_with(did, 'did:plc:a') || starts_with(did, 'did:plc:b') || starts_with(did, 'did:plc:c') || starts_with(did, 'did:plc:d') || starts_with(did, 'did:plc:e') || starts_with(did, 'did:plc:f') || starts_with(did, 'did:plc:g') || starts_with(did, 'did:plc:h')"},
+            "transform": "{p: post, by: did}",
+            "batching": {"max_events": 40, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "webhook", "url": receiver.url("/reduce")}
+        }),
+    )
+    .await;
+    let is_like_create = |e: &Event| {
+        e.commit.as_ref().is_some_and(|c| {
+            c.collection == "app.bsky.feed.like" && c.operation == fpaas_event::Operation::Create
+        })
+    };
+    let stage1 = model(
+        &events,
+        &seqs,
+        is_like_create,
+        |v| json!({"post": v["commit"]["record"]["subject"]["uri"], "did": v["did"], "n": 1}),
+    );
+    let want: Vec<Value> = stage1
+        .iter()
+        .filter(|(_, v)| {
+            v["did"].as_str().is_some_and(|d| {
+                d.strip_prefix("did:plc:")
+                    .is_some_and(|r| r.starts_with(['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']))
+            })
+        })
+        .map(|(_, v)| json!({"p": v["post"], "by": v["did"]}))
+        .collect();
+    assert!(
+        !want.is_empty() && want.len() < stage1.len(),
+        "the predicate selects some, not all: {} of {}",
+        want.len(),
+        stage1.len()
+    );
+    let want_ids: Vec<String> = events
+        .iter()
+        .filter(|e| is_like_create(e))
+        .map(|e| format!("s_map:{}", fpaas_event::WireMessage::from_event(e).msg_id))
+        .collect();
+
+    let (cancel, handle) = start_worker(&env, "w_chain");
+    let secret = secret_of(&reduce);
+    let got = eventually_some_events(&receiver, &secret, want.len()).await;
+    cancel.cancel();
+    handle.await.unwrap();
+    let data: Vec<Value> = got.iter().map(|e| e["data"].clone()).collect();
+    assert_eq!(data, want, "stage 2 delivered the model's events, in order");
+    for e in &got {
+        let id = e["id"].as_str().expect("id");
+        assert!(want_ids.iter().any(|w| w == id), "{id} is a stage-1 id");
+    }
+}
+
+/// The events of the first delivery of each batch, once at least `n` arrived (30 s at most).
+async fn eventually_some_events(
+    receiver: &WebhookReceiver,
+    secret: &fpaas_webhook::Secret,
+    n: usize,
+) -> Vec<Value> {
+    let mut got = Vec::new();
+    let _ = eventually(Duration::from_secs(30), || {
+        got = delivered_events(&batches(&receiver.received(), secret));
+        let done = got.len() >= n;
+        async move { done }
+    })
+    .await;
+    // Settle: nothing more than the model may arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    delivered_events(&batches(&receiver.received(), secret))
+}
