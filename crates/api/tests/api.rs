@@ -1232,6 +1232,24 @@ async fn topics_are_streams_of_their_own_within_the_quotas() {
             "bad_value",
             "delivery.topic",
         ),
+        (
+            of(
+                "likes-per-post",
+                json!({}),
+                json!({"type": "webhook", "url": "https://example.com/hook", "output_topic": "nope"}),
+            ),
+            "bad_value",
+            "delivery.output_topic",
+        ),
+        (
+            of(
+                "likes-per-post",
+                json!({}),
+                json!({"type": "webhook", "url": "https://example.com/hook", "output_topic": "likes-per-post"}),
+            ),
+            "bad_value",
+            "delivery.output_topic",
+        ),
     ] {
         let r = api
             .call(

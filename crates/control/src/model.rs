@@ -372,6 +372,12 @@ pub struct WebhookDelivery {
     /// Retries.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// A topic of the tenant that receives the receiver's answers: a 2xx whose body is
+    /// `{"events": [ … ]}` has each of those JSON values published into it, with the id
+    /// `<batch id>:<index>` (a retried batch publishes the same ids, which the topic drops). MapReduce by
+    /// chaining: another subscription takes the topic as its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_topic: Option<String>,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -369,11 +369,19 @@ impl Store {
         tenant_id: &str,
         delivery: &crate::model::Delivery,
     ) -> Result<(), StoreError> {
-        let crate::model::Delivery::Topic(t) = delivery else {
-            return Ok(());
-        };
-        self.check_topic_exists(tenant_id, &t.topic, "delivery.topic")
-            .await
+        match delivery {
+            crate::model::Delivery::Topic(t) => {
+                self.check_topic_exists(tenant_id, &t.topic, "delivery.topic")
+                    .await
+            }
+            crate::model::Delivery::Webhook(w) => match &w.output_topic {
+                Some(t) => {
+                    self.check_topic_exists(tenant_id, t, "delivery.output_topic")
+                        .await
+                }
+                None => Ok(()),
+            },
+        }
     }
 
     async fn check_topic_exists(
@@ -461,6 +469,7 @@ impl Store {
             .into_iter()
             .filter(|s| {
                 matches!(&s.delivery, crate::model::Delivery::Topic(t) if t.topic == name)
+                    || s.delivery.webhook().and_then(|w| w.output_topic.as_deref()) == Some(name)
                     || s.source.topic() == Some(name)
             })
             .map(|s| s.id)

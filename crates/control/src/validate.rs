@@ -331,6 +331,15 @@ pub fn delivery(d: &Delivery) -> Result<(), ValidationError> {
         }
     };
     validate_webhook_url(&w.url)?;
+    if let Some(t) = &w.output_topic
+        && !topic_name_ok(t)
+    {
+        return Err(ValidationError::new(
+            ValidationCode::BadValue,
+            "delivery.output_topic",
+            "not a topic name (1-64 of a-z, 0-9, '-', '_')",
+        ));
+    }
     if !TIMEOUT_RANGE.contains(&w.timeout_ms) {
         return Err(limit(
             "delivery.timeout_ms",
@@ -412,6 +421,13 @@ pub fn source(
             ValidationCode::BadValue,
             "delivery.topic",
             "a subscription cannot deliver into the topic it reads",
+        ));
+    }
+    if delivery.webhook().and_then(|w| w.output_topic.as_deref()) == Some(topic) {
+        return Err(ValidationError::new(
+            ValidationCode::BadValue,
+            "delivery.output_topic",
+            "a subscription cannot publish answers into the topic it reads",
         ));
     }
     Ok(())

@@ -70,7 +70,22 @@ pub(crate) async fn send(shared: &crate::worker::Shared, sub: &SubConfig, batch:
     let outcome = shared.sender.inner.deliver(&request).await;
     metrics::histogram!("fpaas_pipeline_attempt_seconds").record(started.elapsed().as_secs_f64());
     match outcome {
-        Outcome::Accepted { .. } => {
+        Outcome::Accepted { body, .. } => {
+            if let Some(subject) = &webhook.output_subject
+                && let Err(error) = publish_answer(shared, batch, subject, &body).await
+            {
+                // The batch is sent again (same id); its answer's events get the same ids, which the topic
+                // drops if they were stored before.
+                metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "topic_failed")
+                    .increment(1);
+                let schedule = RetrySchedule {
+                    schedule_ms: webhook.retry_schedule_ms.clone(),
+                };
+                return Sent::Retry {
+                    error,
+                    delay: Box::new(move |attempt| schedule.delay(attempt, None)),
+                };
+            }
             metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "accepted")
                 .increment(1);
             Sent::Accepted
@@ -142,14 +157,43 @@ async fn publish_to_topic(
         Err(e) => return retry(format!("batch body: {e}")),
     };
     let started = std::time::Instant::now();
-    let js = fpaas_bus::jetstream(shared.client.clone(), body.events.len());
-    let mut publisher = fpaas_bus::Publisher::new(js, body.events.len().max(1));
-    for (n, e) in body.events.into_iter().enumerate() {
+    let msgs = body
+        .events
+        .into_iter()
+        .map(|e| {
+            (
+                topic_msg_id(&sub.id, &e.id),
+                e.time_us,
+                Bytes::from(e.data.get().as_bytes().to_vec()),
+            )
+        })
+        .collect();
+    let failure = publish_all(shared, subject, msgs).await.err();
+    metrics::histogram!("fpaas_pipeline_attempt_seconds").record(started.elapsed().as_secs_f64());
+    match failure {
+        None => {
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "accepted")
+                .increment(1);
+            Sent::Accepted
+        }
+        Some(error) => retry(error),
+    }
+}
+
+/// Publishes `(id, event time, payload)` messages into `subject`; `Err` with the first failure.
+async fn publish_all(
+    shared: &crate::worker::Shared,
+    subject: &str,
+    msgs: Vec<(String, i64, Bytes)>,
+) -> Result<(), String> {
+    let js = fpaas_bus::jetstream(shared.client.clone(), msgs.len());
+    let mut publisher = fpaas_bus::Publisher::new(js, msgs.len().max(1));
+    for (n, (msg_id, time_us, payload)) in msgs.into_iter().enumerate() {
         let msg = fpaas_bus::OutMsg {
             subject: subject.to_owned(),
-            msg_id: topic_msg_id(&sub.id, &e.id),
-            headers: vec![(fpaas_event::wire::HEADER_TIME_US, e.time_us.to_string())],
-            payload: Bytes::from(e.data.get().as_bytes().to_vec()),
+            msg_id,
+            headers: vec![(fpaas_event::wire::HEADER_TIME_US, time_us.to_string())],
+            payload,
             token: n as u64,
         };
         publisher.publish(msg).await;
@@ -160,15 +204,57 @@ async fn publish_to_topic(
             failure.get_or_insert_with(|| format!("publish into the topic: {}", f.error));
         }
     }
-    metrics::histogram!("fpaas_pipeline_attempt_seconds").record(started.elapsed().as_secs_f64());
-    match failure {
-        None => {
-            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "accepted")
-                .increment(1);
-            Sent::Accepted
-        }
-        Some(error) => retry(error),
+    failure.map_or(Ok(()), Err)
+}
+
+/// Most events one answer may carry into the output topic.
+pub const MAX_ANSWER_EVENTS: usize = 10_000;
+
+/// The receiver's answer to `batch`, published into the output topic: `{"events": [v, …]}` → one message per
+/// value, id `<batch id>:<index>`. An answer that is not of that shape (untrusted input) publishes nothing and
+/// is counted (`fpaas_pipeline_invalid_answers_total`); an empty body or `{"events": []}` is simply no output.
+async fn publish_answer(
+    shared: &crate::worker::Shared,
+    batch: &Batch,
+    subject: &str,
+    body: &[u8],
+) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        events: Vec<Box<serde_json::value::RawValue>>,
     }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let answer = match serde_json::from_slice::<Answer>(body) {
+        Ok(a) if a.events.len() <= MAX_ANSWER_EVENTS => a,
+        Ok(a) => {
+            metrics::counter!("fpaas_pipeline_invalid_answers_total").increment(1);
+            tracing::debug!(batch = %batch.id, events = a.events.len(), "answer with too many events ignored");
+            return Ok(());
+        }
+        Err(e) => {
+            metrics::counter!("fpaas_pipeline_invalid_answers_total").increment(1);
+            tracing::debug!(batch = %batch.id, error = %e, "answer is not {{\"events\": [...]}}; ignored");
+            return Ok(());
+        }
+    };
+    let n = answer.events.len();
+    let msgs = answer
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                format!("{}:{i}", batch.id),
+                batch.first_time_us,
+                Bytes::from(v.get().as_bytes().to_vec()),
+            )
+        })
+        .collect();
+    publish_all(shared, subject, msgs).await?;
+    metrics::counter!("fpaas_pipeline_answer_events_total").increment(n as u64);
+    Ok(())
 }
 
 /// The dead-letter stream.
@@ -261,6 +347,10 @@ pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, S
                 .iter()
                 .map(|s| (s.secret.clone(), s.expires_at.map(|e| e.timestamp())))
                 .collect(),
+            output_subject: webhook
+                .output_topic
+                .as_deref()
+                .map(|t| layout::topic_subject(&sub.tenant_id, t)),
         }),
         Delivery::Topic(t) => Target::Topic {
             subject: layout::topic_subject(&sub.tenant_id, &t.topic),

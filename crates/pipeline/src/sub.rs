@@ -35,6 +35,8 @@ pub struct WebhookTarget {
     pub retry_schedule_ms: Vec<u64>,
     /// Signing secrets (`whsec_…`) with their expiry (unix seconds; None = no expiry), newest first.
     pub secrets: Vec<(String, Option<i64>)>,
+    /// The subject of the topic that receives the receiver's answers (`{"events": [...]}`), if any.
+    pub output_subject: Option<String>,
 }
 
 /// Where a subscription's batches go.

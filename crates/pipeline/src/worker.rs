@@ -297,6 +297,8 @@ pub async fn run(
     register_metrics();
     metrics::counter!("fpaas_pipeline_fell_behind_total").absolute(0);
     metrics::counter!("fpaas_pipeline_unreadable_events_total").absolute(0);
+    metrics::counter!("fpaas_pipeline_answer_events_total").absolute(0);
+    metrics::counter!("fpaas_pipeline_invalid_answers_total").absolute(0);
     let gauge_partitions = metrics::gauge!("fpaas_pipeline_partitions_owned");
     let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
     let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
@@ -393,6 +395,14 @@ fn register_metrics() {
     describe_counter!(
         "fpaas_pipeline_unreadable_events_total",
         "Stream messages on subjects that are not firehose events (skipped)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_answer_events_total",
+        "Events of receivers' answers published into output topics."
+    );
+    describe_counter!(
+        "fpaas_pipeline_invalid_answers_total",
+        "Answers to a subscription with an output topic that were not {\"events\": [...]} (ignored)."
     );
     describe_counter!(
         "fpaas_pipeline_rate_limited_total",

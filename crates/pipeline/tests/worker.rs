@@ -959,3 +959,130 @@ async fn eventually_some_events(
     tokio::time::sleep(Duration::from_millis(500)).await;
     delivered_events(&batches(&receiver.received(), secret))
 }
+
+/// A receiver's answers as output (a "serverless" reducer): each batch is answered with
+/// `{"events": [{"batch", "count"}]}`, which lands in the subscription's output topic with the id
+/// `<batch id>:0` — once per batch although the first attempt was refused and the batch sent again; the counts
+/// add up to the delivered events. Answers that are not of that shape publish nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answers_of_the_receiver_are_published_into_the_output_topic_once_per_batch() {
+    let env = env().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    for topic in ["counts", "junk"] {
+        fpaas_bus::ensure_stream(
+            &js,
+            &fpaas_bus::StreamSettings {
+                name: layout::topic_stream("t_test", topic),
+                subjects: vec![layout::topic_subject("t_test", topic)],
+                max_bytes: 64 << 20,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("topic stream");
+    }
+    let receiver = WebhookReceiver::start().await;
+    // The reducer's first attempt is refused: that batch is sent again and answered then.
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    receiver.respond_with(move |r| {
+        if r.path == "/junk" {
+            return Reply::ok().body("thanks!");
+        }
+        if !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Reply::status(500);
+        }
+        let batch: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let count = batch["events"].as_array().map_or(0, Vec::len);
+        Reply::ok().body(
+            serde_json::to_vec(&json!({"events": [{"batch": batch["batch_id"], "count": count}]}))
+                .unwrap(),
+        )
+    });
+    let events = corpus_events(600);
+    let seqs = publish_events(&env.client, &events).await;
+    let spec = |path: &str, topic: &str| {
+        json!({
+            "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"]},
+            "batching": {"max_events": 20, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "webhook", "url": receiver.url(path), "output_topic": topic,
+                         "retry": {"schedule_ms": [50, 50, 50]}}
+        })
+    };
+    put_sub(&env, "s_reducer", spec("/reduce", "counts")).await;
+    put_sub(&env, "s_junk", spec("/junk", "junk")).await;
+    let likes = model(
+        &events,
+        &seqs,
+        |e| {
+            e.commit
+                .as_ref()
+                .is_some_and(|c| c.collection == "app.bsky.feed.like")
+        },
+        Value::clone,
+    )
+    .len();
+    assert!(likes > 40, "batches of 20: several");
+
+    let read = |topic: &'static str| {
+        let client = env.client.clone();
+        async move {
+            let mut tail = fpaas_bus::tail::StreamTail::new(
+                &client,
+                &layout::topic_stream("t_test", topic),
+                fpaas_bus::tail::From::First,
+                Vec::new(),
+            );
+            let mut out = Vec::new();
+            while let Ok(Some(m)) = tail.next(Duration::from_millis(300)).await {
+                let v: Value = serde_json::from_slice(&m.payload).expect("JSON");
+                out.push((m.header("Nats-Msg-Id").unwrap_or_default().to_owned(), v));
+            }
+            out
+        }
+    };
+    let (cancel, handle) = start_worker(&env, "w_answers");
+    let total = |msgs: &[(String, Value)]| -> usize {
+        msgs.iter()
+            .map(|(_, v)| v["count"].as_u64().unwrap_or(0) as usize)
+            .sum()
+    };
+    eventually(Duration::from_secs(30), || async {
+        total(&read("counts").await) >= likes
+    })
+    .await
+    .expect("every like counted in the output topic");
+    cancel.cancel();
+    handle.await.unwrap();
+
+    let counts = read("counts").await;
+    assert_eq!(
+        total(&counts),
+        likes,
+        "counts add up to the delivered likes"
+    );
+    let mut batch_ids = BTreeSet::new();
+    for (id, v) in &counts {
+        let batch = v["batch"].as_str().expect("batch id");
+        assert_eq!(id, &format!("{batch}:0"), "id derived from the batch id");
+        assert!(
+            batch_ids.insert(batch.to_owned()),
+            "{batch} published twice"
+        );
+        assert!(batch.starts_with("s_reducer."), "{batch}");
+    }
+    let posts_to_reduce = receiver
+        .received()
+        .iter()
+        .filter(|r| r.path == "/reduce")
+        .count();
+    assert!(
+        posts_to_reduce > counts.len(),
+        "one batch was sent twice ({posts_to_reduce} POSTs, {} batches)",
+        counts.len()
+    );
+    assert!(
+        read("junk").await.is_empty(),
+        "an answer that is not {{\"events\"}} publishes nothing"
+    );
+}
