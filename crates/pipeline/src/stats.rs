@@ -45,8 +45,14 @@ pub struct SubCounters {
     pub acked_seq: AtomicU64,
     /// Event time (µs) of the oldest event of the batch being delivered, 0 when none.
     pub oldest_undelivered_us: AtomicI64,
+    /// For a subscription of a topic: the topic's last sequence at the last stats tick, which its lag is
+    /// measured against; [`FIREHOSE_SOURCE`] for a firehose subscription (the registry's firehose position).
+    pub source_last_seq: AtomicU64,
     last_error: Mutex<Option<(String, DateTime<Utc>)>>,
 }
+
+/// [`SubCounters::source_last_seq`] of a firehose subscription.
+pub const FIREHOSE_SOURCE: u64 = u64::MAX;
 
 impl SubCounters {
     /// Counters starting from `stats` (the figures already in the bucket).
@@ -54,6 +60,7 @@ impl SubCounters {
         let c = Self {
             tenant: tenant.to_owned(),
             subscription: subscription.to_owned(),
+            source_last_seq: AtomicU64::new(FIREHOSE_SOURCE),
             ..Self::default()
         };
         c.matched.store(stats.matched_events, Ordering::Relaxed);
@@ -99,6 +106,14 @@ impl SubCounters {
             .fetch_add(batch.events as u64, Ordering::Relaxed);
     }
 
+    /// The last sequence of this subscription's source: its topic's, or `firehose_last_seq`.
+    pub fn last_seq(&self, firehose_last_seq: u64) -> u64 {
+        match self.source_last_seq.load(Ordering::Relaxed) {
+            FIREHOSE_SOURCE => firehose_last_seq,
+            topic => topic,
+        }
+    }
+
     /// The figures for the stats bucket, with the lag against the stream's last sequence.
     pub fn snapshot(&self, stream_last_seq: u64) -> SubStats {
         let last_error = self
@@ -122,7 +137,9 @@ impl SubCounters {
             retrying: self.retrying.load(Ordering::Relaxed),
             last_error_at: last_error.as_ref().map(|(_, at)| *at),
             last_error: last_error.map(|(e, _)| e),
-            lag_events: stream_last_seq.saturating_sub(self.acked_seq.load(Ordering::Relaxed)),
+            lag_events: self
+                .last_seq(stream_last_seq)
+                .saturating_sub(self.acked_seq.load(Ordering::Relaxed)),
             lag_seconds,
             updated_at: None,
         }
@@ -234,7 +251,10 @@ const FAMILIES: &[(&str, &str, &str, Value)] = &[
         "fpaas_pipeline_lag_events",
         "gauge",
         "Stream positions between the stream's last sequence and the subscription's progress.",
-        |c, last, _| last.saturating_sub(c.acked_seq.load(Ordering::Relaxed)) as f64,
+        |c, last, _| {
+            c.last_seq(last)
+                .saturating_sub(c.acked_seq.load(Ordering::Relaxed)) as f64
+        },
     ),
     (
         "fpaas_pipeline_lag_seconds",

@@ -107,6 +107,8 @@ struct Running {
     handle: JoinHandle<Stop>,
     counters: Arc<SubCounters>,
     partition: u32,
+    /// The topic stream it reads (`None`: the firehose).
+    source_stream: Option<String>,
     /// Its series leave `/metrics` when it stops.
     _listed: Listed,
 }
@@ -700,6 +702,7 @@ async fn reconcile(
             id: id.clone(),
             counters: counters.clone(),
         };
+        let source_stream = cfg.source_stream.clone();
         let runner = Runner::new(cfg, shared.clone(), counters.clone(), cancel.clone());
         let handle = tokio::spawn(runner.run());
         running.insert(
@@ -710,6 +713,7 @@ async fn reconcile(
                 handle,
                 counters,
                 partition,
+                source_stream,
                 _listed: listed,
             },
         );
@@ -767,6 +771,36 @@ async fn write_stats(
         .registry
         .stream_last_seq
         .store(last_seq, Ordering::Relaxed);
+    // Subscriptions of topics: their lag is against their topic's last sequence (one bounded request per
+    // topic; a topic that does not answer keeps its previous position).
+    let topics: BTreeSet<String> = running
+        .values()
+        .filter_map(|r| r.source_stream.clone())
+        .collect();
+    let mut positions: HashMap<String, u64> = HashMap::new();
+    if !topics.is_empty() {
+        let lookups = topics.into_iter().map(|t| {
+            let client = shared.client.clone();
+            async move {
+                let b =
+                    tokio::time::timeout(Duration::from_secs(1), stream_bounds(&client, &t)).await;
+                match b {
+                    Ok(Ok(b)) => Some((t, b.last_seq)),
+                    _ => None,
+                }
+            }
+        });
+        positions = futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+    }
+    for r in running.values() {
+        if let Some(p) = r.source_stream.as_deref().and_then(|t| positions.get(t)) {
+            r.counters.source_last_seq.store(*p, Ordering::Relaxed);
+        }
+    }
     last.retain(|id, _| running.contains_key(id));
     let mut writes = Vec::new();
     for (id, r) in running {

@@ -932,6 +932,25 @@ async fn a_subscription_of_a_topic_receives_what_another_published_into_it() {
     let (cancel, handle) = start_worker(&env, "w_chain");
     let secret = secret_of(&reduce);
     let got = eventually_some_events(&receiver, &secret, want.len()).await;
+    // Its lag is measured against the topic (the firehose is ~900 events ahead of the topic's sequences).
+    let stats = fpaas_bus::ensure_kv_on(
+        &env.client,
+        &fpaas_bus::KvSettings::bucket(layout::STATS_BUCKET),
+    )
+    .await
+    .expect("stats bucket");
+    let want_n = want.len() as u64;
+    eventually(Duration::from_secs(15), || async {
+        stats
+            .get(&layout::stats_key("s_reduce"))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v["delivered_events"] == want_n && v["lag_events"] == 0)
+    })
+    .await
+    .expect("stage 2's stats: everything delivered, no lag against its topic");
     cancel.cancel();
     handle.await.unwrap();
     let data: Vec<Value> = got.iter().map(|e| e["data"].clone()).collect();
