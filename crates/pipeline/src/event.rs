@@ -38,21 +38,11 @@ impl StreamEvent {
     pub fn from_msg(msg: &TailMsg) -> Option<Self> {
         let (kind, operation, collection) = parse_subject(&msg.subject)?;
         Some(Self {
-            seq: msg.seq,
-            id: msg
-                .header(HEADER_MSG_ID)
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("seq-{}", msg.seq)),
-            time_us: msg
-                .header(HEADER_TIME_US)
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0),
             did: msg.header(HEADER_DID).unwrap_or_default().to_owned(),
             kind,
             operation,
             collection,
-            payload: msg.payload.clone(),
-            data: OnceLock::new(),
+            ..Self::from_topic_msg(msg)
         })
     }
 

@@ -300,19 +300,9 @@ impl Runner {
             // Bounded: while the stream elects a leader the answer may take long; without it the runner
             // simply reads the gap on its own reader below.
             let gap_empty = joined_at <= batcher.scanned_to()
-                || matches!(
-                    tokio::time::timeout(
-                        GAP_CHECK_TIMEOUT,
-                        next_seq_matching(
-                            &self.shared.client,
-                            self.stream(),
-                            &filters,
-                            batcher.scanned_to() + 1,
-                        ),
-                    )
-                    .await,
-                    Ok(Ok(next)) if next.is_none_or(|n| n > joined_at)
-                );
+                || self
+                    .nothing_between(&filters, batcher.scanned_to() + 1, joined_at)
+                    .await;
             joined = Some((rx, joined_at));
             if gap_empty {
                 batcher.scanned(joined_at);
@@ -362,18 +352,11 @@ impl Runner {
                         None => joined = self.join().await,
                         Some((_, joined_at)) => {
                             let joined_at = *joined_at;
-                            let next = tokio::time::timeout(
-                                GAP_CHECK_TIMEOUT,
-                                next_seq_matching(
-                                    &self.shared.client,
-                                    self.stream(),
-                                    &filters,
-                                    batcher.scanned_to() + 1,
-                                ),
-                            )
-                            .await;
                             // No answer in time: keep reading, ask again at the next idle read.
-                            if matches!(next, Ok(Ok(n)) if n.is_none_or(|n| n > joined_at)) {
+                            if self
+                                .nothing_between(&filters, batcher.scanned_to() + 1, joined_at)
+                                .await
+                            {
                                 batcher.scanned(joined_at);
                                 if let Some(rx) = self.switch(&mut joined) {
                                     return Ok(CatchUp::Live(rx));
@@ -394,6 +377,17 @@ impl Runner {
     ) -> Option<mpsc::Receiver<Feed>> {
         let (rx, _) = joined.take()?;
         if rx.is_closed() { None } else { Some(rx) }
+    }
+
+    /// Whether the stream holds nothing on `filters` from `from` up to `to` (bounded by [`GAP_CHECK_TIMEOUT`]:
+    /// while the stream elects a leader the answer may take long, and no answer counts as "not known empty").
+    async fn nothing_between(&self, filters: &[String], from: u64, to: u64) -> bool {
+        let next = tokio::time::timeout(
+            GAP_CHECK_TIMEOUT,
+            next_seq_matching(&self.shared.client, self.stream(), filters, from),
+        )
+        .await;
+        matches!(next, Ok(Ok(n)) if n.is_none_or(|n| n > to))
     }
 
     /// The stream this subscription reads: its topic's, or the firehose.
