@@ -219,9 +219,11 @@ async fn publish_answer(
     subject: &str,
     body: &[u8],
 ) -> Result<(), String> {
+    // Parsed, not skipped as raw values: a raw value is not held to the parser's nesting limit, and what
+    // goes into a topic must be JSON its readers can parse.
     #[derive(serde::Deserialize)]
     struct Answer {
-        events: Vec<Box<serde_json::value::RawValue>>,
+        events: Vec<serde_json::Value>,
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
@@ -248,7 +250,7 @@ async fn publish_answer(
             (
                 format!("{}:{i}", batch.id),
                 batch.first_time_us,
-                Bytes::from(v.get().as_bytes().to_vec()),
+                Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
             )
         })
         .collect();

@@ -1003,9 +1003,20 @@ async fn answers_of_the_receiver_are_published_into_the_output_topic_once_per_ba
     let receiver = WebhookReceiver::start().await;
     // The reducer's first attempt is refused: that batch is sent again and answered then.
     let refused = std::sync::atomic::AtomicBool::new(false);
+    // Hostile answers, in turn: not JSON, the wrong shape, nested past the parser's depth limit, more than
+    // 10,000 events. None may publish anything (the body is capped at 1 MiB by the sender).
+    let junk: Vec<Vec<u8>> = vec![
+        b"thanks!".to_vec(),
+        br#"{"events": "x"}"#.to_vec(),
+        b"[1, 2, 3]".to_vec(),
+        format!(r#"{{"events": [{}1{}]}}"#, "[".repeat(300), "]".repeat(300)).into_bytes(),
+        format!(r#"{{"events": [{}0]}}"#, "0,".repeat(10_000)).into_bytes(),
+    ];
+    let next_junk = std::sync::atomic::AtomicUsize::new(0);
     receiver.respond_with(move |r| {
         if r.path == "/junk" {
-            return Reply::ok().body("thanks!");
+            let n = next_junk.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Reply::ok().body(junk[n % junk.len()].clone());
         }
         if !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Reply::status(500);
@@ -1099,6 +1110,15 @@ async fn answers_of_the_receiver_are_published_into_the_output_topic_once_per_ba
         posts_to_reduce > counts.len(),
         "one batch was sent twice ({posts_to_reduce} POSTs, {} batches)",
         counts.len()
+    );
+    let junk_posts = receiver
+        .received()
+        .iter()
+        .filter(|r| r.path == "/junk")
+        .count();
+    assert!(
+        junk_posts >= 5,
+        "every hostile answer was tried: {junk_posts}"
     );
     assert!(
         read("junk").await.is_empty(),
