@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) queue_capacity: usize,
     pub(crate) rate: RateLimiter,
     pub(crate) tenants: KvBucket,
+    /// Collectors' saved windows.
+    pub(crate) collect: fpaas_bus::BlobStore,
     /// The running subscriptions' counters, rendered on `/metrics`.
     pub(crate) registry: Arc<crate::stats::Registry>,
 }
@@ -144,6 +146,7 @@ struct Provisioned {
     tenants: KvBucket,
     leases: KvBucket,
     dlq: crate::deliver::DeadLetters,
+    collect: fpaas_bus::BlobStore,
 }
 
 /// Creates (or opens) the worker's buckets and the dead-letter stream.
@@ -208,7 +211,15 @@ async fn provision(
         config.dead_letter_max_age_secs,
     )
     .await?;
+    let collect = fpaas_bus::BlobStore::ensure(
+        client,
+        layout::COLLECT_BUCKET,
+        "fpaas collectors' open windows (written by workers)",
+        config.replicas,
+    )
+    .await?;
     Ok(Provisioned {
+        collect,
         subs,
         progress,
         stats,
@@ -247,6 +258,7 @@ pub async fn run(
         tenants,
         leases,
         dlq,
+        collect,
     } = loop {
         match provision(&client, &config).await {
             Ok(p) => break p,
@@ -282,6 +294,7 @@ pub async fn run(
         queue_capacity: config.queue_capacity,
         rate: RateLimiter::default(),
         tenants,
+        collect,
         registry: crate::stats::Registry::new(),
     });
     tracing::info!(worker = %worker_id, partitions = config.partitions, lease_ttl_secs = config.lease_ttl_secs, "worker started");
@@ -333,6 +346,7 @@ pub async fn run(
                                 KvState::Deleted { .. } => {
                                     directory.remove(&id);
                                     let _ = shared.progress.remove(&layout::progress_key(&id)).await;
+                                    let _ = shared.collect.delete(&id).await;
                                     let _ = stats.remove(&layout::stats_key(&id)).await;
                                 }
                             }
