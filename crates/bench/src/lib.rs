@@ -9,12 +9,14 @@
 //! - [`record_kv`]: record KV builder, like indexer, like-index queries, key order, server memory per record;
 //! - [`fanout`]: one worker, N subscriptions with mixed filters, relay frame → webhook latency, memory per
 //!   subscription; [`deliver`]: one subscription's delivery throughput beside reading the stream alone;
+//! - [`collect`]: the collector stage with 100,000 keys beside parsing alone, checkpoint size, KV state writes/s;
 //! - [`server`], [`publish`], [`subs`]: what they share — nats-server through `fpaas-testkit`, peak RSS, stream
 //!   progress, paths; messages as the shuffler publishes them, bounded-in-flight publishing.
 //!
 //! `decode` and `ingest` run child processes of the running executable (`decode`, `shuffler`): they measure
 //! the `fpaas` binary, so they are meant to run inside it.
 
+pub mod collect;
 pub mod decode;
 pub mod deliver;
 pub mod error;
@@ -57,6 +59,8 @@ pub enum Bench {
     Fanout(fanout::Args),
     /// Delivery throughput: one subscription taking every event in batches, beside reading the stream alone.
     Deliver(deliver::Args),
+    /// Collector throughput with 100,000 distinct keys beside parsing alone, checkpoint size, KV state writes/s.
+    Collect(collect::Args),
 }
 
 /// A benchmark's result: named figures, each key ending in its unit.
@@ -125,6 +129,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         Bench::RecordKv(a) => record_kv::run(a).await,
         Bench::Fanout(a) => fanout::run(a).await,
         Bench::Deliver(a) => deliver::run(a).await,
+        Bench::Collect(a) => collect::run(a).await,
     }
 }
 

@@ -103,7 +103,7 @@ pub enum AggOp {
     /// error).
     Distinct,
     /// The `k` most frequent values with their counts (exact while the group has at most `16 × k` (at least
-    /// 256) distinct values, else a space-saving estimate whose counts may be too high by at most the
+    /// 4,096) distinct values, else a space-saving estimate whose counts may be too high by at most the
     /// smallest count it tracks).
     TopK,
 }

@@ -142,11 +142,12 @@ pub struct TopK {
 }
 
 impl TopK {
-    /// Tracks enough values that a group with at most `max(16 k, 256)` distinct values is counted exactly.
+    /// Tracks enough values that a group with at most `max(16 k, 4,096)` distinct values is counted exactly
+    /// (the map grows only with the values a group really has).
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            capacity: (k * 16).max(256),
+            capacity: (k * 16).max(4_096),
             counts: HashMap::new(),
         }
     }
@@ -290,14 +291,14 @@ mod tests {
             }
         }
         assert_eq!(t.top(), vec![("b", 9), ("a", 5), ("c", 5)]);
-        // 10,000 singletons and three heavy values: the heavy ones are found, counts may be high by ≤ error.
+        // 20,000 singletons and two heavy values: the heavy ones are found, counts may be high by ≤ error.
         let mut t = TopK::new(3);
-        for i in 0..10_000 {
+        for i in 0..20_000 {
             t.add(&format!("x{i}"), 1);
-            if i % 10 == 0 {
+            if i % 5 == 0 {
                 t.add("h1", 1);
             }
-            if i % 20 == 0 {
+            if i % 10 == 0 {
                 t.add("h2", 1);
             }
         }

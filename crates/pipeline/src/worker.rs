@@ -314,6 +314,16 @@ pub async fn run(
     metrics::counter!("fpaas_pipeline_unreadable_events_total").absolute(0);
     metrics::counter!("fpaas_pipeline_answer_events_total").absolute(0);
     metrics::counter!("fpaas_pipeline_invalid_answers_total").absolute(0);
+    for name in [
+        "fpaas_pipeline_collect_late_events_total",
+        "fpaas_pipeline_collect_skipped_events_total",
+        "fpaas_pipeline_collect_skipped_values_total",
+        "fpaas_pipeline_collect_outputs_total",
+        "fpaas_pipeline_collect_checkpoints_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!("fpaas_pipeline_collect_snapshot_bytes").set(0.0);
     let gauge_partitions = metrics::gauge!("fpaas_pipeline_partitions_owned");
     let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
     let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
@@ -423,6 +433,30 @@ fn register_metrics() {
     describe_counter!(
         "fpaas_pipeline_rate_limited_total",
         "Batches that waited for their tenant's delivery-rate quota (per tenant)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_collect_late_events_total",
+        "Events a collector dropped because their window had closed."
+    );
+    describe_counter!(
+        "fpaas_pipeline_collect_skipped_events_total",
+        "Events a collector skipped because their key was null or failed."
+    );
+    describe_counter!(
+        "fpaas_pipeline_collect_skipped_values_total",
+        "Aggregated fields that were null or failed (the event counted, the value not)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_collect_outputs_total",
+        "Window outputs (one per group of a closed window) delivered by collectors."
+    );
+    describe_counter!(
+        "fpaas_pipeline_collect_checkpoints_total",
+        "Collector windows saved with their stream position."
+    );
+    describe_gauge!(
+        "fpaas_pipeline_collect_snapshot_bytes",
+        "Size of the last collector checkpoint saved by this worker."
     );
     describe_gauge!(
         "fpaas_pipeline_partitions_owned",
