@@ -112,6 +112,46 @@ pub struct StateEntry {
     pub msg_id: Option<String>,
 }
 
+/// A watch of a state bucket ([`StateBucket::watch`]): a stream of `(entry, seen_current)`; its consumer is
+/// deleted when it is dropped.
+pub struct StateWatch {
+    entries:
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<(StateEntry, bool), BusError>> + Send>>,
+    stream: stream::Stream,
+    consumer: String,
+}
+
+impl std::fmt::Debug for StateWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateWatch")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl futures::Stream for StateWatch {
+    type Item = Result<(StateEntry, bool), BusError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.entries.as_mut().poll_next(cx)
+    }
+}
+
+impl Drop for StateWatch {
+    fn drop(&mut self) {
+        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.consumer));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Best effort: the inactivity threshold removes it anyway.
+                let _ = stream.delete_consumer(&name).await;
+            });
+        }
+    }
+}
+
 /// Handle on one state bucket.
 #[derive(Clone)]
 pub struct StateBucket {
@@ -421,43 +461,80 @@ impl StateBucket {
         Ok(keys)
     }
 
-    /// Watches the keys matching `pattern` from `from`; items are `(entry, seen_current)`.
+    /// Watches the keys matching `pattern` from `from`; items are `(entry, seen_current)`. The watch reads
+    /// an ordered consumer (R=1, in memory) that is deleted when the returned stream is dropped (else the
+    /// server would keep it for its 30-second inactivity threshold).
     ///
     /// # Errors
     /// [`BusErrorKind::Kv`] when the watch cannot be created.
-    pub async fn watch(
-        &self,
-        pattern: &str,
-        from: WatchFrom,
-    ) -> Result<impl futures::Stream<Item = Result<(StateEntry, bool), BusError>> + use<>, BusError>
-    {
-        let watch = match from {
-            WatchFrom::Current => self.store.watch_with_history(pattern).await,
-            WatchFrom::New => self.store.watch(pattern).await,
-            WatchFrom::Revision(rev) => self.store.watch_from_revision(pattern, rev.max(1)).await,
-        }
-        .map_err(|e| BusError::during(BusErrorKind::Kv, "state watch", &self.bucket, e))?;
+    pub async fn watch(&self, pattern: &str, from: WatchFrom) -> Result<StateWatch, BusError> {
+        use jetstream::consumer::DeliverPolicy;
+        let deliver_policy = match from {
+            WatchFrom::Current => DeliverPolicy::LastPerSubject,
+            WatchFrom::New => DeliverPolicy::New,
+            WatchFrom::Revision(rev) => DeliverPolicy::ByStartSequence {
+                start_sequence: rev.max(1),
+            },
+        };
+        let name = format!("state_watch_{}", rand::random::<u64>());
+        let consumer = self
+            .store
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                name: Some(name.clone()),
+                description: Some("fpaas state watch".to_owned()),
+                filter_subject: format!("{}{pattern}", self.prefix),
+                deliver_policy,
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "state watch", &self.bucket, e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| BusError::during(BusErrorKind::Kv, "state watch", &self.bucket, e))?;
         let this = self.clone();
-        Ok(watch.map(move |item| {
-            let entry = item
+        let entries = messages.map(move |item| {
+            let message = item
                 .map_err(|e| BusError::during(BusErrorKind::Kv, "state watch", &this.bucket, e))?;
-            let present = matches!(entry.operation, kv::Operation::Put);
+            let info = message
+                .info()
+                .map_err(|e| BusError::with_source(BusErrorKind::Kv, "state watch info", e))?;
+            let (revision, pending, time) = (
+                info.stream_sequence,
+                info.pending,
+                info.published.unix_timestamp_nanos(),
+            );
+            let present = !is_marker(message.headers.as_ref());
+            let key = message
+                .subject
+                .as_str()
+                .strip_prefix(&this.prefix)
+                .unwrap_or_default()
+                .to_owned();
             Ok((
                 StateEntry {
-                    key: entry.key,
+                    key,
                     value: if present {
-                        this.value_of(entry.value)
+                        this.value_of(message.payload.clone())
                     } else {
                         Bytes::new()
                     },
-                    revision: entry.revision,
-                    time_unix_ns: entry.created.unix_timestamp_nanos(),
+                    revision,
+                    time_unix_ns: time,
                     present,
                     msg_id: None,
                 },
-                entry.seen_current,
+                pending == 0,
             ))
-        }))
+        });
+        Ok(StateWatch {
+            entries: Box::pin(entries),
+            stream: self.store.stream.clone(),
+            consumer: name,
+        })
     }
 
     fn value_of(&self, payload: Bytes) -> Bytes {
