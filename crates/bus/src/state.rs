@@ -115,8 +115,7 @@ pub struct StateEntry {
 /// A watch of a state bucket ([`StateBucket::watch`]): a stream of `(entry, seen_current)`; its consumer is
 /// deleted when it is dropped.
 pub struct StateWatch {
-    entries:
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<(StateEntry, bool), BusError>> + Send>>,
+    entries: futures::stream::BoxStream<'static, Result<(StateEntry, bool), BusError>>,
     stream: stream::Stream,
     consumer: String,
 }

@@ -92,7 +92,7 @@ fn integer(v: &serde_json::Value) -> Option<i64> {
     let f = v.as_f64()?;
     // The casts are exact: f is integral and inside the range.
     #[allow(clippy::cast_possible_truncation)]
-    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then(|| f as i64)
+    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
 }
 
 /// The writes `target` makes of the events `data` (each event's delivered JSON, in batch order) of the batch
