@@ -183,7 +183,8 @@ async fn publish_to_topic(
 }
 
 /// One attempt of a `kv` delivery: the batch's writes ([`crate::state::plan`]) stored in the state bucket (opened
-/// once per worker, created when missing), accepted once the bucket acknowledged all of them.
+/// once per worker, created when missing — the API creates it with the subscription), accepted once the bucket
+/// acknowledged all of them.
 async fn write_state(
     shared: &crate::worker::Shared,
     sub: &SubConfig,
@@ -247,11 +248,9 @@ async fn write_state(
                 .increment(1);
             Sent::Accepted
         }
-        Err(e) => {
-            // A bucket deleted behind our back is opened (and created) again on the next attempt.
-            shared.states.lock().await.remove(&kv.kv_bucket);
-            retry(format!("state bucket {}: {e}", kv.kv_bucket))
-        }
+        // The handle stays cached: writes go by subject, so a bucket created again under the same name is
+        // written through it, and a bucket deleted with its tenant is not created again by a late retry.
+        Err(e) => retry(format!("state bucket {}: {e}", kv.kv_bucket)),
     }
 }
 
