@@ -18,11 +18,13 @@
 //! | `reader` | [`DurableReader`]: durable pull consumer in batches; [`Delivery`], [`Settle`] (ack / term) |
 //! | [`consume`](consume()) | the consume loop: fetch → [`BatchApply`] → settle after success, [`Backoff`] on failure, shutdown by `CancellationToken`, [`ApplyError`] retryable / fatal |
 //! | [`tail`] | [`tail::StreamTail`]: an in-order, unacknowledged reader from a position (catch-up readers, the worker's shared reader); stream bounds; the first sequence at a time |
+//! | `blob` | [`BlobStore`]: named blobs larger than one message (a JetStream object store), replaced whole |
 //! | `backoff` | [`Backoff`]: the workspace's one exponential backoff with jitter |
 //! | `error` | [`BusError`] with a `Copy` [`BusErrorKind`] (which kinds are retryable) |
 //! | [`storage`] | the stream's storage model: disk for a retention, replicas, compression (pure arithmetic) |
 
 mod backoff;
+mod blob;
 mod bucket;
 mod connect;
 mod consume;
@@ -40,6 +42,7 @@ pub use async_nats::Client;
 pub use async_nats::connection::State as ConnectionState;
 pub use async_nats::jetstream::Context as JetStream;
 pub use backoff::Backoff;
+pub use blob::BlobStore;
 pub use bucket::{KvBucket, KvEntry, KvState, KvWrite};
 pub use connect::{connect, connection_state};
 pub use consume::{ApplyError, BatchApply, ConsumeError, ConsumeOptions, Stopped, consume};

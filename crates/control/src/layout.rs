@@ -8,6 +8,7 @@
 //! | [`TENANTS_BUCKET`] | `key.<sha256hex(token)>` | [`crate::ApiKeyRecord`] | API (admin) |
 //! | [`SUBS_BUCKET`] | `<tenant_id>.<sub_id>` | [`crate::Subscription`] | API (compare-and-set), worker (disable on 410) |
 //! | [`PROGRESS_BUCKET`] | `<sub_id>` | [`crate::Progress`] | worker |
+//! | object store [`COLLECT_BUCKET`] | `<sub_id>` | a collector's open windows and the position they reflect (pipeline's format) | worker |
 //! | [`STATS_BUCKET`] | `<sub_id>` | [`crate::SubStats`] | worker (≤ 1/s per subscription) |
 //! | [`LEASES_BUCKET`] | pipeline's format | heartbeats, partition leases | worker |
 //! | [`TENANTS_BUCKET`] | `topic.<tenant_id>.<name>` | [`crate::Topic`] | API |
@@ -23,6 +24,8 @@ pub const SUBS_BUCKET: &str = "fpaas_subs";
 pub const PROGRESS_BUCKET: &str = "fpaas_progress";
 /// KV bucket of per-subscription stats.
 pub const STATS_BUCKET: &str = "fpaas_stats";
+/// Object store of collectors' open windows, one blob per subscription (`<sub_id>`), written by the worker.
+pub const COLLECT_BUCKET: &str = "fpaas_collect";
 /// KV bucket of worker heartbeats and partition leases (entries expire; the pipeline owns the format).
 pub const LEASES_BUCKET: &str = "fpaas_leases";
 

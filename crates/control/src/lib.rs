@@ -6,12 +6,14 @@
 //! | module | owns |
 //! |---|---|
 //! | [`model`] | the documents: [`Tenant`], [`Quotas`], [`ApiKeyRecord`], [`Subscription`], [`Topic`], [`StateBucketDoc`] and what a tenant writes ([`SubscriptionSpec`], [`SubscriptionPatch`], [`TopicSpec`]), [`Progress`], [`SubStats`] |
+//! | [`collect`] | a subscription's collector stage ([`collect::Collect`]: group key, window, aggregations) and its checks |
 //! | [`layout`] | bucket, stream and subject names, key builders, DLQ header names |
 //! | [`validate`] | checking a spec or patch completely before anything is written: [`ValidationError`] with a stable code |
 //! | [`ids`] | ids (`t_`, `s_`, `k_`), API tokens (`fpk_`) and their SHA-256, webhook secrets (`whsec_`) |
 //! | [`store`] | [`Store`]: tenant, key, subscription, topic and state-bucket CRUD (tenant-scoped; a topic's stream and a state bucket's KV bucket with their documents), compare-and-set updates, progress and stats reads |
 //! | `error` | [`StoreError`] with a `Copy` [`StoreErrorKind`] |
 
+pub mod collect;
 mod error;
 pub mod ids;
 pub mod layout;

@@ -581,6 +581,10 @@ pub struct SubscriptionSpec {
     /// Optional JMESPath projection applied to each matched event's JSON.
     #[serde(default)]
     pub transform: Option<String>,
+    /// Optional collector: groups, windows and aggregates the (transformed) events; its closed windows are
+    /// what is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<crate::collect::Collect>,
     /// Batch limits.
     #[serde(default)]
     pub batching: Batching,
@@ -616,6 +620,12 @@ pub struct SubscriptionPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub transform: Option<Option<String>>,
+    /// New collector (`null` removes it; a changed collector starts with empty windows).
+    #[serde(
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub collect: Option<Option<crate::collect::Collect>>,
     /// Batch limits to change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batching: Option<BatchingPatch>,
@@ -658,6 +668,9 @@ pub struct Subscription {
     /// Optional JMESPath projection.
     #[serde(default)]
     pub transform: Option<String>,
+    /// Optional collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<crate::collect::Collect>,
     /// Batch limits.
     #[serde(default)]
     pub batching: Batching,
@@ -692,6 +705,7 @@ impl Subscription {
             source: spec.source,
             filter: spec.filter,
             transform: spec.transform,
+            collect: spec.collect,
             batching: spec.batching,
             start: spec.start,
             delivery: spec.delivery,
@@ -721,6 +735,9 @@ impl Subscription {
         if let Some(transform) = &patch.transform {
             next.transform.clone_from(transform);
         }
+        if let Some(collect) = &patch.collect {
+            next.collect.clone_from(collect);
+        }
         if let Some(batching) = &patch.batching {
             next.batching = batching.applied_to(&self.batching);
         }
@@ -744,6 +761,7 @@ impl Subscription {
     pub fn bump_if_changed(&mut self, before: &Subscription) {
         let worker_visible = self.filter != before.filter
             || self.transform != before.transform
+            || self.collect != before.collect
             || self.batching != before.batching
             || self.delivery != before.delivery
             || self.state != before.state;

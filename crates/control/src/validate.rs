@@ -194,7 +194,7 @@ pub fn validate_webhook_url(raw: &str) -> Result<(), ValidationError> {
 }
 
 /// Maps a JMESPath compile error of `field` to a [`ValidationError`] with the position.
-fn expr_error(field: &str, text: &str, err: &ExprError) -> ValidationError {
+pub(crate) fn expr_error(field: &str, text: &str, err: &ExprError) -> ValidationError {
     match err {
         ExprError::TooLong(_) => limit(field, err.to_string()),
         ExprError::Syntax { message, .. } | ExprError::Runtime { message, .. } => {
@@ -448,6 +448,9 @@ pub fn spec(s: &SubscriptionSpec, quotas: &Quotas) -> Result<(), ValidationError
     }
     batching(&s.batching)?;
     delivery(&s.delivery)?;
+    if let Some(c) = &s.collect {
+        crate::collect::validate(c)?;
+    }
     source(&s.source, &s.filter, &s.delivery)
 }
 
@@ -516,6 +519,9 @@ pub fn subscription(s: &Subscription, quotas: &Quotas) -> Result<(), ValidationE
     }
     batching(&s.batching)?;
     delivery(&s.delivery)?;
+    if let Some(c) = &s.collect {
+        crate::collect::validate(c)?;
+    }
     source(&s.source, &s.filter, &s.delivery)
 }
 

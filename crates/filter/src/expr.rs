@@ -115,6 +115,21 @@ impl Data {
         let v: jmespath::Variable = serde_json::from_slice(bytes)?;
         Ok(Self(Arc::new(v)))
     }
+
+    /// Whether it is JSON `null`.
+    pub fn is_null(&self) -> bool {
+        self.0.is_null()
+    }
+
+    /// The number, if it is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        self.0.as_number()
+    }
+
+    /// Compact JSON text (object keys in the document's order).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&*self.0).unwrap_or_default()
+    }
 }
 
 impl Expr {
@@ -175,6 +190,16 @@ impl Expr {
     fn eval(&self, data: &Data) -> jmespath::SearchResult {
         let mut ctx = jmespath::Context::new(&self.text, crate::functions::runtime());
         jmespath::interpret(&data.0, self.compiled.as_ast(), &mut ctx)
+    }
+
+    /// Evaluates on a parsed document, giving a parsed result (to evaluate further expressions on it).
+    ///
+    /// # Errors
+    /// [`ExprError::Runtime`].
+    pub fn eval_data(&self, data: &Data) -> Result<Data, ExprError> {
+        self.eval(data)
+            .map(Data)
+            .map_err(|e| self.runtime(e.to_string()))
     }
 
     /// [`Expr::search`] on a document parsed once ([`Data`]).

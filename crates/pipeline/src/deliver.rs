@@ -465,6 +465,7 @@ pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, S
             .source
             .topic()
             .map(|t| layout::topic_stream(&sub.tenant_id, t));
+        cfg.collect.clone_from(&sub.collect);
         cfg
     })
 }

@@ -10,6 +10,8 @@
 //! | `runner` | one subscription: pending batch first, catch-up on its own reader, join, live, deliver, progress |
 //! | [`sub`] | a subscription compiled for the worker: filter, subject filters for catching up, transform, limits, target |
 //! | [`event`] | a firehose message as the worker sees it: sequence, id, time, index key, JSON parsed at most once |
+//! | [`collect`] | the collector stage: group key, time (tumbling, sliding) and count windows, aggregations, a state that saves |
+//! | [`sketch`] | distinct count (exact, then HyperLogLog) and top-k (space-saving) accumulators |
 //! | [`batch`] | batching by count, bytes and wait; the batch body and its deterministic id |
 //! | [`deliver`] | stored subscription → worker config; one signed POST and its meaning; the dead-letter stream |
 //! | [`state`] | the `kv` delivery: a batch → puts or increments of a state bucket (ids `<batch id>:<key>`, so a resent batch counts once) |
@@ -17,11 +19,13 @@
 //! | [`rate`] | the tenant delivery-rate quota (token bucket per tenant and worker) |
 
 pub mod batch;
+pub mod collect;
 pub mod deliver;
 pub mod event;
 pub mod rate;
 pub mod reader;
 mod runner;
+pub mod sketch;
 pub mod state;
 pub mod stats;
 pub mod sub;

@@ -15,7 +15,8 @@ use fpaas_control::{PendingBatch, Progress, SubState, Subscription, layout};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Batcher};
+use crate::batch::{Batch, Batcher, Item};
+use crate::collect::{Added, CollectState, Collector, Output};
 use crate::event::StreamEvent;
 use crate::reader::{Ctrl, Feed};
 use crate::stats::SubCounters;
@@ -29,6 +30,45 @@ const GAP_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle progress (no match for a while) is saved at most this often: with 10,000 subscriptions, every 5 s
 /// would be 2,000 KV writes a second for positions that a restart re-scans in one request.
 const IDLE_SAVE_EVERY: Duration = Duration::from_secs(30);
+/// A collector's windows are saved at most this often while events flow (and whenever it emitted): a restart
+/// replays at most this much of the stream.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// A collector's saved windows: the state and the stream position it reflects, in one blob (so they never
+/// disagree), with the number of outputs emitted so far (for the ids of output batches).
+/// Outputs of windows closed by the wall clock (an idle source) are saved before they are delivered: a replay
+/// could close those windows differently, so the decision must survive a crash.
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    position: u64,
+    emitted: u64,
+    state: &'a CollectState,
+    #[serde(skip_serializing_if = "<[Output]>::is_empty")]
+    outbox: &'a [Output],
+}
+
+#[derive(serde::Deserialize)]
+struct Snapshot {
+    position: u64,
+    emitted: u64,
+    state: CollectState,
+    #[serde(default)]
+    outbox: Vec<Output>,
+}
+
+/// A collecting runner's stage: the collector, its outputs waiting to be delivered, and when it last saved.
+struct Collecting {
+    collector: Collector,
+    outbox: Vec<Output>,
+    outbox_since: Option<Instant>,
+    emitted: u64,
+    last_event: Instant,
+    last_checkpoint: Instant,
+    saved_at: u64,
+    dirty: bool,
+    /// The outbox holds outputs of an idle close, to be saved before they are delivered.
+    save_outbox_first: bool,
+}
 
 /// Why a runner stopped for good.
 #[derive(Debug)]
@@ -60,6 +100,7 @@ pub(crate) struct Runner {
     pub(crate) cancel: CancellationToken,
     progress: Progress,
     last_saved: Instant,
+    collecting: Option<Collecting>,
 }
 
 impl Runner {
@@ -76,6 +117,7 @@ impl Runner {
             cancel,
             progress: Progress::default(),
             last_saved: Instant::now(),
+            collecting: None,
         }
     }
 
@@ -111,6 +153,9 @@ impl Runner {
 
     async fn run_once(&mut self) -> Result<Stop, RunError> {
         self.progress = Box::pin(self.load_progress()).await?;
+        if self.sub.collect.is_some() {
+            Box::pin(self.load_collector()).await?;
+        }
         self.counters
             .acked_seq
             .store(self.progress.acked_seq, Ordering::Relaxed);
@@ -134,6 +179,245 @@ impl Runner {
                 return Ok(s);
             }
         }
+    }
+
+    /// A collecting subscription's stage: its saved windows and the position they reflect replace the
+    /// progress record's position (which is only written after them); without a snapshot, or one of a changed
+    /// collector, it starts empty at the recorded position.
+    async fn load_collector(&mut self) -> Result<(), RunError> {
+        let Some(spec) = &self.sub.collect else {
+            return Ok(());
+        };
+        let mut collector = Collector::new(spec)
+            .map_err(|e| RunError::BadProgress(self.sub.id.clone(), format!("collector: {e}")))?;
+        let mut emitted = 0;
+        let mut outbox = Vec::new();
+        if let Some(bytes) = self.shared.collect.get(&self.sub.id).await? {
+            let snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
+                RunError::BadProgress(self.sub.id.clone(), format!("collector: {e}"))
+            })?;
+            if collector.restore(snapshot.state) {
+                self.progress.acked_seq = snapshot.position;
+                emitted = snapshot.emitted;
+                outbox = snapshot.outbox;
+            } else {
+                tracing::info!(subscription = %self.sub.id, "collector changed; its windows start empty");
+            }
+        }
+        // A collector delivers what it emits, never a range of the stream: nothing to redeliver.
+        self.progress.pending = None;
+        self.collecting = Some(Collecting {
+            collector,
+            outbox_since: (!outbox.is_empty()).then(Instant::now),
+            outbox,
+            emitted,
+            last_event: Instant::now(),
+            last_checkpoint: Instant::now(),
+            saved_at: self.progress.acked_seq,
+            dirty: false,
+            save_outbox_first: false,
+        });
+        Ok(())
+    }
+
+    /// Counts a matched event in the collector (its outputs wait in the outbox).
+    fn collect_event(&mut self, batcher: &mut Batcher, event: &StreamEvent) {
+        self.counters.matched.fetch_add(1, Ordering::Relaxed);
+        let data = self.sub.transform_data(event);
+        let Some(c) = self.collecting.as_mut() else {
+            return;
+        };
+        match data {
+            Ok(data) => {
+                let before = c.outbox.len();
+                match c.collector.add(&data, event.time_us, &mut c.outbox) {
+                    Added::Counted => {}
+                    Added::Late => {
+                        metrics::counter!("fpaas_pipeline_collect_late_events_total").increment(1);
+                    }
+                    Added::Skipped => {
+                        metrics::counter!("fpaas_pipeline_collect_skipped_events_total")
+                            .increment(1);
+                    }
+                }
+                if c.outbox.len() > before && c.outbox_since.is_none() {
+                    c.outbox_since = Some(Instant::now());
+                }
+                c.last_event = Instant::now();
+                c.dirty = true;
+            }
+            Err(reason) => {
+                self.counters
+                    .transform_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(subscription = %self.sub.id, seq = event.seq, reason, "transform failed; event skipped");
+            }
+        }
+        batcher.scanned(event.seq);
+    }
+
+    /// At the live edge with no event for the lateness bound: the watermark moves on with the wall clock
+    /// (an idle source would otherwise hold its last windows open for ever).
+    fn collect_idle(&mut self) {
+        let Some(c) = self.collecting.as_mut() else {
+            return;
+        };
+        let quiet = Duration::from_millis(
+            self.sub
+                .collect
+                .as_ref()
+                .map_or(0, |spec| spec.window.lateness_ms())
+                .max(1_000),
+        );
+        if c.collector.is_empty() || c.last_event.elapsed() < quiet {
+            return;
+        }
+        let before = c.outbox.len();
+        let quiet_ms = i64::try_from(c.last_event.elapsed().as_millis()).unwrap_or(i64::MAX);
+        c.collector.idle(quiet_ms, &mut c.outbox);
+        if c.outbox.len() > before {
+            c.dirty = true;
+            c.save_outbox_first = true;
+            if c.outbox_since.is_none() {
+                c.outbox_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Whether the collector's outputs or its windows are due to be delivered and saved.
+    fn collect_due(&self, batcher: &Batcher) -> bool {
+        let Some(c) = &self.collecting else {
+            return false;
+        };
+        let out_due = c.outbox.len() >= self.sub.limits.max_events
+            || c.outbox_since
+                .is_some_and(|t| t.elapsed() >= self.sub.limits.max_wait);
+        let save_due = (c.dirty || batcher.scanned_to() > c.saved_at)
+            && c.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        out_due || save_due
+    }
+
+    /// Delivers the collector's outputs (in batches within the subscription's limits), then saves its windows
+    /// with the position they reflect, then the progress record. A crash before the save replays from the
+    /// last one: the same events close the same windows, whose outputs carry the same ids.
+    async fn checkpoint(&mut self, batcher: &Batcher) -> Result<Step, RunError> {
+        let position = batcher.scanned_to();
+        if self
+            .collecting
+            .as_ref()
+            .is_some_and(|c| c.save_outbox_first)
+        {
+            if let Step::Stop(s) = self.save_snapshot(position, true).await? {
+                return Ok(Step::Stop(s));
+            }
+            if let Some(c) = self.collecting.as_mut() {
+                c.save_outbox_first = false;
+            }
+        }
+        let (outputs, first_no) = match self.collecting.as_mut() {
+            Some(c) => {
+                c.outbox_since = None;
+                (std::mem::take(&mut c.outbox), c.emitted)
+            }
+            None => return Ok(Step::Continue),
+        };
+        let mut no = first_no;
+        let mut rest: &[Output] = &outputs;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let mut n = 0;
+            for o in rest {
+                if n > 0
+                    && (n >= self.sub.limits.max_events
+                        || bytes + o.data.len() + 256 > self.sub.limits.max_bytes)
+                {
+                    break;
+                }
+                bytes += o.data.len() + 256;
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let items: Vec<Item> = chunk
+                .iter()
+                .map(|o| Item {
+                    seq: position,
+                    id: o.id.clone(),
+                    time_us: o.time_us,
+                    data: o.data.clone(),
+                })
+                .collect();
+            let id = format!(
+                "{}.o{}-{}.g{}",
+                self.sub.id,
+                no + 1,
+                no + n as u64,
+                self.sub.generation
+            );
+            no += n as u64;
+            let batch = Batch {
+                body: crate::batch::body(&self.sub.id, &id, &items),
+                id,
+                from_seq: position,
+                to_seq: position,
+                covers_to: position,
+                events: items.len(),
+                first_time_us: items[0].time_us,
+            };
+            metrics::counter!("fpaas_pipeline_collect_outputs_total").increment(n as u64);
+            if let Step::Stop(s) = Box::pin(self.deliver_with(batch, 0, false)).await? {
+                return Ok(Step::Stop(s));
+            }
+        }
+        if let Some(c) = self.collecting.as_mut() {
+            c.emitted = no;
+        }
+        if let Step::Stop(s) = self.save_snapshot(position, false).await? {
+            return Ok(Step::Stop(s));
+        }
+        if let Some(c) = self.collecting.as_mut() {
+            c.saved_at = position;
+            c.dirty = false;
+            c.last_checkpoint = Instant::now();
+        }
+        self.save_progress(Progress {
+            acked_seq: position,
+            pending: None,
+        })
+        .await?;
+        Ok(Step::Continue)
+    }
+
+    /// Saves the collector's windows at `position` (with its outbox when `with_outbox`), retrying until it
+    /// worked or the runner is stopped.
+    async fn save_snapshot(&mut self, position: u64, with_outbox: bool) -> Result<Step, RunError> {
+        let Some(c) = self.collecting.as_ref() else {
+            return Ok(Step::Continue);
+        };
+        let bytes = serde_json::to_vec(&SnapshotRef {
+            position,
+            emitted: c.emitted,
+            state: &c.collector.state,
+            outbox: if with_outbox { &c.outbox } else { &[] },
+        })
+        .unwrap_or_default();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            match self.shared.collect.put(&self.sub.id, &bytes).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(subscription = %self.sub.id, error = %e, "saving the collector's windows failed; retrying");
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Ok(Step::Stop(Stop::Cancelled)),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        metrics::counter!("fpaas_pipeline_collect_checkpoints_total").increment(1);
+        metrics::gauge!("fpaas_pipeline_collect_snapshot_bytes").set(bytes.len() as f64);
+        Ok(Step::Continue)
     }
 
     /// The saved progress, or a new one from the subscription's start.
@@ -196,6 +480,13 @@ impl Runner {
     /// (lag) at once, in the progress bucket at most every [`IDLE_SAVE_EVERY`].
     async fn save_idle(&mut self, batcher: &Batcher) -> Result<(), RunError> {
         if !batcher.is_empty() || batcher.scanned_to() <= self.progress.acked_seq {
+            return Ok(());
+        }
+        if self.collecting.is_some() {
+            // Its position is saved only with its windows (a checkpoint); the lag shows it at once.
+            self.counters
+                .acked_seq
+                .store(batcher.scanned_to(), Ordering::Relaxed);
             return Ok(());
         }
         // Nothing waits: everything up to `scanned_to` is accounted for, which the lag shows at once; the
@@ -347,6 +638,7 @@ impl Runner {
                     }
                 }
                 None => {
+                    self.collect_idle();
                     match &joined {
                         None if topic => {}
                         None => joined = self.join().await,
@@ -442,6 +734,17 @@ impl Runner {
 
     /// Adds a matched event to the batch (sending the batch first when the event would overflow it).
     async fn add(&mut self, batcher: &mut Batcher, event: &StreamEvent) -> Result<Step, RunError> {
+        if self.collecting.is_some() {
+            self.collect_event(batcher, event);
+            if self
+                .collecting
+                .as_ref()
+                .is_some_and(|c| c.outbox.len() >= self.sub.limits.max_events)
+            {
+                return Box::pin(self.checkpoint(batcher)).await;
+            }
+            return Ok(Step::Continue);
+        }
         self.counters.matched.fetch_add(1, Ordering::Relaxed);
         match self.sub.transform(event) {
             Transformed::Item(item) => {
@@ -484,13 +787,14 @@ impl Runner {
                 f = tokio::time::timeout(wait, rx.recv()) => f,
             };
             match feed {
-                Err(_) => {}
+                Err(_) => self.collect_idle(),
                 Ok(None) => {
                     self.counters.fell_behind.fetch_add(1, Ordering::Relaxed);
                     return Ok(Step::Continue);
                 }
                 Ok(Some(Feed::Tick(position))) => {
                     batcher.scanned(position);
+                    self.collect_idle();
                     self.save_idle(batcher).await?;
                 }
                 Ok(Some(Feed::Event(event))) => {
@@ -506,6 +810,12 @@ impl Runner {
 
     /// Sends the batch when it is full or its wait is over.
     async fn flush_if_due(&mut self, batcher: &mut Batcher) -> Result<Step, RunError> {
+        if self.collecting.is_some() {
+            if self.collect_due(batcher) {
+                return Box::pin(self.checkpoint(batcher)).await;
+            }
+            return Ok(Step::Continue);
+        }
         let full = batcher.is_full() || batcher.deadline().is_some_and(|d| d <= Instant::now());
         if !full {
             return Ok(Step::Continue);
@@ -519,19 +829,32 @@ impl Runner {
     /// Delivers one batch: pending saved first, then attempts by the retry schedule; progress after a 2xx
     /// or after the dead letter is stored; 410 disables the subscription.
     async fn deliver(&mut self, batch: Batch, attempts_before: u32) -> Result<Step, RunError> {
+        self.deliver_with(batch, attempts_before, true).await
+    }
+
+    /// [`Self::deliver`]; with `track` false (a collector's outputs) no pending batch or progress is saved:
+    /// the collector's checkpoint after its outputs were delivered does that.
+    async fn deliver_with(
+        &mut self,
+        batch: Batch,
+        attempts_before: u32,
+        track: bool,
+    ) -> Result<Step, RunError> {
         self.counters
             .oldest_undelivered_us
             .store(batch.first_time_us, Ordering::Relaxed);
-        self.save_progress(Progress {
-            acked_seq: self.progress.acked_seq,
-            pending: Some(PendingBatch {
-                batch_id: batch.id.clone(),
-                from_seq: batch.from_seq,
-                to_seq: batch.covers_to,
-                attempt: attempts_before,
-            }),
-        })
-        .await?;
+        if track {
+            self.save_progress(Progress {
+                acked_seq: self.progress.acked_seq,
+                pending: Some(PendingBatch {
+                    batch_id: batch.id.clone(),
+                    from_seq: batch.from_seq,
+                    to_seq: batch.covers_to,
+                    attempt: attempts_before,
+                }),
+            })
+            .await?;
+        }
         let mut attempt = attempts_before;
         loop {
             self.shared
@@ -550,11 +873,13 @@ impl Runner {
                         .oldest_undelivered_us
                         .store(0, Ordering::Relaxed);
                     self.counters.retrying.store(false, Ordering::Relaxed);
-                    self.save_progress(Progress {
-                        acked_seq: batch.covers_to,
-                        pending: None,
-                    })
-                    .await?;
+                    if track {
+                        self.save_progress(Progress {
+                            acked_seq: batch.covers_to,
+                            pending: None,
+                        })
+                        .await?;
+                    }
                     return Ok(Step::Continue);
                 }
                 crate::deliver::Sent::Gone => {
@@ -587,11 +912,13 @@ impl Runner {
                             .await?;
                             self.counters.dead_lettered(&batch);
                             tracing::info!(subscription = %self.sub.id, batch = %batch.id, attempt, error, "batch dead-lettered");
-                            self.save_progress(Progress {
-                                acked_seq: batch.covers_to,
-                                pending: None,
-                            })
-                            .await?;
+                            if track {
+                                self.save_progress(Progress {
+                                    acked_seq: batch.covers_to,
+                                    pending: None,
+                                })
+                                .await?;
+                            }
                             return Ok(Step::Continue);
                         }
                     }

@@ -77,6 +77,8 @@ pub struct SubConfig {
     pub start: Start,
     /// Delivery.
     pub target: Target,
+    /// Its collector stage, if any (the runner compiles its own [`crate::collect::Collector`]: it holds state).
+    pub collect: Option<fpaas_control::collect::Collect>,
     /// For a subscription of a topic: the topic's stream, read on the runner's own reader (never through the
     /// shared firehose reader). `None`: the firehose.
     pub source_stream: Option<String>,
@@ -141,6 +143,7 @@ impl SubConfig {
             start,
             target,
             source_stream: None,
+            collect: None,
             max_events_per_s,
         })
     }
@@ -186,6 +189,20 @@ impl SubConfig {
             time_us: event.time_us,
             data,
         })
+    }
+
+    /// The event as a collector sees it: its JSON, or the transform's result, parsed.
+    ///
+    /// # Errors
+    /// Why the event has no JSON or the transform failed.
+    pub fn transform_data(&self, event: &StreamEvent) -> Result<fpaas_filter::Data, String> {
+        let Some(data) = event.data() else {
+            return Err("the event is not JSON".into());
+        };
+        match &self.transform {
+            None => Ok(data.clone()),
+            Some(expr) => expr.eval_data(data).map_err(|e| e.to_string()),
+        }
     }
 
     /// Server-side subject filters covering every event the filter can match (empty = the whole stream).

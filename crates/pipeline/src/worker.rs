@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) queue_capacity: usize,
     pub(crate) rate: RateLimiter,
     pub(crate) tenants: KvBucket,
+    /// Collectors' saved windows.
+    pub(crate) collect: fpaas_bus::BlobStore,
     /// The running subscriptions' counters, rendered on `/metrics`.
     pub(crate) registry: Arc<crate::stats::Registry>,
     /// State buckets opened by `kv` deliveries, by KV bucket name.
@@ -148,6 +150,7 @@ struct Provisioned {
     tenants: KvBucket,
     leases: KvBucket,
     dlq: crate::deliver::DeadLetters,
+    collect: fpaas_bus::BlobStore,
 }
 
 /// Creates (or opens) the worker's buckets and the dead-letter stream.
@@ -212,7 +215,15 @@ async fn provision(
         config.dead_letter_max_age_secs,
     )
     .await?;
+    let collect = fpaas_bus::BlobStore::ensure(
+        client,
+        layout::COLLECT_BUCKET,
+        "fpaas collectors' open windows (written by workers)",
+        config.replicas,
+    )
+    .await?;
     Ok(Provisioned {
+        collect,
         subs,
         progress,
         stats,
@@ -251,6 +262,7 @@ pub async fn run(
         tenants,
         leases,
         dlq,
+        collect,
     } = loop {
         match provision(&client, &config).await {
             Ok(p) => break p,
@@ -286,6 +298,7 @@ pub async fn run(
         queue_capacity: config.queue_capacity,
         rate: RateLimiter::default(),
         tenants,
+        collect,
         registry: crate::stats::Registry::new(),
         states: tokio::sync::Mutex::new(HashMap::new()),
         state_replicas: config.replicas,
@@ -340,6 +353,7 @@ pub async fn run(
                                 KvState::Deleted { .. } => {
                                     directory.remove(&id);
                                     let _ = shared.progress.remove(&layout::progress_key(&id)).await;
+                                    let _ = shared.collect.delete(&id).await;
                                     let _ = stats.remove(&layout::stats_key(&id)).await;
                                 }
                             }

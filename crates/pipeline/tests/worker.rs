@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 struct Env {
-    _server: NatsServer,
+    /// `None` when the test holds its server itself (to stop and start it).
+    _server: Option<NatsServer>,
     client: async_nats::Client,
     subs: fpaas_bus::KvBucket,
 }
@@ -39,7 +40,7 @@ async fn env() -> Env {
             .await
             .expect("subs bucket");
     Env {
-        _server: server,
+        _server: Some(server),
         client,
         subs,
     }
@@ -1330,4 +1331,261 @@ async fn kv_deliveries_write_what_the_model_computes_and_a_redelivered_batch_cou
     assert_eq!((again.written, again.duplicates), (0, 2));
     let a = bucket.get("a").await.unwrap().unwrap();
     assert_eq!(&a.value[..], b"2");
+}
+
+/// What a collector over `commit.collection` in 5 s windows must emit, recounted from the events with plain
+/// code: `(window start ms, collection)` → the aggregates.
+fn collector_model(events: &[Event]) -> BTreeMap<(i64, String), Value> {
+    let mut groups: BTreeMap<(i64, String), Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        let Some(c) = &e.commit else { continue };
+        let start = (e.time_us / 1_000).div_euclid(5_000) * 5_000;
+        groups
+            .entry((start, c.collection.clone()))
+            .or_default()
+            .push(e);
+    }
+    groups
+        .into_iter()
+        .map(|(k, evs)| {
+            let mut by_did: BTreeMap<&str, u64> = BTreeMap::new();
+            for e in &evs {
+                *by_did.entry(e.did.as_str()).or_default() += 1;
+            }
+            let mut top: Vec<(&str, u64)> = by_did.iter().map(|(d, n)| (*d, *n)).collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let lens: Vec<u64> = evs
+                .iter()
+                .map(|e| e.commit.as_ref().unwrap().rkey.chars().count() as u64)
+                .collect();
+            let top: Vec<Value> = top
+                .iter()
+                .take(3)
+                .map(|(d, n)| json!({"value": d, "count": n}))
+                .collect();
+            (
+                k,
+                json!({"events": evs.len(), "dids": by_did.len(), "top": top,
+                       "rkey_chars": lens.iter().sum::<u64>(), "longest": lens.iter().max()}),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collector_windows_equal_a_recount_through_a_worker_kill_and_a_nats_outage() {
+    let mut server = NatsServer::new();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    fpaas_bus::ensure_stream(
+        &js,
+        &fpaas_bus::StreamSettings {
+            max_bytes: 1 << 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("stream");
+    let subs =
+        fpaas_bus::ensure_kv_on(&client, &fpaas_bus::KvSettings::bucket(layout::SUBS_BUCKET))
+            .await
+            .expect("subs bucket");
+    let env = Env {
+        _server: None,
+        client: client.clone(),
+        subs,
+    };
+    let receiver = WebhookReceiver::start().await;
+    // 2,400 real events 10 ms apart in event time (24 s: five 5 s windows), published in three parts.
+    let t0 = 1_790_000_000_000_000i64;
+    let mut events = corpus_events(2_400);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.time_us = t0 + i as i64 * 10_000;
+    }
+    let sub = put_sub(
+        &env,
+        "s_collect",
+        json!({
+            "filter": {"kinds": ["commit"]},
+            "collect": {
+                "key": "commit.collection",
+                "window": {"type": "tumbling", "size_s": 5, "lateness_s": 6},
+                "aggregations": {
+                    "dids": {"op": "distinct", "field": "did"},
+                    "top": {"op": "top_k", "field": "did", "k": 3},
+                    "rkey_chars": {"op": "sum", "field": "length(commit.rkey)"},
+                    "longest": {"op": "max", "field": "length(commit.rkey)"}
+                }
+            },
+            "batching": {"max_events": 20, "max_wait_ms": 200},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "webhook", "url": receiver.url("/c")}
+        }),
+    )
+    .await;
+    publish_events(&client, &events[..800]).await;
+    let (_a_cancel, a) = start_worker(&env, "w_a");
+    receiver
+        .wait_for(1, Duration::from_secs(20))
+        .await
+        .expect("a first window");
+    // Worker A dies (no shutdown) while the next part streams in: it has counted events its last save
+    // does not hold, which its successor counts again from the saved windows — once.
+    let more = {
+        let client = client.clone();
+        let part = events[800..1_600].to_vec();
+        tokio::spawn(async move { publish_events(&client, &part).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.abort();
+    let _ = a.await;
+    more.await.unwrap();
+    let (b_cancel, b) = start_worker(&env, "w_b");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // NATS goes away and comes back (same store) while worker B runs. (The pauses stay well below the
+    // lateness bound: a source quiet for longer would let the last open window close before the third part.)
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.start();
+    eventually(Duration::from_secs(20), || {
+        let c = client.clone();
+        async move { c.connection_state() == async_nats::connection::State::Connected }
+    })
+    .await
+    .expect("reconnected");
+    publish_events(&client, &events[1_600..]).await;
+
+    let model = collector_model(&events);
+    let outputs = || {
+        let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for b in batches(&receiver.received(), &secret_of(&sub)) {
+            for e in b["events"].as_array().unwrap() {
+                by_id
+                    .entry(e["id"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push(e["data"].clone());
+            }
+        }
+        by_id
+    };
+    eventually(Duration::from_secs(40), || {
+        let done = outputs().len() >= model.len();
+        async move { done }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {} windows", outputs().len(), model.len()));
+    b_cancel.cancel();
+    b.await.unwrap();
+    let outputs = outputs();
+    let mut got: BTreeMap<(i64, String), Value> = BTreeMap::new();
+    for (id, copies) in &outputs {
+        assert!(
+            copies.iter().all(|c| c == &copies[0]),
+            "output {id} was emitted with different contents: {copies:?}"
+        );
+        let o = &copies[0];
+        let start = chrono::DateTime::parse_from_rfc3339(o["window"]["start"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        let key = (start, o["key"].as_str().unwrap().to_owned());
+        assert!(
+            got.insert(key.clone(), o.clone()).is_none(),
+            "two ids for {key:?}"
+        );
+    }
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        model.keys().collect::<Vec<_>>(),
+        "one output per window and collection"
+    );
+    for (key, want) in &model {
+        for field in ["events", "dids", "top", "rkey_chars", "longest"] {
+            assert_eq!(got[key][field], want[field], "{field} of {key:?}");
+        }
+    }
+}
+
+/// A collector's results written to state: count windows of 3 events per collection, each closed window put
+/// into a values bucket under its collection and added to a counters bucket by its `events` — exactly what the
+/// events make: per collection ⌊n / 3⌋ windows, so a counter of 3·⌊n / 3⌋ and a last window of 3 events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collectors_windows_are_written_to_state() {
+    let env = env().await;
+    let events = corpus_events(600);
+    let seqs = publish_events(&env.client, &events).await;
+    let collect = json!({
+        "key": "commit.collection",
+        "window": {"type": "count", "events": 3},
+        "aggregations": {"n": {"op": "count"}}
+    });
+    for (id, delivery) in [
+        (
+            "s_coll_incr",
+            json!({"type": "kv", "bucket": "per-coll", "key": "key", "op": "incr", "by": "events"}),
+        ),
+        (
+            "s_coll_put",
+            json!({"type": "kv", "bucket": "last-window", "key": "key", "value": "{events: events, n: n}"}),
+        ),
+    ] {
+        put_sub(
+            &env,
+            id,
+            json!({
+                "filter": {"kinds": ["commit"]},
+                "collect": collect,
+                "batching": {"max_events": 20, "max_wait_ms": 50},
+                "start": {"at": "retention_start"},
+                "delivery": delivery
+            }),
+        )
+        .await;
+    }
+    let mut per: BTreeMap<String, i64> = BTreeMap::new();
+    for e in &events {
+        if let Some(c) = &e.commit {
+            *per.entry(c.collection.clone()).or_insert(0) += 1;
+        }
+    }
+    let want_counts: BTreeMap<String, String> = per
+        .iter()
+        .filter(|(_, n)| **n >= 3)
+        .map(|(c, n)| (c.clone(), (n / 3 * 3).to_string()))
+        .collect();
+    assert!(want_counts.len() >= 3, "the corpus has several collections");
+    let want_last: BTreeMap<String, String> = want_counts
+        .keys()
+        .map(|c| (c.clone(), json!({"events": 3, "n": 3}).to_string()))
+        .collect();
+    let values = |m: BTreeMap<String, (String, String)>| -> BTreeMap<String, String> {
+        m.into_iter().map(|(k, (v, _))| (k, v)).collect()
+    };
+    let (cancel, handle) = start_worker(&env, "w_coll");
+    let last = *seqs.last().unwrap();
+    let progress = fpaas_bus::ensure_kv_on(
+        &env.client,
+        &fpaas_bus::KvSettings::bucket(layout::PROGRESS_BUCKET),
+    )
+    .await
+    .expect("progress bucket");
+    eventually(Duration::from_secs(30), || async {
+        values(state_of(&env, "per-coll").await) == want_counts
+            && values(state_of(&env, "last-window").await) == want_last
+    })
+    .await
+    .unwrap_or_else(|e| panic!("state = the collector's windows ({e}); want {want_counts:?}"));
+    eventually(Duration::from_secs(30), || async {
+        progress_of(&progress, "s_coll_incr")
+            .await
+            .is_some_and(|p| p.acked_seq >= last && p.pending.is_none())
+    })
+    .await
+    .expect("the collector subscription went through every event");
+    cancel.cancel();
+    handle.await.unwrap();
+    assert_eq!(
+        values(state_of(&env, "per-coll").await),
+        want_counts,
+        "and nothing more"
+    );
 }
