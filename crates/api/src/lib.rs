@@ -9,6 +9,7 @@
 //! | [`openapi`] | the OpenAPI 3.1 document built from the route table |
 //! | [`error`] | [`ApiError`] → status + `{"error", "message"}`; the JSON body extractor |
 //! | `auth` | bearer tokens: the admin token (constant-time hash compare), tenant API keys |
+//! | [`state_api`] | the state endpoints: buckets, keys by prefix, one key, the Server-Sent Events watch |
 //! | `state` | [`AppState`]: store, dead-letter log, admin token hash, the webhook sender of replays |
 //! | `metrics` | `fpaas_api_requests_total{route,method,status}`, `fpaas_api_request_duration_seconds{route}` |
 
@@ -18,6 +19,7 @@ mod metrics;
 pub mod openapi;
 pub mod routes;
 mod state;
+pub mod state_api;
 
 use std::collections::BTreeMap;
 

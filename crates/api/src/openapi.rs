@@ -56,8 +56,13 @@ pub fn document() -> Value {
             })
             .collect();
         for (name, description) in op.query {
+            let schema = if matches!(*name, "prefix" | "after" | "from") {
+                json!({"type": "string"})
+            } else {
+                json!({"type": "integer", "minimum": 0})
+            };
             parameters.push(json!({"name": name, "in": "query", "required": false,
-                "description": description, "schema": {"type": "integer", "minimum": 0}}));
+                "description": description, "schema": schema}));
         }
         if op.operation_id == "updateSubscription" {
             parameters.push(
@@ -74,6 +79,10 @@ pub fn document() -> Value {
             Body::RawBatch => {
                 json!({"description": "The batch body exactly as POSTed to the webhook",
                 "content": {"application/json": {"schema": {"type": "object"}}}})
+            }
+            Body::EventStream(f) => {
+                json!({"description": "Server-Sent Events; each event's `data` is JSON of this schema",
+                "content": {"text/event-stream": {"schema": f(&mut generator)}}})
             }
         };
         responses.insert(op.status.to_string(), success);
@@ -120,7 +129,7 @@ pub fn document() -> Value {
         "info": {
             "title": "FPaaS API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Firehose Processor-as-a-Service: tenants, subscriptions (filter, transform, batching, signed webhooks), stats, usage and dead letters. See docs/api.md."
+            "description": "Firehose Processor-as-a-Service: tenants, subscriptions (filter, transform, batching, signed webhooks, topics, state), stats, usage, dead letters, topics and state buckets. See docs/api.md."
         },
         "security": [{"bearer": []}],
         "paths": paths,

@@ -53,6 +53,8 @@ pub enum Body {
     Json(SchemaFn),
     /// The stored batch body, byte for byte (`application/json`).
     RawBatch,
+    /// Server-Sent Events (`text/event-stream`) whose `data` are JSON of a schema.
+    EventStream(SchemaFn),
 }
 
 /// One operation of the API.
@@ -471,6 +473,98 @@ pub fn operations() -> Vec<Operation> {
             errors: &[404, 409],
             handler: || delete(delete_topic),
         },
+        // -------------------------------------------------------------- state
+        Operation {
+            method: "get",
+            path: "/v1/state",
+            operation_id: "listStateBuckets",
+            summary: "List the tenant's state buckets (created by subscriptions with a `kv` delivery), by name.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<StateBucketList>),
+            errors: &[],
+            handler: || get(crate::state_api::list_buckets),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/state/{bucket}",
+            operation_id: "getStateBucket",
+            summary: "Get a state bucket: its kind and how many keys it holds.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<crate::state_api::StateBucketInfo>),
+            errors: &[404],
+            handler: || get(crate::state_api::get_bucket),
+        },
+        Operation {
+            method: "delete",
+            path: "/v1/state/{bucket}",
+            operation_id: "deleteStateBucket",
+            summary: "Delete a state bucket and everything it holds (not while a subscription writes it: 409).",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 204,
+            response: Body::Empty,
+            errors: &[404, 409],
+            handler: || delete(crate::state_api::delete_bucket),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/state/{bucket}/keys",
+            operation_id: "listStateKeys",
+            summary: "Keys with their values, in key order, by prefix; page with `after` = the answer's `next_after`.",
+            access: Access::Tenant,
+            request: None,
+            query: &[
+                ("prefix", "Only keys starting with this."),
+                (
+                    "after",
+                    "Only keys after this one (paging: the previous answer's `next_after`).",
+                ),
+                ("limit", "At most this many (1..=1000, default 100)."),
+            ],
+            status: 200,
+            response: Body::Json(schema::<crate::state_api::StateKeyList>),
+            errors: &[400, 404],
+            handler: || get(crate::state_api::list_keys),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/state/{bucket}/keys/{key}",
+            operation_id: "getStateKey",
+            summary: "One key's value (a counter's is a number), revision and time of the last write; a `/` in the key is sent as `%2F`.",
+            access: Access::Tenant,
+            request: None,
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<crate::state_api::StateValue>),
+            errors: &[400, 404],
+            handler: || get(crate::state_api::get_key),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/state/{bucket}/watch",
+            operation_id: "watchState",
+            summary: "Server-Sent Events: one event per change (`put` / `delete`), first the current value of every key unless `from` says otherwise; keep-alive comments every 15 s.",
+            access: Access::Tenant,
+            request: None,
+            query: &[
+                ("prefix", "Only keys starting with this."),
+                (
+                    "from",
+                    "`current` (default): the current values first, then changes; `new`: only changes from now; a revision: every entry from that revision on.",
+                ),
+            ],
+            status: 200,
+            response: Body::EventStream(schema::<crate::state_api::StateChange>),
+            errors: &[400, 404, 429],
+            handler: || get(crate::state_api::watch),
+        },
     ]
 }
 
@@ -530,6 +624,13 @@ pub struct KeyCreated {
 pub struct KeyList {
     /// Oldest first.
     pub keys: Vec<ApiKeyRecord>,
+}
+
+/// State buckets.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+pub struct StateBucketList {
+    /// By name.
+    pub buckets: Vec<fpaas_control::StateBucketDoc>,
 }
 
 /// Topics.
@@ -1120,7 +1221,7 @@ async fn replay_dead_letter(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            "replay POSTs to a webhook; this subscription delivers to a topic (its dead letters can be read and deleted)",
+            "replay POSTs to a webhook; this subscription delivers to a topic or a state bucket (its dead letters can be read and deleted)",
         ));
     };
     let request = fpaas_webhook::BatchRequest {

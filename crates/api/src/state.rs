@@ -17,6 +17,8 @@ pub struct AppState {
     pub admin_token_sha256: Option<[u8; 32]>,
     /// Posts replayed dead letters; its address policy also checks the URLs of new subscriptions.
     pub sender: fpaas_webhook::Sender,
+    /// Open state watches per tenant (bounded by [`crate::state_api::MAX_WATCHES_PER_TENANT`]).
+    pub watches: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             store,
             dlq,
             sender,
+            watches: std::sync::Arc::default(),
             admin_token_sha256: config
                 .admin_token
                 .as_deref()

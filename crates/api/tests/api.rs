@@ -262,11 +262,39 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         )
         .await;
     assert_eq!(a_topic.status, 201, "{}", a_topic.json);
+    // A state bucket, made by a subscription with a kv delivery, holding one key.
+    let a_kv = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&a_token),
+            Some(json!({"delivery": {"type": "kv", "bucket": "alices-state", "key": "did"}})),
+        )
+        .await;
+    assert_eq!(a_kv.status, 201, "{}", a_kv.json);
+    let a_kv_id = a_kv.json["id"].as_str().unwrap().to_owned();
+    let a_bucket = fpaas_bus::StateBucket::open(
+        &fpaas_bus::jetstream(api.client.clone(), 16),
+        &layout::state_kv_bucket(&a_id, "alices-state"),
+    )
+    .await
+    .unwrap()
+    .expect("the subscription created its bucket");
+    a_bucket
+        .write(&[fpaas_bus::StateWrite {
+            key: "k1".into(),
+            msg_id: "m1".into(),
+            op: fpaas_bus::StateOp::Put(bytes::Bytes::from_static(b"{\"alices\":1}")),
+        }])
+        .await
+        .unwrap();
     let a_ids = [
         a_id.clone(),
         a_sub_id.clone(),
         a_key_id.clone(),
         "alices-likes".to_owned(),
+        "alices-state".to_owned(),
+        a_kv_id.clone(),
     ];
     let before = api
         .call(
@@ -312,6 +340,12 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         ("listTopics", Expect::OwnOnly(200)),
         ("getTopic", Expect::Refused(404)),
         ("deleteTopic", Expect::Refused(404)),
+        ("listStateBuckets", Expect::OwnOnly(200)),
+        ("getStateBucket", Expect::Refused(404)),
+        ("deleteStateBucket", Expect::Refused(404)),
+        ("listStateKeys", Expect::Refused(404)),
+        ("getStateKey", Expect::Refused(404)),
+        ("watchState", Expect::Refused(404)),
     ]
     .into_iter()
     .collect();
@@ -344,7 +378,9 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
             .replace("{sub_id}", &a_sub_id)
             .replace("{key_id}", &a_key_id)
             .replace("{seq}", &a_seq.to_string())
-            .replace("{topic}", "alices-likes");
+            .replace("{topic}", "alices-likes")
+            .replace("{bucket}", "alices-state")
+            .replace("{key}", "k1");
         assert!(!path.contains('{'), "unknown path parameter in {template}");
         let body = has_body.then(|| body_for(id));
         // Without a token: 401 unless public.
@@ -417,6 +453,16 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         .call(Method::GET, "/v1/topics/alices-likes", Some(&a_token), None)
         .await;
     assert_eq!(topic.status, 200, "A's topic still there: {}", topic.json);
+    let value = api
+        .call(
+            Method::GET,
+            "/v1/state/alices-state/keys/k1",
+            Some(&a_token),
+            None,
+        )
+        .await;
+    assert_eq!(value.status, 200, "A's state still there: {}", value.json);
+    assert_eq!(value.json["value"], json!({"alices": 1}));
     let letters = api
         .call(
             Method::GET,
@@ -1329,4 +1375,310 @@ async fn topics_are_streams_of_their_own_within_the_quotas() {
             .is_ok(),
         "bob's topic untouched"
     );
+}
+
+/// Percent-encodes everything but `[A-Za-z0-9-_.~]` (a path segment or a query value).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The next Server-Sent Event of `resp` (event name, data), reading chunks into `buf`; `None` at the end.
+async fn next_sse(resp: &mut reqwest::Response, buf: &mut String) -> Option<(String, String)> {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut event, mut data) = (String::from("message"), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue; // a keep-alive comment
+            }
+            return Some((event, data));
+        }
+        let chunk = resp.chunk().await.ok()??;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// The state API over what a real worker writes: a subscription's `kv` delivery creates its bucket (quota,
+/// kind and JMESPath checked first, nothing created by a refused request); a watch opened before the worker
+/// runs sees the counters arrive as Server-Sent Events; a key reads back as the model's number, keys list by
+/// prefix page by page; the bucket cannot be deleted while written; the watch's consumer goes when the
+/// client does; deleting the tenant deletes its buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_buckets_are_read_listed_and_watched_as_a_worker_writes_them() {
+    let api = Api::start().await;
+    let js = fpaas_bus::jetstream(api.client.clone(), 64);
+    fpaas_bus::ensure_stream(
+        &js,
+        &fpaas_bus::StreamSettings {
+            max_bytes: 1 << 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("stream");
+    let (a_id, a) = api.tenant("alice", json!({"max_state_buckets": 2})).await;
+    let t = Some(a.as_str());
+    let kv_spec = |delivery: Value| {
+        json!({
+            "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"], "operations": ["create"]},
+            "transform": "{post: commit.record.subject.uri, did: did}",
+            "batching": {"max_events": 100, "max_wait_ms": 50},
+            "start": {"at": "retention_start"},
+            "delivery": delivery,
+        })
+    };
+    let create = |delivery: Value| {
+        let api = &api;
+        let body = kv_spec(delivery);
+        async move {
+            api.call(Method::POST, "/v1/subscriptions", t, Some(body))
+                .await
+        }
+    };
+    // Refused: a bad key expression, `by` on a put; nothing created.
+    let bad = create(json!({"type": "kv", "bucket": "likes", "key": "post.[", "op": "incr"})).await;
+    assert_error(&bad, 422, "bad_jmespath");
+    assert_eq!(bad.json["field"], "delivery.key");
+    assert!(bad.json["position"].is_u64(), "{}", bad.json);
+    let bad = create(json!({"type": "kv", "bucket": "likes", "key": "post", "by": "`1`"})).await;
+    assert_error(&bad, 422, "bad_value");
+    let listed = api.call(Method::GET, "/v1/state", t, None).await;
+    assert_eq!(listed.json, json!({"buckets": []}));
+
+    let counts =
+        create(json!({"type": "kv", "bucket": "likes", "key": "post", "op": "incr"})).await;
+    assert_eq!(counts.status, 201, "{}", counts.json);
+    let counts_id = counts.json["id"].as_str().unwrap().to_owned();
+    let last = create(json!({"type": "kv", "bucket": "last", "key": "did", "value": "post"})).await;
+    assert_eq!(last.status, 201, "{}", last.json);
+    // A put into the counters bucket, and a third bucket: refused.
+    let wrong = create(json!({"type": "kv", "bucket": "likes", "key": "post"})).await;
+    assert_error(&wrong, 422, "bad_value");
+    assert_eq!(wrong.json["field"], "delivery.op");
+    let over = create(json!({"type": "kv", "bucket": "third", "key": "post"})).await;
+    assert_error(&over, 429, "quota_exceeded");
+    let listed = api.call(Method::GET, "/v1/state", t, None).await;
+    let names: Vec<&str> = listed.json["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["last", "likes"], "{}", listed.json);
+    assert_eq!(listed.json["buckets"][1]["kind"], "counters");
+    assert_eq!(
+        api.call(Method::GET, "/v1/subscriptions", t, None)
+            .await
+            .json["subscriptions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "refused requests created no subscription"
+    );
+
+    // The watch, open before anything is written.
+    let mut watch = api
+        .http
+        .get(format!(
+            "{}/v1/state/likes/watch?prefix={}",
+            api.base,
+            pct("at://")
+        ))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    assert_eq!(
+        watch.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let events = corpus_events(600);
+    publish_events(&api.client, &events).await;
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for e in &events {
+        if let Some(c) = &e.commit
+            && c.collection == "app.bsky.feed.like"
+            && c.operation == fpaas_event::Operation::Create
+        {
+            let v: Value =
+                serde_json::from_slice(&fpaas_event::WireMessage::from_event(e).payload).unwrap();
+            let post = v["commit"]["record"]["subject"]["uri"].as_str().unwrap();
+            *want.entry(post.to_owned()).or_insert(0) += 1;
+        }
+    }
+    assert!(want.len() > 5, "the corpus has likes");
+    let cancel = CancellationToken::new();
+    let cfg = fpaas_pipeline::WorkerConfig {
+        nats_url: api.nats_url.clone(),
+        metrics_listen: None,
+        partitions: 2,
+        lease_ttl_secs: 2,
+        ..Default::default()
+    };
+    let worker = {
+        let (client, cancel) = (api.client.clone(), cancel.clone());
+        tokio::spawn(async move { fpaas_pipeline::run(client, cfg, cancel).await })
+    };
+    let mut buf = String::new();
+    let (event, data) =
+        tokio::time::timeout(Duration::from_secs(30), next_sse(&mut watch, &mut buf))
+            .await
+            .expect("a change arrives")
+            .expect("an event");
+    assert_eq!(event, "put");
+    let change: Value = serde_json::from_str(&data).unwrap();
+    let key = change["key"].as_str().unwrap().to_owned();
+    assert!(want.contains_key(&key), "{change}");
+    assert!(change["value"].as_i64().unwrap() >= 1, "{change}");
+    assert!(change["revision"].as_u64().unwrap() >= 1);
+
+    // Every key, page by page (3 a page), equals the model.
+    let all = eventually_some(Duration::from_secs(30), || async {
+        let mut got = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/state/likes/keys?limit=3&prefix={}", pct("at://"));
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={}", pct(a)));
+            }
+            let page = api.call(Method::GET, &path, t, None).await;
+            assert_eq!(page.status, 200, "{}", page.json);
+            let entries = page.json["entries"].as_array().unwrap();
+            assert!(entries.len() <= 3);
+            for e in entries {
+                got.insert(
+                    e["key"].as_str().unwrap().to_owned(),
+                    e["value"].as_i64().unwrap(),
+                );
+            }
+            match page.json["next_after"].as_str() {
+                Some(n) => after = Some(n.to_owned()),
+                None => break,
+            }
+        }
+        (got == want).then_some(got)
+    })
+    .await
+    .expect("the listed counters equal the model");
+    let (key, n) = all.iter().next().unwrap();
+    let one = api
+        .call(
+            Method::GET,
+            &format!("/v1/state/likes/keys/{}", pct(key)),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(one.status, 200, "{}", one.json);
+    assert_eq!(one.json["key"], key.as_str());
+    assert_eq!(one.json["value"], *n);
+    assert!(one.json["updated_at"].as_str().unwrap().ends_with('Z'));
+    let info = api.call(Method::GET, "/v1/state/likes", t, None).await;
+    assert_eq!(info.json["keys"], want.len());
+    let missing = api
+        .call(Method::GET, "/v1/state/likes/keys/nope", t, None)
+        .await;
+    assert_error(&missing, 404, "not_found");
+    let too_long = api
+        .call(
+            Method::GET,
+            &format!("/v1/state/likes/keys/{}", "a".repeat(1025)),
+            t,
+            None,
+        )
+        .await;
+    assert_error(&too_long, 400, "bad_request");
+    let bad_query = api
+        .call(Method::GET, "/v1/state/likes/keys?limit=0", t, None)
+        .await;
+    assert_error(&bad_query, 400, "bad_request");
+    let last_values = api
+        .call(Method::GET, "/v1/state/last/keys?limit=1000", t, None)
+        .await;
+    assert!(
+        last_values.json["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["key"].as_str().unwrap().starts_with("did:")
+                && want.contains_key(e["value"].as_str().unwrap())),
+        "{}",
+        last_values.json
+    );
+
+    // The watch's consumer is gone once the client is.
+    let stream = format!("KV_{}", layout::state_kv_bucket(&a_id, "likes"));
+    let consumers = || async {
+        async_nats::jetstream::new(api.client.clone())
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .consumer_count
+    };
+    assert_eq!(consumers().await, 1, "the watch's consumer");
+    drop(watch);
+    fpaas_testkit::eventually(Duration::from_secs(10), || async { consumers().await == 0 })
+        .await
+        .expect("the watch's consumer is removed when the client goes");
+
+    // Not while written; then gone with its KV bucket.
+    let busy = api.call(Method::DELETE, "/v1/state/likes", t, None).await;
+    assert_error(&busy, 409, "conflict");
+    let del = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/subscriptions/{counts_id}"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(del.status, 204);
+    let gone = api.call(Method::DELETE, "/v1/state/likes", t, None).await;
+    assert_eq!(gone.status, 204, "{}", gone.json);
+    assert_error(
+        &api.call(Method::GET, "/v1/state/likes", t, None).await,
+        404,
+        "not_found",
+    );
+    cancel.cancel();
+    worker.await.unwrap().unwrap();
+    let del = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tenants/{a_id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(del.status, 204);
+    for name in ["likes", "last"] {
+        assert!(
+            fpaas_bus::StateBucket::open(&js, &layout::state_kv_bucket(&a_id, name))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name} deleted with its tenant"
+        );
+    }
 }

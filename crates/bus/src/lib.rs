@@ -14,6 +14,7 @@
 //! | `kv` | [`KvSettings`], [`ensure_kv`], KV key validation |
 //! | `msglog` | [`MsgLog`]: a stream as a log of single messages (the dead-letter queue): [`ensure_msglog`], publish with headers → sequence, list by subject, get / delete by sequence, purge by subject |
 //! | `bucket` | [`KvBucket`]: get with revision, create / update-if-revision / delete-if-revision, tagged and expiring delete markers, keys, snapshots, watch |
+//! | `state` | [`StateBucket`]: a tenant's state bucket of values (puts) or counters (`Nats-Incr`, increment-only), writes with `Nats-Msg-Id` so resent writes are dropped, reads with time, keys, watches |
 //! | `reader` | [`DurableReader`]: durable pull consumer in batches; [`Delivery`], [`Settle`] (ack / term) |
 //! | [`consume`](consume()) | the consume loop: fetch → [`BatchApply`] → settle after success, [`Backoff`] on failure, shutdown by `CancellationToken`, [`ApplyError`] retryable / fatal |
 //! | [`tail`] | [`tail::StreamTail`]: an in-order, unacknowledged reader from a position (catch-up readers, the worker's shared reader); stream bounds; the first sequence at a time |
@@ -32,6 +33,7 @@ mod kv;
 mod msglog;
 mod publish;
 mod reader;
+mod state;
 pub mod storage;
 mod stream;
 pub mod tail;
@@ -49,6 +51,10 @@ pub use kv::{KvSettings, ensure_kv, ensure_kv_on, is_valid_kv_key};
 pub use msglog::{LoggedMsg, MsgLog, MsgLogSettings, ensure_msglog};
 pub use publish::{Acked, Completion, Failed, OutMsg, Publisher};
 pub use reader::{Delivery, DurableReader, ReaderOptions, Settle, settle_batch};
+pub use state::{
+    COUNTER_DUPLICATE_WINDOW, StateBucket, StateEntry, StateKind, StateOp, StateWrite,
+    VALUES_DUPLICATE_WINDOW, WatchFrom, WriteReport,
+};
 pub use stream::{
     Compression, DEFAULT_MAX_MSG_SIZE, DEFAULT_STREAM_MAX_BYTES, NATS_DEFAULT_MAX_PAYLOAD, Storage,
     StreamAction, StreamReport, StreamSettings, delete_streams, ensure_stream, stream_names,

@@ -11,6 +11,9 @@
 //! | object store [`COLLECT_BUCKET`] | `<sub_id>` | a collector's open windows and the position they reflect (pipeline's format) | worker |
 //! | [`STATS_BUCKET`] | `<sub_id>` | [`crate::SubStats`] | worker (≤ 1/s per subscription) |
 //! | [`LEASES_BUCKET`] | pipeline's format | heartbeats, partition leases | worker |
+//! | [`TENANTS_BUCKET`] | `topic.<tenant_id>.<name>` | [`crate::Topic`] | API |
+//! | [`TENANTS_BUCKET`] | `state.<tenant_id>.<name>` | [`crate::StateBucketDoc`] | API |
+//! | KV `fpaas_state_<tenant_id>_<name>` ([`state_kv_bucket`]) | the key from the delivery's JMESPath | a value (put) or a counter (incr) | worker (`kv` delivery) |
 //! | stream [`DLQ_STREAM`] | `fpaas.dlq.<tenant_id>.<sub_id>` | the exact batch body that was POSTed, headers below | worker |
 
 /// KV bucket of tenants and API keys.
@@ -114,6 +117,75 @@ pub fn topic_subject(tenant_id: &str, name: &str) -> String {
     format!("fpaas.topic.{tenant_id}.{name}")
 }
 
+/// Key prefix of state buckets in the tenants bucket.
+pub const STATE_KEY_PREFIX: &str = "state.";
+
+/// Key of a state bucket's document in the tenants bucket: `state.<tenant_id>.<name>`.
+pub fn state_key(tenant_id: &str, name: &str) -> String {
+    format!("{STATE_KEY_PREFIX}{tenant_id}.{name}")
+}
+
+/// Key pattern of a tenant's state buckets.
+pub fn tenant_states_pattern(tenant_id: &str) -> String {
+    format!("{STATE_KEY_PREFIX}{tenant_id}.*")
+}
+
+/// The NATS KV bucket of a tenant's state bucket: `fpaas_state_<tenant_id>_<name>` (tenant ids have a fixed
+/// length, so the name is unambiguous; names are `[a-z0-9_-]`, valid in bucket names).
+pub fn state_kv_bucket(tenant_id: &str, name: &str) -> String {
+    format!("fpaas_state_{tenant_id}_{name}")
+}
+
+/// Longest key of a state bucket once encoded, in bytes.
+pub const MAX_STATE_KEY_BYTES: usize = 1_024;
+
+/// The KV key of a state key (any non-empty string): bytes outside `[-/_.a-zA-Z0-9]` are written `=XX` (two
+/// uppercase hex digits; `=` itself too), and so is a `.` at the start or end or next to another `.` (KV keys
+/// are subject tokens). `did:plc:abc` → `did=3Aplc=3Aabc`. Reversed by [`decode_state_key`]; `None` when empty or
+/// longer than [`MAX_STATE_KEY_BYTES`] once encoded.
+pub fn encode_state_key(key: &str) -> Option<String> {
+    let bytes = key.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_');
+        let dot_ok = b == b'.'
+            && i > 0
+            && i + 1 < bytes.len()
+            && bytes[i - 1] != b'.'
+            && bytes[i + 1] != b'.';
+        if plain || dot_ok {
+            out.push(char::from(b));
+        } else {
+            out.push('=');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    (!out.is_empty() && out.len() <= MAX_STATE_KEY_BYTES).then_some(out)
+}
+
+/// The state key of a KV key written by [`encode_state_key`]; `None` for anything else.
+pub fn decode_state_key(kv_key: &str) -> Option<String> {
+    let bytes = kv_key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            if hex.bytes().any(|c| c.is_ascii_lowercase()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let key = String::from_utf8(out).ok()?;
+    (encode_state_key(&key).as_deref() == Some(kv_key)).then_some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +198,42 @@ mod tests {
         assert_eq!(parse_sub_key("t_a.s_b"), Some(("t_a", "s_b")));
         assert_eq!(dlq_subject("t_a", "s_b"), "fpaas.dlq.t_a.s_b");
         assert!(fpaas_bus::is_valid_kv_key(&sub_key("t_a", "s_b")));
+    }
+
+    #[test]
+    fn state_keys_encode_reversibly_into_valid_kv_keys() {
+        assert_eq!(
+            encode_state_key("did:plc:abc").as_deref(),
+            Some("did=3Aplc=3Aabc")
+        );
+        assert_eq!(encode_state_key("a.b/c-d_e").as_deref(), Some("a.b/c-d_e"));
+        assert_eq!(encode_state_key("x=1").as_deref(), Some("x=3D1"));
+        assert_eq!(
+            encode_state_key(".a..b.").as_deref(),
+            Some("=2Ea=2E=2Eb=2E")
+        );
+        assert_eq!(encode_state_key(""), None);
+        assert_eq!(
+            encode_state_key(&"é".repeat(200)),
+            None,
+            "1,200 bytes encoded"
+        );
+        for key in [
+            "did:plc:abc",
+            "at://did:plc:x/app.bsky.feed.post/3k",
+            "ü ß*>",
+            "a.b",
+            "=",
+            "..",
+            "a\nb",
+        ] {
+            let kv = encode_state_key(key).unwrap();
+            assert!(fpaas_bus::is_valid_kv_key(&kv), "{kv}");
+            assert!(!kv.contains(".."), "{kv}");
+            assert_eq!(decode_state_key(&kv).as_deref(), Some(key));
+        }
+        for junk in ["=", "=4", "=zz", "=3a", "a=3", "=FF", "=41"] {
+            assert_eq!(decode_state_key(junk), None, "{junk}");
+        }
     }
 }

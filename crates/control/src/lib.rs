@@ -5,12 +5,12 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`model`] | the documents: [`Tenant`], [`Quotas`], [`ApiKeyRecord`], [`Subscription`], [`Topic`] and what a tenant writes ([`SubscriptionSpec`], [`SubscriptionPatch`], [`TopicSpec`]), [`Progress`], [`SubStats`] |
+//! | [`model`] | the documents: [`Tenant`], [`Quotas`], [`ApiKeyRecord`], [`Subscription`], [`Topic`], [`StateBucketDoc`] and what a tenant writes ([`SubscriptionSpec`], [`SubscriptionPatch`], [`TopicSpec`]), [`Progress`], [`SubStats`] |
 //! | [`collect`] | a subscription's collector stage ([`collect::Collect`]: group key, window, aggregations) and its checks |
 //! | [`layout`] | bucket, stream and subject names, key builders, DLQ header names |
 //! | [`validate`] | checking a spec or patch completely before anything is written: [`ValidationError`] with a stable code |
 //! | [`ids`] | ids (`t_`, `s_`, `k_`), API tokens (`fpk_`) and their SHA-256, webhook secrets (`whsec_`) |
-//! | [`store`] | [`Store`]: tenant, key, subscription and topic CRUD (tenant-scoped; a topic's stream with it), compare-and-set updates, progress and stats reads |
+//! | [`store`] | [`Store`]: tenant, key, subscription, topic and state-bucket CRUD (tenant-scoped; a topic's stream and a state bucket's KV bucket with their documents), compare-and-set updates, progress and stats reads |
 //! | `error` | [`StoreError`] with a `Copy` [`StoreErrorKind`] |
 
 pub mod collect;
@@ -23,10 +23,10 @@ pub mod validate;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use model::{
-    ApiKeyRecord, Batching, BatchingPatch, Delivery, PendingBatch, Progress, Quotas, QuotasPatch,
-    RetryPolicy, SecretEntry, Source, Start, SubState, SubStats, Subscription, SubscriptionPatch,
-    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicDelivery, TopicInfo, TopicSpec,
-    Usage, WebhookDelivery,
+    ApiKeyRecord, Batching, BatchingPatch, Delivery, KvDelivery, KvOp, PendingBatch, Progress,
+    Quotas, QuotasPatch, RetryPolicy, SecretEntry, Source, Start, StateBucketDoc, StateKind,
+    SubState, SubStats, Subscription, SubscriptionPatch, SubscriptionSpec, Tenant, TenantPatch,
+    TenantSpec, Topic, TopicDelivery, TopicInfo, TopicSpec, Usage, WebhookDelivery,
 };
 pub use store::{Store, StoreSettings};
 pub use validate::{ValidationCode, ValidationError, validate_webhook_url};

@@ -54,6 +54,9 @@ pub struct Quotas {
     /// Most bytes all the tenant's topics may hold together: the sum of their `max_bytes` (enforced by the
     /// API at creation: 429 `quota_exceeded`).
     pub max_topic_bytes: i64,
+    /// Most state buckets the tenant may have (enforced by the API when a subscription with a `kv` delivery
+    /// would create one: 429 `quota_exceeded`).
+    pub max_state_buckets: u32,
 }
 
 impl Default for Quotas {
@@ -64,6 +67,7 @@ impl Default for Quotas {
             max_delivery_events_per_s: 10_000,
             max_topics: 10,
             max_topic_bytes: 10 * 1024 * 1024 * 1024,
+            max_state_buckets: 10,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct QuotasPatch {
     pub max_topics: Option<u32>,
     /// New [`Quotas::max_topic_bytes`].
     pub max_topic_bytes: Option<i64>,
+    /// New [`Quotas::max_state_buckets`].
+    pub max_state_buckets: Option<u32>,
 }
 
 impl QuotasPatch {
@@ -101,6 +107,9 @@ impl QuotasPatch {
         }
         if let Some(v) = self.max_topic_bytes {
             quotas.max_topic_bytes = v;
+        }
+        if let Some(v) = self.max_state_buckets {
+            quotas.max_state_buckets = v;
         }
     }
 }
@@ -396,6 +405,106 @@ pub struct TopicDelivery {
     pub retry: RetryPolicy,
 }
 
+/// What a `kv` delivery does with each event.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum KvOp {
+    /// Put `value` under `key` (a bucket of values).
+    #[default]
+    Put,
+    /// Add `by` to the counter `key` (a bucket of counters).
+    Incr,
+}
+
+impl KvOp {
+    /// `put` or `incr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvOp::Put => "put",
+            KvOp::Incr => "incr",
+        }
+    }
+
+    /// The kind of bucket it writes.
+    pub fn kind(self) -> StateKind {
+        match self {
+            KvOp::Put => StateKind::Values,
+            KvOp::Incr => StateKind::Counters,
+        }
+    }
+}
+
+/// Writing every event of a batch into one of the tenant's state buckets (`docs/mapreduce.md`, State).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvDelivery {
+    /// The state bucket (1-64 of `a-z 0-9 - _`); created with the subscription when the tenant has none of
+    /// that name (its kind follows `op`: values for `put`, counters for `incr`).
+    pub bucket: String,
+    /// JMESPath on each delivered event (after the transform) giving the key: a string of
+    /// `[-/_=.a-zA-Z0-9]`, not starting or ending with `.`, at most 1,024 bytes. Events without one are
+    /// skipped and counted.
+    pub key: String,
+    /// `put` (default) or `incr`.
+    #[serde(default)]
+    pub op: KvOp,
+    /// For `put`: JMESPath giving the value stored (JSON); default the whole event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// For `incr`: JMESPath giving the integer added; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Retries of a batch whose writes failed (the bucket unreachable), then it is dead-lettered. For `incr`
+    /// the waits may add up to 10 minutes at most, so that a resent increment is still inside the bucket's
+    /// 15-minute duplicate window (default: 1, 5, 30, 120 s).
+    #[serde(default = "default_kv_retry")]
+    pub retry: RetryPolicy,
+}
+
+fn default_kv_retry() -> RetryPolicy {
+    RetryPolicy {
+        schedule_ms: vec![1_000, 5_000, 30_000, 120_000],
+    }
+}
+
+/// What a state bucket holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    /// JSON values, written by `put`.
+    Values,
+    /// Integer counters, written by `incr`.
+    Counters,
+}
+
+impl StateKind {
+    /// The bus's kind.
+    pub fn bus(self) -> fpaas_bus::StateKind {
+        match self {
+            StateKind::Values => fpaas_bus::StateKind::Values,
+            StateKind::Counters => fpaas_bus::StateKind::Counters,
+        }
+    }
+}
+
+/// A state bucket of a tenant, as stored and returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StateBucketDoc {
+    /// The bucket's name (unique within the tenant).
+    pub name: String,
+    /// The owner.
+    pub tenant_id: String,
+    /// Values or counters.
+    pub kind: StateKind,
+    /// The NATS KV bucket holding it (`fpaas_state_<tenant>_<name>`).
+    pub kv_bucket: String,
+    /// Creation time.
+    #[schemars(with = "String")]
+    pub created_at: DateTime<Utc>,
+}
+
 /// How batches are delivered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -405,6 +514,9 @@ pub enum Delivery {
     /// Publish every event of the batch into a topic of the tenant, one message each, with an id derived from
     /// the subscription and the source event (a redelivered batch is deduplicated by the topic's stream).
     Topic(TopicDelivery),
+    /// Write every event of the batch into a state bucket of the tenant: put a value or increment a counter
+    /// under a key computed from the event (a redelivered batch is written once).
+    Kv(KvDelivery),
 }
 
 impl Delivery {
@@ -412,7 +524,15 @@ impl Delivery {
     pub fn webhook(&self) -> Option<&WebhookDelivery> {
         match self {
             Delivery::Webhook(w) => Some(w),
-            Delivery::Topic(_) => None,
+            Delivery::Topic(_) | Delivery::Kv(_) => None,
+        }
+    }
+
+    /// The kv part, for a kv delivery.
+    pub fn kv(&self) -> Option<&KvDelivery> {
+        match self {
+            Delivery::Kv(k) => Some(k),
+            Delivery::Webhook(_) | Delivery::Topic(_) => None,
         }
     }
 
@@ -421,6 +541,7 @@ impl Delivery {
         match self {
             Delivery::Webhook(w) => &w.retry,
             Delivery::Topic(t) => &t.retry,
+            Delivery::Kv(k) => &k.retry,
         }
     }
 }

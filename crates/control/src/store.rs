@@ -15,8 +15,8 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::ids;
 use crate::layout;
 use crate::model::{
-    ApiKeyRecord, Progress, SubStats, Subscription, SubscriptionSpec, Tenant, TenantPatch,
-    TenantSpec, Topic, TopicInfo, TopicSpec, Usage, now,
+    ApiKeyRecord, Progress, StateBucketDoc, SubStats, Subscription, SubscriptionSpec, Tenant,
+    TenantPatch, TenantSpec, Topic, TopicInfo, TopicSpec, Usage, now,
 };
 use crate::validate;
 
@@ -278,6 +278,13 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+        for bucket in self.list_state_buckets(tenant_id).await? {
+            match self.delete_state_bucket(tenant_id, &bucket.name).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         for (hash, _) in self.keys_of(tenant_id).await? {
             self.tenants
                 .delete(&layout::api_key_key(&hash), None, None)
@@ -381,6 +388,8 @@ impl Store {
                 }
                 None => Ok(()),
             },
+            // The bucket is created (or its kind checked) by `ensure_state_bucket`.
+            crate::model::Delivery::Kv(_) => Ok(()),
         }
     }
 
@@ -488,6 +497,186 @@ impl Store {
             .delete(&layout::topic_key(tenant_id, name), None, None)
             .await?;
         tracing::info!(tenant = %tenant_id, topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- state buckets
+
+    /// The state bucket `name` of the tenant, created (document, then its KV bucket) when it has none of that
+    /// name; an existing one must be of `kind`.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Invalid`] (`delivery.op`) for a bucket of the other kind, [`StoreErrorKind::Quota`]
+    /// beyond `max_state_buckets`, [`StoreErrorKind::Unavailable`] when NATS fails or refuses the bucket.
+    pub async fn ensure_state_bucket(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        kind: crate::model::StateKind,
+    ) -> Result<StateBucketDoc, StoreError> {
+        if !validate::topic_name_ok(name) {
+            return Err(validate::ValidationError::new(
+                validate::ValidationCode::BadValue,
+                "delivery.bucket",
+                "not a bucket name (1-64 of a-z, 0-9, '-', '_')",
+            )
+            .into());
+        }
+        let existing = self.list_state_buckets(&tenant.id).await?;
+        let doc = match existing.iter().find(|b| b.name == name) {
+            Some(doc) if doc.kind != kind => {
+                return Err(validate::ValidationError::new(
+                    validate::ValidationCode::BadValue,
+                    "delivery.op",
+                    format!(
+                        "state bucket {name} holds {}; put writes a bucket of values, incr one of counters",
+                        doc.kind.bus().as_str()
+                    ),
+                )
+                .into());
+            }
+            Some(doc) => doc.clone(),
+            None => {
+                if existing.len() >= tenant.quotas.max_state_buckets as usize {
+                    return Err(validate::ValidationError::new(
+                        validate::ValidationCode::QuotaExceeded,
+                        "delivery.bucket",
+                        format!(
+                            "this tenant has {} state buckets; its quota is {}",
+                            existing.len(),
+                            tenant.quotas.max_state_buckets
+                        ),
+                    )
+                    .into());
+                }
+                let doc = StateBucketDoc {
+                    name: name.to_owned(),
+                    tenant_id: tenant.id.clone(),
+                    kind,
+                    kv_bucket: layout::state_kv_bucket(&tenant.id, name),
+                    created_at: now(),
+                };
+                let key = layout::state_key(&tenant.id, name);
+                if written(
+                    self.tenants.create(&key, encode(&doc)).await?,
+                    "state bucket",
+                )?
+                .is_none()
+                {
+                    // Created concurrently: use that one (its kind is checked again below).
+                    let doc: StateBucketDoc = self.state_bucket(&tenant.id, name).await?;
+                    if doc.kind != kind {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Conflict,
+                            format!("state bucket {name} was just created with the other kind"),
+                        ));
+                    }
+                    doc
+                } else {
+                    tracing::info!(tenant = %tenant.id, bucket = %name, kind = kind.bus().as_str(), "state bucket created");
+                    doc
+                }
+            }
+        };
+        if let Err(e) = fpaas_bus::StateBucket::ensure(
+            &self.js,
+            &doc.kv_bucket,
+            kind.bus(),
+            self.settings.replicas,
+            self.settings.storage,
+        )
+        .await
+        {
+            return Err(StoreError::with_source(
+                StoreErrorKind::Unavailable,
+                format!("the KV bucket of state bucket {name} could not be created"),
+                e,
+            ));
+        }
+        Ok(doc)
+    }
+
+    /// The tenant's state buckets, by name.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Unavailable`], [`StoreErrorKind::Corrupt`].
+    pub async fn list_state_buckets(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<StateBucketDoc>, StoreError> {
+        if !ids::is_id(tenant_id, ids::TENANT_PREFIX) {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<StateBucketDoc> =
+            Self::list(&self.tenants, &layout::tenant_states_pattern(tenant_id)).await?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// A state bucket of the tenant.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::NotFound`] when the tenant has no state bucket of that name.
+    pub async fn state_bucket(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<StateBucketDoc, StoreError> {
+        let key = layout::state_key(tenant_id, name);
+        if !ids::is_id(tenant_id, ids::TENANT_PREFIX) || !validate::topic_name_ok(name) {
+            return Err(StoreError::not_found(format_args!("state bucket {name:?}")));
+        }
+        match Self::read(&self.tenants, &key).await? {
+            Some((doc, _)) => Ok(doc),
+            None => Err(StoreError::not_found(format_args!("state bucket {name}"))),
+        }
+    }
+
+    /// The KV handle of a state bucket of the tenant.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::NotFound`] when the tenant has no state bucket of that name (or its KV bucket is
+    /// gone), [`StoreErrorKind::Unavailable`].
+    pub async fn open_state_bucket(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<(StateBucketDoc, fpaas_bus::StateBucket), StoreError> {
+        let doc = self.state_bucket(tenant_id, name).await?;
+        match fpaas_bus::StateBucket::open(&self.js, &doc.kv_bucket).await? {
+            Some(bucket) => Ok((doc, bucket)),
+            None => Err(StoreError::not_found(format_args!("state bucket {name}"))),
+        }
+    }
+
+    /// Deletes a state bucket: its KV bucket and its document.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::NotFound`], [`StoreErrorKind::Conflict`] while a subscription writes it,
+    /// [`StoreErrorKind::Unavailable`].
+    pub async fn delete_state_bucket(&self, tenant_id: &str, name: &str) -> Result<(), StoreError> {
+        let doc = self.state_bucket(tenant_id, name).await?;
+        let users: Vec<String> = self
+            .list_subscriptions(tenant_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.delivery.kv().is_some_and(|k| k.bucket == name))
+            .map(|s| s.id)
+            .collect();
+        if !users.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!(
+                    "state bucket {name} is written by {}; change or delete them first",
+                    users.join(", ")
+                ),
+            ));
+        }
+        fpaas_bus::StateBucket::delete(&self.js, &doc.kv_bucket).await?;
+        self.tenants
+            .delete(&layout::state_key(tenant_id, name), None, None)
+            .await?;
+        tracing::info!(tenant = %tenant_id, bucket = %name, "state bucket deleted");
         Ok(())
     }
 
@@ -624,6 +813,10 @@ impl Store {
             )
             .into());
         }
+        if let Some(kv) = spec.delivery.kv() {
+            self.ensure_state_bucket(tenant, &kv.bucket, kv.op.kind())
+                .await?;
+        }
         let sub = Subscription::from_spec(ids::new_sub_id(), tenant.id.clone(), spec);
         let key = layout::sub_key(&tenant.id, &sub.id);
         if written(self.subs.create(&key, encode(&sub)).await?, "subscription")?.is_none() {
@@ -725,6 +918,10 @@ impl Store {
             if next.delivery != current.delivery {
                 self.check_delivery_topic(&tenant.id, &next.delivery)
                     .await?;
+                if let Some(kv) = next.delivery.kv() {
+                    self.ensure_state_bucket(tenant, &kv.bucket, kv.op.kind())
+                        .await?;
+                }
             }
             if next == current {
                 return Ok((current, revision));

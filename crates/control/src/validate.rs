@@ -319,6 +319,7 @@ pub fn batching(b: &Batching) -> Result<(), ValidationError> {
 pub fn delivery(d: &Delivery) -> Result<(), ValidationError> {
     let w = match d {
         Delivery::Webhook(w) => w,
+        Delivery::Kv(k) => return kv_delivery(k),
         Delivery::Topic(t) => {
             if !topic_name_ok(&t.topic) {
                 return Err(ValidationError::new(
@@ -347,6 +348,74 @@ pub fn delivery(d: &Delivery) -> Result<(), ValidationError> {
         ));
     }
     retry_schedule(&w.retry.schedule_ms)
+}
+
+/// Longest sum of the retry waits of an `incr` delivery, in ms (10 minutes): a resent increment must reach the
+/// counter bucket inside its duplicate window (`fpaas_bus::COUNTER_DUPLICATE_WINDOW`, 15 minutes).
+pub const MAX_INCR_RETRY_TOTAL_MS: u64 = 10 * 60 * 1_000;
+
+fn jmespath(field: &str, text: &str) -> Result<(), ValidationError> {
+    fpaas_filter::Expr::compile(text)
+        .map(|_| ())
+        .map_err(|e| expr_error(field, text, &e))
+}
+
+/// Checks a `kv` delivery: the bucket name, its JMESPath expressions (`value` only with `put`, `by` only with
+/// `incr`) and its retry schedule (for `incr` at most [`MAX_INCR_RETRY_TOTAL_MS`] in all).
+///
+/// # Errors
+/// [`ValidationCode::BadValue`], [`ValidationCode::BadJmespath`] or [`ValidationCode::LimitExceeded`].
+pub fn kv_delivery(k: &crate::model::KvDelivery) -> Result<(), ValidationError> {
+    use crate::model::KvOp;
+    if !topic_name_ok(&k.bucket) {
+        return Err(ValidationError::new(
+            ValidationCode::BadValue,
+            "delivery.bucket",
+            "not a bucket name (1-64 of a-z, 0-9, '-', '_', starting with a letter or digit)",
+        ));
+    }
+    jmespath("delivery.key", &k.key)?;
+    match k.op {
+        KvOp::Put => {
+            if k.by.is_some() {
+                return Err(ValidationError::new(
+                    ValidationCode::BadValue,
+                    "delivery.by",
+                    "`by` belongs to op incr; op put stores `value`",
+                ));
+            }
+            if let Some(v) = &k.value {
+                jmespath("delivery.value", v)?;
+            }
+        }
+        KvOp::Incr => {
+            if k.value.is_some() {
+                return Err(ValidationError::new(
+                    ValidationCode::BadValue,
+                    "delivery.value",
+                    "`value` belongs to op put; op incr adds `by`",
+                ));
+            }
+            if let Some(b) = &k.by {
+                jmespath("delivery.by", b)?;
+            }
+            let total: u64 = k
+                .retry
+                .schedule_ms
+                .iter()
+                .fold(0, |a, b| a.saturating_add(*b));
+            if total > MAX_INCR_RETRY_TOTAL_MS {
+                return Err(limit(
+                    "delivery.retry.schedule_ms",
+                    format!(
+                        "the waits of an incr delivery add up to {total} ms; at most {MAX_INCR_RETRY_TOTAL_MS} \
+                         (a resent increment must stay inside the counter bucket's duplicate window)"
+                    ),
+                ));
+            }
+        }
+    }
+    retry_schedule(&k.retry.schedule_ms)
 }
 
 fn retry_schedule(schedule_ms: &[u64]) -> Result<(), ValidationError> {
@@ -630,6 +699,45 @@ mod tests {
             code(webhook(&|w| w.url = "nope".into())),
             ValidationCode::BadUrl
         );
+    }
+
+    #[test]
+    fn kv_deliveries() {
+        let kv = |v: serde_json::Value| {
+            let mut s = spec();
+            s.delivery = serde_json::from_value(v).unwrap();
+            super::spec(&s, &Quotas::default())
+        };
+        kv(serde_json::json!({"type": "kv", "bucket": "likes", "key": "subject.uri"})).unwrap();
+        kv(serde_json::json!({"type": "kv", "bucket": "likes", "key": "k", "op": "incr", "by": "n"}))
+            .unwrap();
+        let e = kv(serde_json::json!({"type": "kv", "bucket": "likes", "key": "a.["})).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ValidationCode::BadJmespath, "delivery.key")
+        );
+        assert!(e.position.is_some());
+        let e = kv(serde_json::json!({"type": "kv", "bucket": "b", "key": "k", "value": "{"}))
+            .unwrap_err();
+        assert_eq!(e.field, "delivery.value");
+        let e = kv(
+            serde_json::json!({"type": "kv", "bucket": "b", "key": "k", "op": "incr", "by": "]"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "delivery.by");
+        for bad in ["", "Bad", "a.b", "-x"] {
+            let e = kv(serde_json::json!({"type": "kv", "bucket": bad, "key": "k"})).unwrap_err();
+            assert_eq!(e.code, ValidationCode::BadValue, "{bad}");
+        }
+        let e = kv(serde_json::json!({"type": "kv", "bucket": "b", "key": "k", "by": "n"}))
+            .unwrap_err();
+        assert_eq!(e.field, "delivery.by");
+        let e = kv(
+            serde_json::json!({"type": "kv", "bucket": "b", "key": "k", "op": "incr",
+            "retry": {"schedule_ms": [600_000, 1]}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ValidationCode::LimitExceeded);
     }
 
     #[test]

@@ -74,6 +74,8 @@ enum Command {
     Dlq(cmd::client::DlqArgs),
     /// Manage the tenant's topics (streams of its own) through the API.
     Topic(cmd::client::TopicArgs),
+    /// Read the tenant's state buckets (written by `kv` deliveries) through the API: buckets, keys, a watch.
+    State(cmd::client::StateArgs),
 }
 
 /// The log filter when `RUST_LOG` is unset: one-shot queries and tools print their answer and only warnings
@@ -91,7 +93,8 @@ fn default_filter(command: &Command) -> &'static str {
         | Command::Tenant(_)
         | Command::Sub(_)
         | Command::Dlq(_)
-        | Command::Topic(_) => "warn",
+        | Command::Topic(_)
+        | Command::State(_) => "warn",
         _ => "info,async_nats=warn",
     }
 }
@@ -148,6 +151,7 @@ fn main() -> std::process::ExitCode {
             Command::Sub(a) => cmd::client::sub(a).await,
             Command::Dlq(a) => cmd::client::dlq(a).await,
             Command::Topic(a) => cmd::client::topic(a).await,
+            Command::State(a) => cmd::client::state(a).await,
         }
     });
     match result {

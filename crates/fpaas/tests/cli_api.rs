@@ -1,8 +1,9 @@
-//! The API's command line (`fpaas tenant|sub|dlq|topic`) against a real `fpaas serve` and `fpaas worker` on a real
+//! The API's command line (`fpaas tenant|sub|dlq|topic|state`) against a real `fpaas serve` and `fpaas worker` on a real
 //! nats-server: a tenant and a subscription created from the command line, read back, changed, paused and
 //! resumed; an invalid spec exits 1 with the API's code and position on stderr; a batch the receiver refused
 //! lands in the dead letters, `dlq replay --all` delivers it with its original `webhook-id`, and `dlq list`
-//! is then empty; a topic is created, read, refused twice and deleted; the tenant is deleted with everything
+//! is then empty; a topic is created, read, refused twice and deleted; a kv delivery's counters are watched, listed and
+//! read, and the bucket deleted once nothing writes it; the tenant is deleted with everything
 //! it owned.
 
 use std::io::Write;
@@ -284,6 +285,81 @@ async fn the_command_line_manages_tenants_subscriptions_and_dead_letters() {
     assert!(err.contains("409 conflict"), "{err}");
     ok(a, t, &["topic", "delete", "per-post"], None);
     assert_eq!(ok(a, t, &["topic", "list"], None)["topics"], json!([]));
+
+    // State: a kv delivery counts likes per post; the worker writes, the command line reads and watches.
+    let counting = ok(
+        a,
+        t,
+        &["sub", "create", "-"],
+        Some(
+            &json!({
+                "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"], "operations": ["create"]},
+                "transform": "{post: commit.record.subject.uri}",
+                "batching": {"max_wait_ms": 50},
+                "start": {"at": "retention_start"},
+                "delivery": {"type": "kv", "bucket": "likes", "key": "post", "op": "incr"}
+            })
+            .to_string(),
+        ),
+    );
+    let counting_id = counting["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ok(a, t, &["state", "list"], None)["buckets"][0]["kind"],
+        "counters"
+    );
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_fpaas"))
+        .args(["state", "watch", "likes", "--prefix", "at://"])
+        .env("FPAAS_API", a)
+        .env("FPAAS_TOKEN", &token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fpaas state watch");
+    let stdout = watch.stdout.take().unwrap();
+    let first_line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().next()
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), first_line)
+        .await
+        .expect("a change is printed")
+        .unwrap()
+        .expect("a line")
+        .unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let change: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(change["op"], "put", "{change}");
+    let key = change["key"].as_str().unwrap().to_owned();
+    let listed = ok(
+        a,
+        t,
+        &[
+            "state", "keys", "likes", "--prefix", "at://", "--limit", "1000",
+        ],
+        None,
+    );
+    let entry = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == key.as_str())
+        .expect("the watched key is listed")
+        .clone();
+    let one = ok(a, t, &["state", "key", "likes", &key], None);
+    assert_eq!(one["value"], entry["value"]);
+    assert!(one["value"].as_i64().unwrap() >= 1);
+    assert!(
+        ok(a, t, &["state", "get", "likes"], None)["keys"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    let err = fails(a, t, &["state", "delete", "likes"], None);
+    assert!(err.contains("409 conflict"), "{err}");
+    ok(a, t, &["sub", "delete", &counting_id], None);
+    ok(a, t, &["state", "delete", "likes"], None);
+    assert_eq!(ok(a, t, &["state", "list"], None)["buckets"], json!([]));
 
     ok(a, t, &["sub", "delete", &id], None);
     assert_eq!(ok(a, t, &["sub", "list"], None)["subscriptions"], json!([]));

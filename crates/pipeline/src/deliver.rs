@@ -1,6 +1,7 @@
 //! The edges of delivery: a stored [`Subscription`] compiled into a [`SubConfig`] ([`compile`]), one signed
 //! POST of a batch and what its outcome means for the runner ([`send`]: accepted, gone, or retry after a
-//! wait from the subscription's schedule), and the dead-letter stream ([`DeadLetters`]).
+//! wait from the subscription's schedule) — or a publish into a topic, or writes into a state bucket — and the
+//! dead-letter stream ([`DeadLetters`]).
 
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ pub(crate) async fn send(shared: &crate::worker::Shared, sub: &SubConfig, batch:
             subject,
             retry_schedule_ms,
         } => return publish_to_topic(shared, sub, batch, subject, retry_schedule_ms).await,
+        Target::Kv(kv) => return write_state(shared, sub, batch, kv).await,
     };
     let now = Utc::now().timestamp();
     let secrets: Vec<Secret> = webhook
@@ -177,6 +179,78 @@ async fn publish_to_topic(
             Sent::Accepted
         }
         Some(error) => retry(error),
+    }
+}
+
+/// One attempt of a `kv` delivery: the batch's writes ([`crate::state::plan`]) stored in the state bucket (opened
+/// once per worker, created when missing — the API creates it with the subscription), accepted once the bucket
+/// acknowledged all of them.
+async fn write_state(
+    shared: &crate::worker::Shared,
+    sub: &SubConfig,
+    batch: &Batch,
+    kv: &crate::state::KvTarget,
+) -> Sent {
+    let retry = |error: String| {
+        metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "state_failed")
+            .increment(1);
+        let schedule = RetrySchedule {
+            schedule_ms: kv.retry_schedule_ms.clone(),
+        };
+        Sent::Retry {
+            error,
+            delay: Box::new(move |attempt| schedule.delay(attempt, None)),
+        }
+    };
+    let body: Body = match serde_json::from_slice(&batch.body) {
+        Ok(b) => b,
+        // Our own batch body: not reachable unless a bug.
+        Err(e) => return retry(format!("batch body: {e}")),
+    };
+    let started = std::time::Instant::now();
+    let bucket = {
+        let mut states = shared.states.lock().await;
+        match states.get(&kv.kv_bucket) {
+            Some(b) => b.clone(),
+            None => {
+                let js = fpaas_bus::jetstream(shared.client.clone(), 256);
+                match fpaas_bus::StateBucket::ensure(
+                    &js,
+                    &kv.kv_bucket,
+                    kv.op.kind().bus(),
+                    shared.state_replicas,
+                    fpaas_bus::Storage::File,
+                )
+                .await
+                {
+                    Ok(b) => {
+                        states.insert(kv.kv_bucket.clone(), b.clone());
+                        b
+                    }
+                    Err(e) => return retry(format!("state bucket {}: {e}", kv.kv_bucket)),
+                }
+            }
+        }
+    };
+    let plan = crate::state::plan(
+        kv,
+        &batch.id,
+        body.events.iter().map(|e| e.data.get().as_bytes()),
+    );
+    let result = crate::state::write(&bucket, kv.op, &plan).await;
+    metrics::histogram!("fpaas_pipeline_attempt_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(report) => {
+            tracing::debug!(subscription = %sub.id, batch = %batch.id, bucket = %kv.kv_bucket, op = kv.op.as_str(),
+                written = report.written, duplicates = report.duplicates, skipped = plan.skipped.values().sum::<u64>(),
+                "batch written to state");
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "accepted")
+                .increment(1);
+            Sent::Accepted
+        }
+        // The handle stays cached: writes go by subject, so a bucket created again under the same name is
+        // written through it, and a bucket deleted with its tenant is not created again by a late retry.
+        Err(e) => retry(format!("state bucket {}: {e}", kv.kv_bucket)),
     }
 }
 
@@ -358,6 +432,12 @@ pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, S
             subject: layout::topic_subject(&sub.tenant_id, &t.topic),
             retry_schedule_ms: t.retry.schedule_ms.clone(),
         },
+        Delivery::Kv(kv) => Target::Kv(std::sync::Arc::new(
+            crate::state::KvTarget::new(&sub.tenant_id, kv).map_err(|e| SubConfigError {
+                id: sub.id.clone(),
+                message: format!("delivery: {e}"),
+            })?,
+        )),
     };
     let start = match &sub.start {
         CtlStart::Live {} => Start::Live,

@@ -14,6 +14,7 @@
 //! | [`sketch`] | distinct count (exact, then HyperLogLog) and top-k (space-saving) accumulators |
 //! | [`batch`] | batching by count, bytes and wait; the batch body and its deterministic id |
 //! | [`deliver`] | stored subscription → worker config; one signed POST and its meaning; the dead-letter stream |
+//! | [`state`] | the `kv` delivery: a batch → puts or increments of a state bucket (ids `<batch id>:<key>`, so a resent batch counts once) |
 //! | [`stats`] | per-subscription counters → Prometheus and the stats bucket |
 //! | [`rate`] | the tenant delivery-rate quota (token bucket per tenant and worker) |
 
@@ -25,6 +26,7 @@ pub mod rate;
 pub mod reader;
 mod runner;
 pub mod sketch;
+pub mod state;
 pub mod stats;
 pub mod sub;
 pub mod worker;

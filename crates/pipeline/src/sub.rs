@@ -51,6 +51,8 @@ pub enum Target {
         /// Waits before attempts 2, 3, …; after the last one the batch is dead-lettered.
         retry_schedule_ms: Vec<u64>,
     },
+    /// Puts or increments in a state bucket ([`crate::state`]).
+    Kv(Arc<crate::state::KvTarget>),
 }
 
 /// A subscription as the worker runs it.

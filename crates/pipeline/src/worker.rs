@@ -101,6 +101,10 @@ pub(crate) struct Shared {
     pub(crate) collect: fpaas_bus::BlobStore,
     /// The running subscriptions' counters, rendered on `/metrics`.
     pub(crate) registry: Arc<crate::stats::Registry>,
+    /// State buckets opened by `kv` deliveries, by KV bucket name.
+    pub(crate) states: tokio::sync::Mutex<HashMap<String, fpaas_bus::StateBucket>>,
+    /// Replicas of a state bucket the worker creates (the API normally did).
+    pub(crate) state_replicas: usize,
 }
 
 struct Running {
@@ -296,6 +300,8 @@ pub async fn run(
         tenants,
         collect,
         registry: crate::stats::Registry::new(),
+        states: tokio::sync::Mutex::new(HashMap::new()),
+        state_replicas: config.replicas,
     });
     tracing::info!(worker = %worker_id, partitions = config.partitions, lease_ttl_secs = config.lease_ttl_secs, "worker started");
 
@@ -324,6 +330,7 @@ pub async fn run(
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!("fpaas_pipeline_collect_snapshot_bytes").set(0.0);
+    crate::state::register_metrics();
     let gauge_partitions = metrics::gauge!("fpaas_pipeline_partitions_owned");
     let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
     let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
@@ -429,6 +436,18 @@ fn register_metrics() {
     describe_counter!(
         "fpaas_pipeline_invalid_answers_total",
         "Answers to a subscription with an output topic that were not {\"events\": [...]} (ignored)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_state_writes_total",
+        "Puts and increments a kv delivery stored in a state bucket (by op)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_state_duplicate_writes_total",
+        "Writes of a resent batch that the state bucket dropped as duplicates (not applied twice)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_state_skipped_total",
+        "Events a kv delivery could not write (by reason: not_json, no_key, bad_key, bad_value, too_large)."
     );
     describe_counter!(
         "fpaas_pipeline_rate_limited_total",

@@ -1127,6 +1127,212 @@ async fn answers_of_the_receiver_are_published_into_the_output_topic_once_per_ba
     );
 }
 
+/// Every key of a state bucket (decoded) with its value as JSON text and the id of its last write.
+async fn state_of(env: &Env, bucket: &str) -> BTreeMap<String, (String, String)> {
+    let js = async_nats::jetstream::new(env.client.clone());
+    let Some(b) = fpaas_bus::StateBucket::open(&js, &layout::state_kv_bucket("t_test", bucket))
+        .await
+        .expect("open")
+    else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for kv in b.keys(">").await.expect("keys") {
+        let e = b.get(&kv).await.expect("get").expect("present");
+        let key = layout::decode_state_key(&kv).expect("a key we encoded");
+        out.insert(
+            key,
+            (
+                String::from_utf8(e.value.to_vec()).unwrap(),
+                e.msg_id.unwrap_or_default(),
+            ),
+        );
+    }
+    out
+}
+
+async fn progress_of(progress: &fpaas_bus::KvBucket, sub: &str) -> Option<fpaas_control::Progress> {
+    progress
+        .get(&layout::progress_key(sub))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// `kv` deliveries: `incr` counts likes per post (by 2, summed within a batch) and `put` keeps each liker's
+/// last liked rkey — exactly the model's maps, keys with `:` encoded and decoded back. Then the last batch is
+/// redelivered the way a crash after the writes and before the progress save makes it happen (progress set back
+/// to that batch pending): the worker sends the same batch id with the same events, the bucket drops every
+/// increment as a duplicate, and no counter moves. Writing one plan twice through `fpaas_pipeline::state`
+/// counts once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_deliveries_write_what_the_model_computes_and_a_redelivered_batch_counts_once() {
+    let env = env().await;
+    let events = corpus_events(900);
+    let seqs = publish_events(&env.client, &events).await;
+    let likes =
+        r#"{"kinds": ["commit"], "collections": ["app.bsky.feed.like"], "operations": ["create"]}"#;
+    let likes: Value = serde_json::from_str(likes).unwrap();
+    put_sub(
+        &env,
+        "s_incr",
+        json!({
+            "filter": likes,
+            "transform": "{post: commit.record.subject.uri, n: `2`}",
+            "batching": {"max_events": 50, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "kv", "bucket": "likes", "key": "post", "op": "incr", "by": "n"}
+        }),
+    )
+    .await;
+    put_sub(
+        &env,
+        "s_put",
+        json!({
+            "filter": likes,
+            "batching": {"max_events": 50, "max_wait_ms": 100},
+            "start": {"at": "retention_start"},
+            "delivery": {"type": "kv", "bucket": "last-like", "key": "did", "value": "{rkey: commit.rkey}"}
+        }),
+    )
+    .await;
+    let is_like_create = |e: &Event| {
+        e.commit.as_ref().is_some_and(|c| {
+            c.collection == "app.bsky.feed.like" && c.operation == fpaas_event::Operation::Create
+        })
+    };
+    let mut want_counts: BTreeMap<String, i64> = BTreeMap::new();
+    let mut want_last: BTreeMap<String, String> = BTreeMap::new();
+    for (_, v) in model(&events, &seqs, is_like_create, Clone::clone) {
+        let post = v["commit"]["record"]["subject"]["uri"].as_str().unwrap();
+        *want_counts.entry(post.to_owned()).or_insert(0) += 2;
+        want_last.insert(
+            v["did"].as_str().unwrap().to_owned(),
+            json!({"rkey": v["commit"]["rkey"]}).to_string(),
+        );
+    }
+    assert!(want_counts.len() > 10, "the corpus has likes");
+    assert!(
+        want_counts.values().any(|n| *n > 2),
+        "some post is liked twice"
+    );
+    let last = *seqs.last().unwrap();
+    let progress = fpaas_bus::ensure_kv_on(
+        &env.client,
+        &fpaas_bus::KvSettings::bucket(layout::PROGRESS_BUCKET),
+    )
+    .await
+    .expect("progress bucket");
+    let done = |sub: &'static str| {
+        let progress = progress.clone();
+        async move {
+            progress_of(&progress, sub)
+                .await
+                .is_some_and(|p| p.acked_seq >= last && p.pending.is_none())
+        }
+    };
+
+    let (cancel, handle) = start_worker(&env, "w_kv");
+    eventually(Duration::from_secs(30), || async {
+        done("s_incr").await && done("s_put").await
+    })
+    .await
+    .expect("both subscriptions went through every event");
+    cancel.cancel();
+    handle.await.unwrap();
+    let counts = state_of(&env, "likes").await;
+    let got: BTreeMap<String, i64> = counts
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.parse().unwrap()))
+        .collect();
+    assert_eq!(
+        got, want_counts,
+        "counters = the model's likes per post × 2"
+    );
+    let got_last: BTreeMap<String, String> = state_of(&env, "last-like")
+        .await
+        .into_iter()
+        .map(|(k, (v, _))| (k, v))
+        .collect();
+    assert_eq!(got_last, want_last, "values = each liker's last like");
+
+    // The last batch written, from the ids of the writes: `<sub>.<from>-<to>.g<gen>:<key>`.
+    let (batch_id, from, to) = counts
+        .values()
+        .map(|(_, id)| {
+            let batch = id.split_once(':').expect("batch id:key").0.to_owned();
+            let range = batch.split('.').nth(1).expect("range").to_owned();
+            let (from, to) = range.split_once('-').unwrap();
+            (
+                batch,
+                from.parse::<u64>().unwrap(),
+                to.parse::<u64>().unwrap(),
+            )
+        })
+        .max_by_key(|(_, _, to)| *to)
+        .unwrap();
+    let pending = fpaas_control::Progress {
+        acked_seq: from - 1,
+        pending: Some(fpaas_control::PendingBatch {
+            batch_id: batch_id.clone(),
+            from_seq: from,
+            to_seq: to,
+            attempt: 1,
+        }),
+    };
+    progress
+        .put(
+            &layout::progress_key("s_incr"),
+            Bytes::from(serde_json::to_vec(&pending).unwrap()),
+        )
+        .await
+        .unwrap();
+    let (cancel, handle) = start_worker(&env, "w_kv2");
+    eventually(Duration::from_secs(30), || done("s_incr"))
+        .await
+        .expect("the batch was redelivered");
+    cancel.cancel();
+    handle.await.unwrap();
+    assert_eq!(
+        state_of(&env, "likes").await,
+        counts,
+        "batch {batch_id} sent again: no counter moved"
+    );
+
+    // The same plan written twice through the library: stored once.
+    let js = async_nats::jetstream::new(env.client.clone());
+    let bucket = fpaas_bus::StateBucket::ensure(
+        &js,
+        "lib_counts",
+        fpaas_bus::StateKind::Counters,
+        1,
+        fpaas_bus::Storage::File,
+    )
+    .await
+    .unwrap();
+    let target = fpaas_pipeline::state::KvTarget::new(
+        "t_test",
+        &serde_json::from_value(json!({"bucket": "x", "key": "k", "op": "incr"})).unwrap(),
+    )
+    .unwrap();
+    let data: Vec<Vec<u8>> = ["a", "b", "a"]
+        .iter()
+        .map(|k| json!({"k": k}).to_string().into_bytes())
+        .collect();
+    let plan = fpaas_pipeline::state::plan(&target, "s_x.1-3.g1", data.iter().map(Vec::as_slice));
+    let first = fpaas_pipeline::state::write(&bucket, target.op, &plan)
+        .await
+        .unwrap();
+    let again = fpaas_pipeline::state::write(&bucket, target.op, &plan)
+        .await
+        .unwrap();
+    assert_eq!((first.written, first.duplicates), (2, 0));
+    assert_eq!((again.written, again.duplicates), (0, 2));
+    let a = bucket.get("a").await.unwrap().unwrap();
+    assert_eq!(&a.value[..], b"2");
+}
+
 /// What a collector over `commit.collection` in 5 s windows must emit, recounted from the events with plain
 /// code: `(window start ms, collection)` → the aggregates.
 fn collector_model(events: &[Event]) -> BTreeMap<(i64, String), Value> {
@@ -1297,4 +1503,89 @@ async fn collector_windows_equal_a_recount_through_a_worker_kill_and_a_nats_outa
             assert_eq!(got[key][field], want[field], "{field} of {key:?}");
         }
     }
+}
+
+/// A collector's results written to state: count windows of 3 events per collection, each closed window put
+/// into a values bucket under its collection and added to a counters bucket by its `events` — exactly what the
+/// events make: per collection ⌊n / 3⌋ windows, so a counter of 3·⌊n / 3⌋ and a last window of 3 events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collectors_windows_are_written_to_state() {
+    let env = env().await;
+    let events = corpus_events(600);
+    let seqs = publish_events(&env.client, &events).await;
+    let collect = json!({
+        "key": "commit.collection",
+        "window": {"type": "count", "events": 3},
+        "aggregations": {"n": {"op": "count"}}
+    });
+    for (id, delivery) in [
+        (
+            "s_coll_incr",
+            json!({"type": "kv", "bucket": "per-coll", "key": "key", "op": "incr", "by": "events"}),
+        ),
+        (
+            "s_coll_put",
+            json!({"type": "kv", "bucket": "last-window", "key": "key", "value": "{events: events, n: n}"}),
+        ),
+    ] {
+        put_sub(
+            &env,
+            id,
+            json!({
+                "filter": {"kinds": ["commit"]},
+                "collect": collect,
+                "batching": {"max_events": 20, "max_wait_ms": 50},
+                "start": {"at": "retention_start"},
+                "delivery": delivery
+            }),
+        )
+        .await;
+    }
+    let mut per: BTreeMap<String, i64> = BTreeMap::new();
+    for e in &events {
+        if let Some(c) = &e.commit {
+            *per.entry(c.collection.clone()).or_insert(0) += 1;
+        }
+    }
+    let want_counts: BTreeMap<String, String> = per
+        .iter()
+        .filter(|(_, n)| **n >= 3)
+        .map(|(c, n)| (c.clone(), (n / 3 * 3).to_string()))
+        .collect();
+    assert!(want_counts.len() >= 3, "the corpus has several collections");
+    let want_last: BTreeMap<String, String> = want_counts
+        .keys()
+        .map(|c| (c.clone(), json!({"events": 3, "n": 3}).to_string()))
+        .collect();
+    let values = |m: BTreeMap<String, (String, String)>| -> BTreeMap<String, String> {
+        m.into_iter().map(|(k, (v, _))| (k, v)).collect()
+    };
+    let (cancel, handle) = start_worker(&env, "w_coll");
+    let last = *seqs.last().unwrap();
+    let progress = fpaas_bus::ensure_kv_on(
+        &env.client,
+        &fpaas_bus::KvSettings::bucket(layout::PROGRESS_BUCKET),
+    )
+    .await
+    .expect("progress bucket");
+    eventually(Duration::from_secs(30), || async {
+        values(state_of(&env, "per-coll").await) == want_counts
+            && values(state_of(&env, "last-window").await) == want_last
+    })
+    .await
+    .unwrap_or_else(|e| panic!("state = the collector's windows ({e}); want {want_counts:?}"));
+    eventually(Duration::from_secs(30), || async {
+        progress_of(&progress, "s_coll_incr")
+            .await
+            .is_some_and(|p| p.acked_seq >= last && p.pending.is_none())
+    })
+    .await
+    .expect("the collector subscription went through every event");
+    cancel.cancel();
+    handle.await.unwrap();
+    assert_eq!(
+        values(state_of(&env, "per-coll").await),
+        want_counts,
+        "and nothing more"
+    );
 }

@@ -1,5 +1,5 @@
-//! The API's command line: `fpaas tenant …` (admin token), `fpaas sub …` and `fpaas dlq …` (a tenant's API
-//! key). Each command is one HTTP call to `fpaas serve` (`--api`, `FPAAS_API`; default the local stack's
+//! The API's command line: `fpaas tenant …` (admin token), `fpaas sub …`, `fpaas dlq …`, `fpaas topic …` and
+//! `fpaas state …` (a tenant's API key). Each command is one HTTP call to `fpaas serve` (`--api`, `FPAAS_API`; default the local stack's
 //! `http://127.0.0.1:8080`); the answer's JSON goes to stdout, pretty-printed, so it pipes into `jq`. An
 //! error answer prints its code and message on stderr and exits with status 1 (`fpaas: 404 not_found: …`).
 //! Request bodies (`sub create`, `sub update`) come from a file or `-` for stdin, in the API's JSON.
@@ -557,6 +557,145 @@ pub async fn topic(a: TopicArgs) -> anyhow::Result<()> {
         TopicCommand::List => c.call(false, Method::GET, "/v1/topics", None).await?,
         TopicCommand::Get { name } => c.call(false, Method::GET, &path(&name)?, None).await?,
         TopicCommand::Delete { name } => c.call(false, Method::DELETE, &path(&name)?, None).await?,
+    };
+    print(&v)
+}
+
+// ------------------------------------------------------------------ state
+
+#[derive(clap::Args, Debug)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub command: StateCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum StateCommand {
+    /// List the tenant's state buckets.
+    List,
+    /// Show a state bucket with how many keys it holds.
+    Get { bucket: String },
+    /// Keys with their values, in key order (one page; `--after` the previous page's `next_after`).
+    Keys {
+        bucket: String,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only keys after this one.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many (1..=1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// One key's value.
+    Key { bucket: String, key: String },
+    /// Delete a state bucket (not while a subscription writes it).
+    Delete { bucket: String },
+    /// Print every change as one JSON line (`{"op", "key", "value", "revision", "updated_at"}`) until interrupted.
+    Watch {
+        bucket: String,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// `current` (the current values first), `new`, or a revision.
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+/// Percent-encodes everything but `[A-Za-z0-9-_.~]` (a key in a path segment, a query value).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = params
+        .iter()
+        .filter_map(|(name, v)| v.as_ref().map(|v| format!("{name}={}", pct(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+pub async fn state(a: StateArgs) -> anyhow::Result<()> {
+    let c = &a.conn;
+    let base =
+        |bucket: &str| -> anyhow::Result<String> { Ok(format!("/v1/state/{}", seg(bucket)?)) };
+    let v = match a.command {
+        StateCommand::List => c.call(false, Method::GET, "/v1/state", None).await?,
+        StateCommand::Get { bucket } => c.call(false, Method::GET, &base(&bucket)?, None).await?,
+        StateCommand::Keys {
+            bucket,
+            prefix,
+            after,
+            limit,
+        } => {
+            let q = query(&[
+                ("prefix", prefix),
+                ("after", after),
+                ("limit", limit.map(|l| l.to_string())),
+            ]);
+            let p = format!("{}/keys{q}", base(&bucket)?);
+            c.call(false, Method::GET, &p, None).await?
+        }
+        StateCommand::Key { bucket, key } => {
+            let p = format!("{}/keys/{}", base(&bucket)?, pct(&key));
+            c.call(false, Method::GET, &p, None).await?
+        }
+        StateCommand::Delete { bucket } => {
+            c.call(false, Method::DELETE, &base(&bucket)?, None).await?
+        }
+        StateCommand::Watch {
+            bucket,
+            prefix,
+            from,
+        } => {
+            let q = query(&[("prefix", prefix), ("from", from)]);
+            let url = format!("{}{}/watch{q}", c.api.trim_end_matches('/'), base(&bucket)?);
+            let mut resp = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(c.token(false)?)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}: is `fpaas serve` running there?"))?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                bail!(
+                    "{} {}: {}",
+                    status.as_u16(),
+                    body["error"].as_str().unwrap_or("error"),
+                    body["message"].as_str().unwrap_or_default()
+                );
+            }
+            let mut buf = String::new();
+            while let Some(chunk) = resp.chunk().await.context("reading the watch")? {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    for line in block.lines() {
+                        if let Some(data) = line.strip_prefix("data:") {
+                            println!("{}", data.trim_start());
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
     };
     print(&v)
 }
