@@ -9,6 +9,7 @@
 //! | [`layout`] | bucket, stream and subject names, key builders, DLQ header names |
 //! | [`validate`] | checking a spec or patch completely before anything is written: [`ValidationError`] with a stable code |
 //! | [`ids`] | ids (`t_`, `s_`, `k_`), API tokens (`fpk_`) and their SHA-256, webhook secrets (`whsec_`) |
+//! | [`pull`] | pull delivery's reading side: [`Store::pull`] (lease the next visible batches, long poll) and [`Store::ack`], the lease record [`pull::PullState`] |
 //! | [`store`] | [`Store`]: tenant, key, subscription and topic CRUD (tenant-scoped; a topic's stream with it), compare-and-set updates, progress and stats reads |
 //! | `error` | [`StoreError`] with a `Copy` [`StoreErrorKind`] |
 
@@ -16,15 +17,18 @@ mod error;
 pub mod ids;
 pub mod layout;
 pub mod model;
+pub mod pull;
 pub mod store;
 pub mod validate;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use model::{
-    ApiKeyRecord, Batching, BatchingPatch, Delivery, PendingBatch, Progress, Quotas, QuotasPatch,
+    ApiKeyRecord, Batching, BatchingPatch, Delivery, PendingBatch, Progress, PullDelivery, Quotas,
+    QuotasPatch,
     RetryPolicy, SecretEntry, Source, Start, SubState, SubStats, Subscription, SubscriptionPatch,
     SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicDelivery, TopicInfo, TopicSpec,
     Usage, WebhookDelivery,
 };
-pub use store::{Store, StoreSettings};
+pub use pull::{AckRequest, AckResponse, PullRequest, PullResponse, PulledBatch};
+pub use store::{Store, StoreSettings, pull_log_settings};
 pub use validate::{ValidationCode, ValidationError, validate_webhook_url};

@@ -51,6 +51,13 @@ pub enum Target {
         /// Waits before attempts 2, 3, …; after the last one the batch is dead-lettered.
         retry_schedule_ms: Vec<u64>,
     },
+    /// One message per batch into the pull stream, for clients to fetch and acknowledge.
+    Pull {
+        /// The subscription's subject in the pull stream (`fpaas.pull.<tenant>.<sub>`).
+        subject: String,
+        /// At this many waiting batches the runner waits for acks before storing another.
+        max_waiting: u32,
+    },
 }
 
 /// A subscription as the worker runs it.

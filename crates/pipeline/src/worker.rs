@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) progress: KvBucket,
     pub(crate) subs: KvBucket,
     pub(crate) dlq: crate::deliver::DeadLetters,
+    /// The stream of waiting pull batches.
+    pub(crate) pull: fpaas_bus::MsgLog,
     pub(crate) sender: crate::deliver::Sender,
     pub(crate) reader_ctrl: mpsc::Sender<Ctrl>,
     pub(crate) queue_capacity: usize,
@@ -109,6 +111,8 @@ struct Running {
     partition: u32,
     /// The topic stream it reads (`None`: the firehose).
     source_stream: Option<String>,
+    /// Its subject in the pull stream, for a pull delivery (purged when the subscription is deleted).
+    pull_subject: Option<String>,
     /// Its series leave `/metrics` when it stops.
     _listed: Listed,
 }
@@ -144,6 +148,7 @@ struct Provisioned {
     tenants: KvBucket,
     leases: KvBucket,
     dlq: crate::deliver::DeadLetters,
+    pull: fpaas_bus::MsgLog,
 }
 
 /// Creates (or opens) the worker's buckets and the dead-letter stream.
@@ -208,6 +213,11 @@ async fn provision(
         config.dead_letter_max_age_secs,
     )
     .await?;
+    let pull = fpaas_bus::ensure_msglog(
+        &fpaas_bus::jetstream(client.clone(), 256),
+        &fpaas_control::pull_log_settings(config.replicas),
+    )
+    .await?;
     Ok(Provisioned {
         subs,
         progress,
@@ -215,6 +225,7 @@ async fn provision(
         tenants,
         leases,
         dlq,
+        pull,
     })
 }
 
@@ -247,6 +258,7 @@ pub async fn run(
         tenants,
         leases,
         dlq,
+        pull,
     } = loop {
         match provision(&client, &config).await {
             Ok(p) => break p,
@@ -277,6 +289,7 @@ pub async fn run(
         progress,
         subs: subs.clone(),
         dlq,
+        pull,
         sender,
         reader_ctrl: ctrl_tx,
         queue_capacity: config.queue_capacity,
@@ -301,6 +314,7 @@ pub async fn run(
     metrics::counter!("fpaas_pipeline_unreadable_events_total").absolute(0);
     metrics::counter!("fpaas_pipeline_answer_events_total").absolute(0);
     metrics::counter!("fpaas_pipeline_invalid_answers_total").absolute(0);
+    metrics::counter!("fpaas_pipeline_pull_full_total").absolute(0);
     let gauge_partitions = metrics::gauge!("fpaas_pipeline_partitions_owned");
     let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
     let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
@@ -405,6 +419,10 @@ fn register_metrics() {
     describe_counter!(
         "fpaas_pipeline_invalid_answers_total",
         "Answers to a subscription with an output topic that were not {\"events\": [...]} (ignored)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_pull_full_total",
+        "Times a pull subscription reached its bound of waiting batches and waited for acknowledgements."
     );
     describe_counter!(
         "fpaas_pipeline_rate_limited_total",
@@ -648,6 +666,12 @@ async fn reconcile(
         if let Some(r) = running.remove(&id) {
             r.cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), r.handle).await;
+            // A deleted pull subscription: what its runner stored after the API's purge goes too.
+            if let Some(subject) = &r.pull_subject
+                && !directory.contains_key(&id)
+            {
+                let _ = shared.pull.purge(subject).await;
+            }
         }
     }
     let to_start: Vec<(&String, &Subscription, u32)> = directory
@@ -703,6 +727,10 @@ async fn reconcile(
             counters: counters.clone(),
         };
         let source_stream = cfg.source_stream.clone();
+        let pull_subject = match &cfg.target {
+            crate::sub::Target::Pull { subject, .. } => Some(subject.clone()),
+            _ => None,
+        };
         let runner = Runner::new(cfg, shared.clone(), counters.clone(), cancel.clone());
         let handle = tokio::spawn(runner.run());
         running.insert(
@@ -714,6 +742,7 @@ async fn reconcile(
                 counters,
                 partition,
                 source_stream,
+                pull_subject,
                 _listed: listed,
             },
         );
