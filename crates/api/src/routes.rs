@@ -9,8 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use fpaas_control::{
-    AckRequest, AckResponse, ApiKeyRecord, Progress, PullRequest, PullResponse, Quotas, SubState, SubStats, Subscription, SubscriptionPatch,
-    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicInfo, TopicSpec, Usage, layout,
+    AckRequest, AckResponse, ApiKeyRecord, Progress, PullRequest, PullResponse, Quotas, SubState,
+    SubStats, Subscription, SubscriptionPatch, SubscriptionSpec, Tenant, TenantPatch, TenantSpec,
+    Topic, TopicInfo, TopicSpec, Usage, layout,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};

@@ -1427,8 +1427,13 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
         "limit_exceeded",
     );
     assert_error(
-        &api.call(Method::POST, &pull_path, t, Some(json!({"max_wait_ms": 30_001})))
-            .await,
+        &api.call(
+            Method::POST,
+            &pull_path,
+            t,
+            Some(json!({"max_wait_ms": 30_001})),
+        )
+        .await,
         422,
         "limit_exceeded",
     );
@@ -1471,15 +1476,22 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(log.count(&subject).await.unwrap(), 3, "the bound holds");
 
-    // max_events and max_bytes: one batch of 10 events each (the first batch always comes).
-    let b1 = pull(json!({"max_events": 15})).await;
+    // max_events and max_bytes: one batch of 10 events each (the first batch always comes); two concurrent
+    // pulls lease different batches.
+    let (b1, b2) = tokio::join!(
+        pull(json!({"max_events": 15})),
+        pull(json!({"max_bytes": 1024}))
+    );
     assert_eq!(b1.len(), 1, "{b1:?}");
     assert_eq!(b1[0]["events"].as_array().unwrap().len(), 10);
     assert_eq!(b1[0]["deliveries"], 1);
     assert!(b1[0]["id"].as_str().unwrap().starts_with(&format!("{id}.")));
-    let b2 = pull(json!({"max_bytes": 1024})).await;
     assert_eq!(b2.len(), 1, "{b2:?}");
     assert!(b2[0]["bytes"].as_u64().unwrap() > 1024);
+    assert_ne!(
+        b1[0]["id"], b2[0]["id"],
+        "concurrent pulls lease different batches"
+    );
     let b3 = pull(json!({})).await;
     assert_eq!(b3.len(), 1, "only three were stored: {b3:?}");
     assert!(pull(json!({})).await.is_empty(), "all three are leased");
@@ -1498,7 +1510,12 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
         json!({"acked": [ids_of(&b1)[0], ids_of(&b2)[0]], "unknown": ["s_nope.1-2.g1"]})
     );
     let again = api
-        .call(Method::POST, &ack_path, t, Some(json!({"ids": ids_of(&b1)})))
+        .call(
+            Method::POST,
+            &ack_path,
+            t,
+            Some(json!({"ids": ids_of(&b1)})),
+        )
         .await;
     assert_eq!(again.json["unknown"], json!(ids_of(&b1)), "an ack repeated");
     // B3 is not acknowledged: after its visibility timeout it comes back first, delivered twice.
@@ -1512,8 +1529,13 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
     assert_eq!(redelivered["deliveries"], 2);
     assert_eq!(redelivered["events"], b3[0]["events"]);
     got.push(redelivered.clone());
-    api.call(Method::POST, &ack_path, t, Some(json!({"ids": ids_of(&[redelivered])})))
-        .await;
+    api.call(
+        Method::POST,
+        &ack_path,
+        t,
+        Some(json!({"ids": ids_of(&[redelivered])})),
+    )
+    .await;
     // The rest, pulled and acknowledged until the 60 events are in.
     let model: Vec<(u64, Value)> = events[..60]
         .iter()
@@ -1527,18 +1549,32 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
         .collect();
     let until = std::time::Instant::now() + Duration::from_secs(30);
     while pulled_events(&got).len() < model.len() {
-        assert!(std::time::Instant::now() < until, "every event pulled in time");
+        assert!(
+            std::time::Instant::now() < until,
+            "every event pulled in time"
+        );
         let batches = pull(json!({"max_events": 10_000, "max_wait_ms": 500})).await;
         if !batches.is_empty() {
             let a = api
-                .call(Method::POST, &ack_path, t, Some(json!({"ids": ids_of(&batches)})))
+                .call(
+                    Method::POST,
+                    &ack_path,
+                    t,
+                    Some(json!({"ids": ids_of(&batches)})),
+                )
                 .await;
             assert_eq!(a.json["acked"].as_array().unwrap().len(), batches.len());
             got.extend(batches);
         }
     }
-    let rest = got;
-    assert_eq!(pulled_events(&rest), model, "the pulled events are the model");
+    // In stream order (the two concurrent pulls may have taken the first two batches either way round).
+    let mut rest = got;
+    rest.sort_by_key(|b| b["from_seq"].as_u64());
+    assert_eq!(
+        pulled_events(&rest),
+        model,
+        "the pulled events are the model"
+    );
     let mut distinct = ids_of(&rest);
     distinct.sort();
     distinct.dedup();
@@ -1578,14 +1614,22 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
     );
     let stats = eventually_some(Duration::from_secs(10), || async {
         let s = api
-            .call(Method::GET, &format!("/v1/subscriptions/{id}/stats"), t, None)
+            .call(
+                Method::GET,
+                &format!("/v1/subscriptions/{id}/stats"),
+                t,
+                None,
+            )
             .await
             .json;
         (s["stats"]["delivered_events"].as_u64() >= Some(61)).then_some(s)
     })
     .await
     .expect("stored batches count as delivered");
-    assert!(stats["stats"]["failed_attempts"].as_u64() == Some(0), "{stats}");
+    assert!(
+        stats["stats"]["failed_attempts"].as_u64() == Some(0),
+        "{stats}"
+    );
 
     // Deleting the subscription removes what waits and its lease record.
     let d = api

@@ -9,6 +9,7 @@
 //! - [`record_kv`]: record KV builder, like indexer, like-index queries, key order, server memory per record;
 //! - [`fanout`]: one worker, N subscriptions with mixed filters, relay frame → webhook latency, memory per
 //!   subscription; [`deliver`]: one subscription's delivery throughput beside reading the stream alone;
+//! - [`pull_idle`]: N idle `pull` subscriptions polled once a minute — server, worker and API CPU and memory;
 //! - [`server`], [`publish`], [`subs`]: what they share — nats-server through `fpaas-testkit`, peak RSS, stream
 //!   progress, paths; messages as the shuffler publishes them, bounded-in-flight publishing.
 //!
@@ -21,6 +22,7 @@ pub mod error;
 pub mod fanout;
 pub mod ingest;
 pub mod publish;
+pub mod pull_idle;
 pub mod record_kv;
 pub mod server;
 pub mod storage;
@@ -57,6 +59,8 @@ pub enum Bench {
     Fanout(fanout::Args),
     /// Delivery throughput: one subscription taking every event in batches, beside reading the stream alone.
     Deliver(deliver::Args),
+    /// Pull subscriptions: N idle ones polled once a minute, CPU and memory of nats-server, worker and API.
+    PullIdle(pull_idle::Args),
 }
 
 /// A benchmark's result: named figures, each key ending in its unit.
@@ -125,6 +129,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         Bench::RecordKv(a) => record_kv::run(a).await,
         Bench::Fanout(a) => fanout::run(a).await,
         Bench::Deliver(a) => deliver::run(a).await,
+        Bench::PullIdle(a) => pull_idle::run(a).await,
     }
 }
 

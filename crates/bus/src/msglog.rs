@@ -323,11 +323,10 @@ impl MsgLog {
     /// [`BusErrorKind::Other`] on a server or connection failure.
     pub async fn count(&self, subject: &str) -> Result<u64, BusError> {
         use futures::TryStreamExt;
-        let counts = self
-            .stream
-            .info_with_subjects(subject)
-            .await
-            .map_err(|e| BusError::during(BusErrorKind::Other, "subject count", &self.name, e))?;
+        let counts =
+            self.stream.info_with_subjects(subject).await.map_err(|e| {
+                BusError::during(BusErrorKind::Other, "subject count", &self.name, e)
+            })?;
         let all: Vec<(String, usize)> = counts
             .try_collect()
             .await
@@ -375,6 +374,9 @@ impl SubjectWatch {
     /// Waits at most `timeout` for a message on the subject; `true` when one came.
     pub async fn wait(&mut self, timeout: Duration) -> bool {
         use futures::StreamExt;
-        matches!(tokio::time::timeout(timeout, self.sub.next()).await, Ok(Some(_)))
+        matches!(
+            tokio::time::timeout(timeout, self.sub.next()).await,
+            Ok(Some(_))
+        )
     }
 }

@@ -24,10 +24,9 @@ pub mod validate;
 pub use error::{StoreError, StoreErrorKind};
 pub use model::{
     ApiKeyRecord, Batching, BatchingPatch, Delivery, PendingBatch, Progress, PullDelivery, Quotas,
-    QuotasPatch,
-    RetryPolicy, SecretEntry, Source, Start, SubState, SubStats, Subscription, SubscriptionPatch,
-    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicDelivery, TopicInfo, TopicSpec,
-    Usage, WebhookDelivery,
+    QuotasPatch, RetryPolicy, SecretEntry, Source, Start, SubState, SubStats, Subscription,
+    SubscriptionPatch, SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicDelivery,
+    TopicInfo, TopicSpec, Usage, WebhookDelivery,
 };
 pub use pull::{AckRequest, AckResponse, PullRequest, PullResponse, PulledBatch};
 pub use store::{Store, StoreSettings, pull_log_settings};

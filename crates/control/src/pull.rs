@@ -391,9 +391,18 @@ impl Store {
                 }
             }
             if taken.is_empty() {
+                if next.batches.len() != state.batches.len() {
+                    // Leases of batches that are gone: forgotten (a lost race only delays that).
+                    self.put_pull_state(sub_id, &next, revision).await?;
+                }
                 return Ok(Pass {
                     batches: taken,
-                    next_visible_ms: state.batches.iter().map(|b| b.visible_at_ms).min(),
+                    next_visible_ms: next
+                        .batches
+                        .iter()
+                        .map(|b| b.visible_at_ms)
+                        .filter(|at| *at > now)
+                        .min(),
                 });
             }
             if self.put_pull_state(sub_id, &next, revision).await? {
@@ -475,9 +484,7 @@ impl Store {
         self.pull_log()
             .purge(&layout::pull_subject(tenant_id, sub_id))
             .await?;
-        self.pull_bucket()
-            .remove(&layout::pull_key(sub_id))
-            .await?;
+        self.pull_bucket().remove(&layout::pull_key(sub_id)).await?;
         Ok(())
     }
 }

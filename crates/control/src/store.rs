@@ -7,7 +7,9 @@
 //! write, so nothing is ever half-created.
 
 use bytes::Bytes;
-use fpaas_bus::{JetStream, KvBucket, KvSettings, KvState, KvWrite, MsgLog, MsgLogSettings, Storage};
+use fpaas_bus::{
+    JetStream, KvBucket, KvSettings, KvState, KvWrite, MsgLog, MsgLogSettings, Storage,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
