@@ -493,3 +493,63 @@ impl Store {
 fn deadline_after(max_wait_ms: u64) -> std::time::Instant {
     std::time::Instant::now() + Duration::from_millis(max_wait_ms)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_take_defaults_refuse_unknown_fields_and_check_bounds() {
+        let r: PullRequest = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(r, PullRequest::default());
+        r.validate().unwrap();
+        assert!(serde_json::from_value::<PullRequest>(json!({"max_event": 1})).is_err());
+        assert!(serde_json::from_value::<AckRequest>(json!({"ids": [], "x": 1})).is_err());
+        let field = |r: PullRequest| r.validate().unwrap_err().field;
+        let d = PullRequest::default;
+        assert_eq!(
+            field(PullRequest {
+                max_events: 0,
+                ..d()
+            }),
+            "max_events"
+        );
+        assert_eq!(
+            field(PullRequest {
+                max_events: 10_001,
+                ..d()
+            }),
+            "max_events"
+        );
+        assert_eq!(
+            field(PullRequest {
+                max_bytes: 1_023,
+                ..d()
+            }),
+            "max_bytes"
+        );
+        assert_eq!(
+            field(PullRequest {
+                max_wait_ms: 30_001,
+                ..d()
+            }),
+            "max_wait_ms"
+        );
+        PullRequest {
+            max_events: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+            max_wait_ms: 30_000,
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_lease_record_tolerates_missing_fields() {
+        let s: PullState = serde_json::from_value(json!({"high_water": 7})).unwrap();
+        assert_eq!(s.high_water, 7);
+        assert!(s.batches.is_empty());
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+}
