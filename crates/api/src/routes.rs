@@ -9,8 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post};
 use fpaas_control::{
-    ApiKeyRecord, Progress, Quotas, SubState, SubStats, Subscription, SubscriptionPatch,
-    SubscriptionSpec, Tenant, TenantPatch, TenantSpec, Topic, TopicInfo, TopicSpec, Usage, layout,
+    AckRequest, AckResponse, ApiKeyRecord, Progress, PullRequest, PullResponse, Quotas, SubState,
+    SubStats, Subscription, SubscriptionPatch, SubscriptionSpec, Tenant, TenantPatch, TenantSpec,
+    Topic, TopicInfo, TopicSpec, Usage, layout,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -335,6 +336,32 @@ pub fn operations() -> Vec<Operation> {
             response: Body::Json(schema::<StatsView>),
             errors: &[404],
             handler: || get(sub_stats),
+        },
+        Operation {
+            method: "post",
+            path: "/v1/subscriptions/{sub_id}/pull",
+            operation_id: "pullSubscription",
+            summary: "Fetch the next waiting batches of a `pull` subscription (leased for its visibility timeout; long poll with `max_wait_ms`).",
+            access: Access::Tenant,
+            request: Some(schema::<PullRequest>),
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<PullResponse>),
+            errors: &[400, 404, 409, 413, 422],
+            handler: || post(pull_sub),
+        },
+        Operation {
+            method: "post",
+            path: "/v1/subscriptions/{sub_id}/ack",
+            operation_id: "ackSubscription",
+            summary: "Acknowledge fetched batches of a `pull` subscription by id: they are removed; ids not waiting are listed as `unknown`.",
+            access: Access::Tenant,
+            request: Some(schema::<AckRequest>),
+            query: &[],
+            status: 200,
+            response: Body::Json(schema::<AckResponse>),
+            errors: &[400, 404, 409, 413, 422],
+            handler: || post(ack_sub),
         },
         Operation {
             method: "get",
@@ -1059,6 +1086,24 @@ async fn sub_stats(
     }))
 }
 
+async fn pull_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PullRequest>,
+) -> Result<Json<PullResponse>, ApiError> {
+    Ok(Json(s.store.pull(&auth.tenant.id, &id, &body).await?))
+}
+
+async fn ack_sub(
+    auth: TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AckRequest>,
+) -> Result<Json<AckResponse>, ApiError> {
+    Ok(Json(s.store.ack(&auth.tenant.id, &id, &body).await?))
+}
+
 async fn usage(auth: TenantAuth, State(s): State<AppState>) -> Result<Json<Usage>, ApiError> {
     Ok(Json(s.store.usage(&auth.tenant.id).await?))
 }
@@ -1221,7 +1266,7 @@ async fn replay_dead_letter(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            "replay POSTs to a webhook; this subscription delivers to a topic or a state bucket (its dead letters can be read and deleted)",
+            "replay POSTs to a webhook; this subscription delivers to a topic, a state bucket or pull (its dead letters can be read and deleted)",
         ));
     };
     let request = fpaas_webhook::BatchRequest {

@@ -243,6 +243,17 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
     let a_sub = api.subscription(&a_token, &receiver.url("/a")).await;
     let a_sub_id = a_sub["id"].as_str().unwrap().to_owned();
     let a_seq = put_dead_letter(&api, &a_id, &a_sub_id).await;
+    // A pull subscription of A, the target of the pull and ack operations.
+    let a_pull = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&a_token),
+            Some(json!({"delivery": {"type": "pull"}})),
+        )
+        .await;
+    assert_eq!(a_pull.status, 201, "{}", a_pull.json);
+    let a_pull_id = a_pull.json["id"].as_str().unwrap().to_owned();
     let a_key = api
         .call(
             Method::POST,
@@ -291,6 +302,7 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
     let a_ids = [
         a_id.clone(),
         a_sub_id.clone(),
+        a_pull_id.clone(),
         a_key_id.clone(),
         "alices-likes".to_owned(),
         "alices-state".to_owned(),
@@ -331,6 +343,8 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         ("resumeSubscription", Expect::Refused(404)),
         ("rotateSecret", Expect::Refused(404)),
         ("subscriptionStats", Expect::Refused(404)),
+        ("pullSubscription", Expect::Refused(404)),
+        ("ackSubscription", Expect::Refused(404)),
         ("listDeadLetters", Expect::Refused(404)),
         ("purgeDeadLetters", Expect::Refused(404)),
         ("getDeadLetter", Expect::Refused(404)),
@@ -359,6 +373,8 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
             "updateSubscription" => json!({"name": "hijacked"}),
             "rotateSecret" => json!({"overlap_secs": 0}),
             "createTopic" => json!({"name": "bobs-topic", "max_bytes": 1_048_576}),
+            "pullSubscription" => json!({"max_events": 10}),
+            "ackSubscription" => json!({"ids": [format!("{a_pull_id}.1-2.g1")]}),
             other => panic!("no body for {other}"),
         }
     };
@@ -373,9 +389,14 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         let expect = cases.get(id.as_str()).unwrap_or_else(|| {
             panic!("the isolation walk has no case for {id} ({method} {template}); add one")
         });
+        let sub_id = if matches!(id.as_str(), "pullSubscription" | "ackSubscription") {
+            &a_pull_id
+        } else {
+            &a_sub_id
+        };
         let path = template
             .replace("{tenant_id}", &a_id)
-            .replace("{sub_id}", &a_sub_id)
+            .replace("{sub_id}", sub_id)
             .replace("{key_id}", &a_key_id)
             .replace("{seq}", &a_seq.to_string())
             .replace("{topic}", "alices-likes")
@@ -494,6 +515,15 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         1,
         "B sees its own one"
     );
+    let a_still = api
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{a_pull_id}/pull"),
+            Some(&a_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(a_still.status, 200, "A's pull subscription still answers A");
     assert_ne!(b_id, a_id);
     assert!(
         receiver.received().is_empty(),
@@ -1681,4 +1711,295 @@ async fn state_buckets_are_read_listed_and_watched_as_a_worker_writes_them() {
             "{name} deleted with its tenant"
         );
     }
+}
+
+/// (stream sequence, `data`) of every event in the `events` of pulled batches.
+fn pulled_events(batches: &[Value]) -> Vec<(u64, Value)> {
+    batches
+        .iter()
+        .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| (e["seq"].as_u64().unwrap(), e["data"].clone()))
+        .collect()
+}
+
+fn ids_of(batches: &[Value]) -> Vec<String> {
+    batches
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_stays_bounded() {
+    let api = Api::start().await;
+    let js = fpaas_bus::jetstream(api.client.clone(), 64);
+    fpaas_bus::ensure_stream(
+        &js,
+        &fpaas_bus::StreamSettings {
+            max_bytes: 1 << 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("stream");
+    let events = corpus_events(70);
+    let seqs = publish_events(&api.client, &events[..60]).await;
+    let (tenant_id, token) = api.tenant("puller", json!({})).await;
+    let t = Some(token.as_str());
+    let created = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            t,
+            Some(json!({
+                "batching": {"max_events": 10, "max_wait_ms": 50},
+                "start": {"at": "retention_start"},
+                "delivery": {"type": "pull", "visibility_timeout_ms": 1000, "max_waiting_batches": 3}
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.json);
+    assert_eq!(created.json["delivery"]["max_waiting_batches"], 3);
+    let id = created.json["id"].as_str().unwrap().to_owned();
+    let pull_path = format!("/v1/subscriptions/{id}/pull");
+    let ack_path = format!("/v1/subscriptions/{id}/ack");
+    let pull = |body: Value| {
+        let (api, path) = (&api, &pull_path);
+        async move {
+            let a = api.call(Method::POST, path, t, Some(body)).await;
+            assert_eq!(a.status, 200, "pull: {}", a.json);
+            a.json["batches"].as_array().cloned().unwrap()
+        }
+    };
+    // Bounds and the wrong kind of subscription.
+    assert_error(
+        &api.call(Method::POST, &pull_path, t, Some(json!({"max_events": 0})))
+            .await,
+        422,
+        "limit_exceeded",
+    );
+    assert_error(
+        &api.call(
+            Method::POST,
+            &pull_path,
+            t,
+            Some(json!({"max_wait_ms": 30_001})),
+        )
+        .await,
+        422,
+        "limit_exceeded",
+    );
+    assert_error(
+        &api.call(Method::POST, &ack_path, t, Some(json!({"ids": []})))
+            .await,
+        422,
+        "limit_exceeded",
+    );
+    let hook = api.subscription(&token, "http://127.0.0.1:9/hook").await;
+    let hook_pull = format!("/v1/subscriptions/{}/pull", hook["id"].as_str().unwrap());
+    assert_error(
+        &api.call(Method::POST, &hook_pull, t, Some(json!({}))).await,
+        409,
+        "conflict",
+    );
+
+    let cancel = CancellationToken::new();
+    let cfg = fpaas_pipeline::WorkerConfig {
+        nats_url: api.nats_url.clone(),
+        metrics_listen: None,
+        partitions: 2,
+        lease_ttl_secs: 2,
+        ..Default::default()
+    };
+    let worker = {
+        let (client, cancel) = (api.client.clone(), cancel.clone());
+        tokio::spawn(async move { fpaas_pipeline::run(client, cfg, cancel).await })
+    };
+    // Backpressure: 60 events make 6 batches, but only 3 may wait.
+    let log = fpaas_bus::ensure_msglog(&js, &fpaas_control::pull_log_settings(1))
+        .await
+        .expect("pull stream");
+    let subject = layout::pull_subject(&tenant_id, &id);
+    fpaas_testkit::eventually(Duration::from_secs(30), || async {
+        log.count(&subject).await.unwrap_or(0) == 3
+    })
+    .await
+    .expect("three batches wait");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(log.count(&subject).await.unwrap(), 3, "the bound holds");
+
+    // max_events and max_bytes: one batch of 10 events each (the first batch always comes); two concurrent
+    // pulls lease different batches.
+    let (b1, b2) = tokio::join!(
+        pull(json!({"max_events": 15})),
+        pull(json!({"max_bytes": 1024}))
+    );
+    assert_eq!(b1.len(), 1, "{b1:?}");
+    assert_eq!(b1[0]["events"].as_array().unwrap().len(), 10);
+    assert_eq!(b1[0]["deliveries"], 1);
+    assert!(b1[0]["id"].as_str().unwrap().starts_with(&format!("{id}.")));
+    assert_eq!(b2.len(), 1, "{b2:?}");
+    assert!(b2[0]["bytes"].as_u64().unwrap() > 1024);
+    assert_ne!(
+        b1[0]["id"], b2[0]["id"],
+        "concurrent pulls lease different batches"
+    );
+    let b3 = pull(json!({})).await;
+    assert_eq!(b3.len(), 1, "only three were stored: {b3:?}");
+    assert!(pull(json!({})).await.is_empty(), "all three are leased");
+    // Ack two (and an id that is not waiting): the runner stores more.
+    let acked = api
+        .call(
+            Method::POST,
+            &ack_path,
+            t,
+            Some(json!({"ids": [ids_of(&b1)[0], ids_of(&b2)[0], "s_nope.1-2.g1"]})),
+        )
+        .await;
+    assert_eq!(acked.status, 200, "{}", acked.json);
+    assert_eq!(
+        acked.json,
+        json!({"acked": [ids_of(&b1)[0], ids_of(&b2)[0]], "unknown": ["s_nope.1-2.g1"]})
+    );
+    let again = api
+        .call(
+            Method::POST,
+            &ack_path,
+            t,
+            Some(json!({"ids": ids_of(&b1)})),
+        )
+        .await;
+    assert_eq!(again.json["unknown"], json!(ids_of(&b1)), "an ack repeated");
+    // B3 is not acknowledged: after its visibility timeout it comes back first, delivered twice.
+    let mut got: Vec<Value> = [b1.clone(), b2.clone()].concat();
+    let redelivered = eventually_some(Duration::from_secs(10), || async {
+        let batches = pull(json!({"max_events": 10})).await;
+        batches.into_iter().find(|b| b["id"] == b3[0]["id"])
+    })
+    .await
+    .expect("B3 comes back");
+    assert_eq!(redelivered["deliveries"], 2);
+    assert_eq!(redelivered["events"], b3[0]["events"]);
+    got.push(redelivered.clone());
+    api.call(
+        Method::POST,
+        &ack_path,
+        t,
+        Some(json!({"ids": ids_of(&[redelivered])})),
+    )
+    .await;
+    // The rest, pulled and acknowledged until the 60 events are in.
+    let model: Vec<(u64, Value)> = events[..60]
+        .iter()
+        .zip(&seqs)
+        .map(|(e, s)| {
+            (
+                *s,
+                serde_json::from_slice(&fpaas_event::WireMessage::from_event(e).payload).unwrap(),
+            )
+        })
+        .collect();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while pulled_events(&got).len() < model.len() {
+        assert!(
+            std::time::Instant::now() < until,
+            "every event pulled in time"
+        );
+        let batches = pull(json!({"max_events": 10_000, "max_wait_ms": 500})).await;
+        if !batches.is_empty() {
+            let a = api
+                .call(
+                    Method::POST,
+                    &ack_path,
+                    t,
+                    Some(json!({"ids": ids_of(&batches)})),
+                )
+                .await;
+            assert_eq!(a.json["acked"].as_array().unwrap().len(), batches.len());
+            got.extend(batches);
+        }
+    }
+    // In stream order (the two concurrent pulls may have taken the first two batches either way round).
+    let mut rest = got;
+    rest.sort_by_key(|b| b["from_seq"].as_u64());
+    assert_eq!(
+        pulled_events(&rest),
+        model,
+        "the pulled events are the model"
+    );
+    let mut distinct = ids_of(&rest);
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), rest.len(), "each batch acknowledged once");
+
+    // Long poll: a pull waiting for batches is woken by the next one stored.
+    let started = std::time::Instant::now();
+    let waiting = tokio::spawn({
+        let (http, url, token) = (
+            api.http.clone(),
+            format!("{}{pull_path}", api.base),
+            token.clone(),
+        );
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"max_wait_ms": 20_000}))
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late_seqs = publish_events(&api.client, &events[60..]).await;
+    let woke = waiting.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
+    let late = woke["batches"].as_array().cloned().unwrap();
+    assert_eq!(
+        pulled_events(&late).first().map(|e| e.0),
+        Some(late_seqs[0]),
+        "{woke}"
+    );
+    let stats = eventually_some(Duration::from_secs(10), || async {
+        let s = api
+            .call(
+                Method::GET,
+                &format!("/v1/subscriptions/{id}/stats"),
+                t,
+                None,
+            )
+            .await
+            .json;
+        (s["stats"]["delivered_events"].as_u64() >= Some(61)).then_some(s)
+    })
+    .await
+    .expect("stored batches count as delivered");
+    assert!(
+        stats["stats"]["failed_attempts"].as_u64() == Some(0),
+        "{stats}"
+    );
+
+    // Deleting the subscription removes what waits and its lease record.
+    let d = api
+        .call(Method::DELETE, &format!("/v1/subscriptions/{id}"), t, None)
+        .await;
+    assert_eq!(d.status, 204);
+    fpaas_testkit::eventually(Duration::from_secs(10), || async {
+        log.count(&subject).await.unwrap_or(1) == 0
+    })
+    .await
+    .expect("the pull subject is purged");
+    let store = fpaas_bus::ensure_kv_on(
+        &api.client,
+        &fpaas_bus::KvSettings::bucket(layout::PULL_BUCKET),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.get(&layout::pull_key(&id)).await.unwrap(), None);
+    cancel.cancel();
+    let _ = worker.await;
 }

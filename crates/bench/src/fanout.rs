@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::error::{Context, Result, bail};
-use crate::server::{NatsServerFlag, start_nats, tail, wait_for_messages};
+use crate::server::{NatsServerFlag, cpu_s, start_nats, tail, wait_for_messages};
 use crate::subs::{Receiver, WorkerChild, put_subscriptions, quantile};
 use crate::{Report, r2};
 
@@ -105,15 +105,6 @@ fn spec(i: usize, rng: &mut StdRng, dids: &[String], url: &str, max_wait_ms: u64
         "delivery": {"type": "webhook", "url": url, "timeout_ms": 5000,
                      "retry": {"schedule_ms": [100, 500, 1000]}}
     })
-}
-
-/// CPU seconds (user + system) a process used so far.
-fn cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 /// Runs the bench.

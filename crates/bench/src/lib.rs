@@ -10,6 +10,7 @@
 //! - [`fanout`]: one worker, N subscriptions with mixed filters, relay frame → webhook latency, memory per
 //!   subscription; [`deliver`]: one subscription's delivery throughput beside reading the stream alone;
 //! - [`collect`]: the collector stage with 100,000 keys beside parsing alone, checkpoint size, KV state writes/s;
+//! - [`pull_idle`]: N idle `pull` subscriptions polled once a minute — server, worker and API CPU and memory;
 //! - [`server`], [`publish`], [`subs`]: what they share — nats-server through `fpaas-testkit`, peak RSS, stream
 //!   progress, paths; messages as the shuffler publishes them, bounded-in-flight publishing.
 //!
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fanout;
 pub mod ingest;
 pub mod publish;
+pub mod pull_idle;
 pub mod record_kv;
 pub mod server;
 pub mod storage;
@@ -61,6 +63,8 @@ pub enum Bench {
     Deliver(deliver::Args),
     /// Collector throughput with 100,000 distinct keys beside parsing alone, checkpoint size, KV state writes/s.
     Collect(collect::Args),
+    /// Pull subscriptions: N idle ones polled once a minute, CPU and memory of nats-server, worker and API.
+    PullIdle(pull_idle::Args),
 }
 
 /// A benchmark's result: named figures, each key ending in its unit.
@@ -130,6 +134,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         Bench::Fanout(a) => fanout::run(a).await,
         Bench::Deliver(a) => deliver::run(a).await,
         Bench::Collect(a) => collect::run(a).await,
+        Bench::PullIdle(a) => pull_idle::run(a).await,
     }
 }
 

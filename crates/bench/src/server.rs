@@ -1,6 +1,6 @@
 //! What the benches share: a JetStream nats-server started through `fpaas-testkit` ([`start_nats`],
 //! [`restart_nats`]: free ports from testkit's allocator, a temp store removed on drop, `max_payload` 4 MiB,
-//! an explicit `max_file_store`), the memory of a process ([`peak_rss_bytes`], [`rss_bytes`]), the on-disk
+//! an explicit `max_file_store`), the memory of a process ([`peak_rss_bytes`], [`rss_bytes`], [`cpu_s`]), the on-disk
 //! size of a stream's file store ([`dir_size`]), stream state polling ([`wait_for_messages`]) and finding the
 //! project-local tools from any working directory ([`find_path`]).
 
@@ -87,6 +87,15 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
 /// Current resident set size (`VmRSS`) of process `pid`, in bytes (Linux `/proc`); `None` elsewhere.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     proc_status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
+}
+
+/// CPU seconds (user + system) process `pid` used so far (`/proc/<pid>/stat`, 100 ticks a second).
+pub fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// A kB figure (`field` such as `VmRSS:`) from `/proc/PID/status`.

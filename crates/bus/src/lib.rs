@@ -12,7 +12,7 @@
 //! | `stream` | [`StreamSettings`], [`ensure_stream`], the `max_payload` policy, [`delete_streams`], [`stream_names`] |
 //! | `publish` | [`Publisher`]: bounded acks in flight, `Nats-Msg-Id`, completions that return failed messages; [`OutMsg::from_wire`] |
 //! | `kv` | [`KvSettings`], [`ensure_kv`], KV key validation |
-//! | `msglog` | [`MsgLog`]: a stream as a log of single messages (the dead-letter queue): [`ensure_msglog`], publish with headers → sequence, list by subject, get / delete by sequence, purge by subject |
+//! | `msglog` | [`MsgLog`]: a stream as a log of single messages (the dead-letter queue): [`ensure_msglog`], publish with headers → sequence, list by subject, get / delete by sequence, purge and count by subject, [`SubjectWatch`] |
 //! | `bucket` | [`KvBucket`]: get with revision, create / update-if-revision / delete-if-revision, tagged and expiring delete markers, keys, snapshots, watch |
 //! | `state` | [`StateBucket`]: a tenant's state bucket of values (puts) or counters (`Nats-Incr`, increment-only), writes with `Nats-Msg-Id` so resent writes are dropped, reads with time, keys, watches |
 //! | `reader` | [`DurableReader`]: durable pull consumer in batches; [`Delivery`], [`Settle`] (ack / term) |
@@ -48,7 +48,7 @@ pub use connect::{connect, connection_state};
 pub use consume::{ApplyError, BatchApply, ConsumeError, ConsumeOptions, Stopped, consume};
 pub use error::{BusError, BusErrorKind};
 pub use kv::{KvSettings, ensure_kv, ensure_kv_on, is_valid_kv_key};
-pub use msglog::{LoggedMsg, MsgLog, MsgLogSettings, ensure_msglog};
+pub use msglog::{LoggedMsg, MsgLog, MsgLogSettings, SubjectWatch, ensure_msglog};
 pub use publish::{Acked, Completion, Failed, OutMsg, Publisher};
 pub use reader::{Delivery, DurableReader, ReaderOptions, Settle, settle_batch};
 pub use state::{

@@ -1,8 +1,9 @@
 //! [`MsgLog`]: a JetStream stream used as a log of individual messages that are read, deleted and purged by
 //! subject and sequence — the shape of a dead-letter queue. Provisioning ([`ensure_msglog`]: limits
 //! retention by age, file storage), publishing with headers (returns the stream sequence), listing the
-//! messages of one subject from a sequence on, getting and deleting one message by sequence, and purging a
-//! subject. Reads go through the stream leader (`STREAM.MSG.GET`), so they are consistent with the writes
+//! messages of one subject from a sequence on, getting and deleting one message by sequence, purging a
+//! subject, counting a subject's messages, and waiting for the next message published on a subject (a core
+//! subscription: a JetStream publish reaches core subscribers too). Reads go through the stream leader (`STREAM.MSG.GET`), so they are consistent with the writes
 //! just made. What the subjects and headers mean stays with the caller (`fpaas_control::layout`).
 
 use std::time::{Duration, SystemTime};
@@ -315,6 +316,39 @@ impl MsgLog {
         }
     }
 
+    /// How many messages `subject` holds (one stream-info request with a subject filter; the server answers
+    /// from its per-subject index).
+    ///
+    /// # Errors
+    /// [`BusErrorKind::Other`] on a server or connection failure.
+    pub async fn count(&self, subject: &str) -> Result<u64, BusError> {
+        use futures::TryStreamExt;
+        let counts =
+            self.stream.info_with_subjects(subject).await.map_err(|e| {
+                BusError::during(BusErrorKind::Other, "subject count", &self.name, e)
+            })?;
+        let all: Vec<(String, usize)> = counts
+            .try_collect()
+            .await
+            .map_err(|e| BusError::during(BusErrorKind::Other, "subject count", &self.name, e))?;
+        Ok(all.iter().map(|(_, n)| *n as u64).sum())
+    }
+
+    /// A core subscription on `subject`: [`SubjectWatch::wait`] returns when something is published on it
+    /// (a message stored into this log on that subject included). Dropped = unsubscribed.
+    ///
+    /// # Errors
+    /// [`BusErrorKind::Other`] when the subscription cannot be made.
+    pub async fn watch(&self, subject: &str) -> Result<SubjectWatch, BusError> {
+        let sub = self
+            .js
+            .client()
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| BusError::during(BusErrorKind::Other, "subscribe", &self.name, e))?;
+        Ok(SubjectWatch { sub })
+    }
+
     /// Removes every message on `subject` (wildcards allowed); returns how many.
     ///
     /// # Errors
@@ -327,5 +361,22 @@ impl MsgLog {
             .await
             .map_err(|e| BusError::during(BusErrorKind::Other, "purge", &self.name, e))?;
         Ok(response.purged)
+    }
+}
+
+/// A core subscription on one subject of a [`MsgLog`] ([`MsgLog::watch`]).
+#[derive(Debug)]
+pub struct SubjectWatch {
+    sub: async_nats::Subscriber,
+}
+
+impl SubjectWatch {
+    /// Waits at most `timeout` for a message on the subject; `true` when one came.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        use futures::StreamExt;
+        matches!(
+            tokio::time::timeout(timeout, self.sub.next()).await,
+            Ok(Some(_))
+        )
     }
 }

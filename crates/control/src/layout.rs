@@ -15,6 +15,8 @@
 //! | [`TENANTS_BUCKET`] | `state.<tenant_id>.<name>` | [`crate::StateBucketDoc`] | API |
 //! | KV `fpaas_state_<tenant_id>_<name>` ([`state_kv_bucket`]) | the key from the delivery's JMESPath | a value (put) or a counter (incr) | worker (`kv` delivery) |
 //! | stream [`DLQ_STREAM`] | `fpaas.dlq.<tenant_id>.<sub_id>` | the exact batch body that was POSTed, headers below | worker |
+//! | stream [`PULL_STREAM`] | `fpaas.pull.<tenant_id>.<sub_id>` | a `pull` subscription's waiting batch (the webhook body), `Nats-Msg-Id` = batch id, headers below | worker (store), API (ack = delete) |
+//! | [`PULL_BUCKET`] | `<sub_id>` | [`crate::pull::PullState`]: leases of fetched batches | API (compare-and-set) |
 
 /// KV bucket of tenants and API keys.
 pub const TENANTS_BUCKET: &str = "fpaas_tenants";
@@ -28,6 +30,15 @@ pub const STATS_BUCKET: &str = "fpaas_stats";
 pub const COLLECT_BUCKET: &str = "fpaas_collect";
 /// KV bucket of worker heartbeats and partition leases (entries expire; the pipeline owns the format).
 pub const LEASES_BUCKET: &str = "fpaas_leases";
+
+/// KV bucket of the lease records of `pull` subscriptions.
+pub const PULL_BUCKET: &str = "fpaas_pull";
+/// Stream of the batches waiting for `pull` subscriptions.
+pub const PULL_STREAM: &str = "FPAAS_PULL";
+/// Subjects of [`PULL_STREAM`].
+pub const PULL_SUBJECTS: &str = "fpaas.pull.>";
+/// Retention of a waiting pull batch that nobody acknowledges: 7 days.
+pub const PULL_DEFAULT_MAX_AGE_SECS: u64 = 7 * 24 * 60 * 60;
 
 /// Stream of dead-lettered batches.
 pub const DLQ_STREAM: &str = "FPAAS_DLQ";
@@ -92,6 +103,16 @@ pub fn stats_key(sub_id: &str) -> String {
 /// `fpaas.dlq.<tenant_id>.<sub_id>`
 pub fn dlq_subject(tenant_id: &str, sub_id: &str) -> String {
     format!("fpaas.dlq.{tenant_id}.{sub_id}")
+}
+
+/// `fpaas.pull.<tenant_id>.<sub_id>`: a `pull` subscription's waiting batches.
+pub fn pull_subject(tenant_id: &str, sub_id: &str) -> String {
+    format!("fpaas.pull.{tenant_id}.{sub_id}")
+}
+
+/// Key of a `pull` subscription's lease record: `<sub_id>`.
+pub fn pull_key(sub_id: &str) -> String {
+    sub_id.to_owned()
 }
 
 /// Key prefix of topics in the tenants bucket.
@@ -197,6 +218,7 @@ mod tests {
         assert_eq!(sub_key("t_a", "s_b"), "t_a.s_b");
         assert_eq!(parse_sub_key("t_a.s_b"), Some(("t_a", "s_b")));
         assert_eq!(dlq_subject("t_a", "s_b"), "fpaas.dlq.t_a.s_b");
+        assert_eq!(pull_subject("t_a", "s_b"), "fpaas.pull.t_a.s_b");
         assert!(fpaas_bus::is_valid_kv_key(&sub_key("t_a", "s_b")));
     }
 

@@ -10,6 +10,7 @@
 //! | [`layout`] | bucket, stream and subject names, key builders, DLQ header names |
 //! | [`validate`] | checking a spec or patch completely before anything is written: [`ValidationError`] with a stable code |
 //! | [`ids`] | ids (`t_`, `s_`, `k_`), API tokens (`fpk_`) and their SHA-256, webhook secrets (`whsec_`) |
+//! | [`pull`] | pull delivery's reading side: [`Store::pull`] (lease the next visible batches, long poll) and [`Store::ack`], the lease record [`pull::PullState`] |
 //! | [`store`] | [`Store`]: tenant, key, subscription, topic and state-bucket CRUD (tenant-scoped; a topic's stream and a state bucket's KV bucket with their documents), compare-and-set updates, progress and stats reads |
 //! | `error` | [`StoreError`] with a `Copy` [`StoreErrorKind`] |
 
@@ -18,15 +19,17 @@ mod error;
 pub mod ids;
 pub mod layout;
 pub mod model;
+pub mod pull;
 pub mod store;
 pub mod validate;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use model::{
     ApiKeyRecord, Batching, BatchingPatch, Delivery, KvDelivery, KvOp, PendingBatch, Progress,
-    Quotas, QuotasPatch, RetryPolicy, SecretEntry, Source, Start, StateBucketDoc, StateKind,
-    SubState, SubStats, Subscription, SubscriptionPatch, SubscriptionSpec, Tenant, TenantPatch,
-    TenantSpec, Topic, TopicDelivery, TopicInfo, TopicSpec, Usage, WebhookDelivery,
+    PullDelivery, Quotas, QuotasPatch, RetryPolicy, SecretEntry, Source, Start, StateBucketDoc,
+    StateKind, SubState, SubStats, Subscription, SubscriptionPatch, SubscriptionSpec, Tenant,
+    TenantPatch, TenantSpec, Topic, TopicDelivery, TopicInfo, TopicSpec, Usage, WebhookDelivery,
 };
-pub use store::{Store, StoreSettings};
+pub use pull::{AckRequest, AckResponse, PullRequest, PullResponse, PulledBatch};
+pub use store::{Store, StoreSettings, pull_log_settings};
 pub use validate::{ValidationCode, ValidationError, validate_webhook_url};

@@ -489,6 +489,38 @@ impl StateKind {
     }
 }
 
+/// Batches kept for the tenant's clients to fetch (`POST /v1/subscriptions/{id}/pull`) and acknowledge
+/// (`…/ack`); see `docs/mapreduce.md`, Pull delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullDelivery {
+    /// How long a fetched batch stays invisible to other pulls; not acknowledged by then, the next pull gets
+    /// it again (its `deliveries` one higher). In ms, 1,000..=43,200,000 (12 h); default 30,000.
+    #[serde(default = "default_visibility_timeout_ms")]
+    pub visibility_timeout_ms: u64,
+    /// Most batches waiting (stored, not acknowledged) for this subscription: at this bound the worker stops
+    /// forming batches until some are acknowledged (backpressure, not a failure). 1..=1,000; default 100.
+    #[serde(default = "default_max_waiting_batches")]
+    pub max_waiting_batches: u32,
+}
+
+fn default_visibility_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_max_waiting_batches() -> u32 {
+    100
+}
+
+impl Default for PullDelivery {
+    fn default() -> Self {
+        Self {
+            visibility_timeout_ms: default_visibility_timeout_ms(),
+            max_waiting_batches: default_max_waiting_batches(),
+        }
+    }
+}
+
 /// A state bucket of a tenant, as stored and returned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StateBucketDoc {
@@ -517,6 +549,8 @@ pub enum Delivery {
     /// Write every event of the batch into a state bucket of the tenant: put a value or increment a counter
     /// under a key computed from the event (a redelivered batch is written once).
     Kv(KvDelivery),
+    /// Keep each batch (the webhook body) until a client fetches and acknowledges it.
+    Pull(PullDelivery),
 }
 
 impl Delivery {
@@ -524,7 +558,7 @@ impl Delivery {
     pub fn webhook(&self) -> Option<&WebhookDelivery> {
         match self {
             Delivery::Webhook(w) => Some(w),
-            Delivery::Topic(_) | Delivery::Kv(_) => None,
+            Delivery::Topic(_) | Delivery::Kv(_) | Delivery::Pull(_) => None,
         }
     }
 
@@ -532,16 +566,25 @@ impl Delivery {
     pub fn kv(&self) -> Option<&KvDelivery> {
         match self {
             Delivery::Kv(k) => Some(k),
-            Delivery::Webhook(_) | Delivery::Topic(_) => None,
+            Delivery::Webhook(_) | Delivery::Topic(_) | Delivery::Pull(_) => None,
         }
     }
 
-    /// The retry policy.
-    pub fn retry(&self) -> &RetryPolicy {
+    /// The pull part, for a pull delivery.
+    pub fn pull(&self) -> Option<&PullDelivery> {
         match self {
-            Delivery::Webhook(w) => &w.retry,
-            Delivery::Topic(t) => &t.retry,
-            Delivery::Kv(k) => &k.retry,
+            Delivery::Pull(p) => Some(p),
+            Delivery::Webhook(_) | Delivery::Topic(_) | Delivery::Kv(_) => None,
+        }
+    }
+
+    /// The retry policy (a pull delivery has none: storing a batch is retried until it succeeds).
+    pub fn retry(&self) -> Option<&RetryPolicy> {
+        match self {
+            Delivery::Webhook(w) => Some(&w.retry),
+            Delivery::Topic(t) => Some(&t.retry),
+            Delivery::Kv(k) => Some(&k.retry),
+            Delivery::Pull(_) => None,
         }
     }
 }
@@ -929,7 +972,13 @@ mod tests {
         assert_eq!(spec.batching.max_wait_ms, 1_000);
         assert_eq!(spec.start, Start::Seq { seq: 42 });
         assert_eq!(spec.delivery.webhook().expect("webhook").timeout_ms, 10_000);
-        assert_eq!(spec.delivery.retry().schedule_ms.len(), 7);
+        assert_eq!(spec.delivery.retry().expect("retry").schedule_ms.len(), 7);
+        let pull: Delivery = serde_json::from_value(json!({"type": "pull"})).unwrap();
+        assert_eq!(pull, Delivery::Pull(PullDelivery::default()));
+        assert!(
+            serde_json::from_value::<Delivery>(json!({"type": "pull", "url": "https://x.example"}))
+                .is_err()
+        );
         let back: SubscriptionSpec =
             serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
         assert_eq!(back, spec);

@@ -7,7 +7,9 @@
 //! write, so nothing is ever half-created.
 
 use bytes::Bytes;
-use fpaas_bus::{JetStream, KvBucket, KvSettings, KvState, KvWrite, Storage};
+use fpaas_bus::{
+    JetStream, KvBucket, KvSettings, KvState, KvWrite, MsgLog, MsgLogSettings, Storage,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +21,18 @@ use crate::model::{
     TenantPatch, TenantSpec, Topic, TopicInfo, TopicSpec, Usage, now,
 };
 use crate::validate;
+
+/// The settings of the stream of waiting pull batches ([`layout::PULL_STREAM`]), the same for the API and the
+/// worker (so neither changes what the other created).
+pub fn pull_log_settings(replicas: usize) -> MsgLogSettings {
+    MsgLogSettings {
+        name: layout::PULL_STREAM.to_owned(),
+        subjects: vec![layout::PULL_SUBJECTS.to_owned()],
+        max_age_secs: layout::PULL_DEFAULT_MAX_AGE_SECS,
+        replicas,
+        ..MsgLogSettings::default()
+    }
+}
 
 /// How often a compare-and-set write is retried after a conflict (without a pinned revision).
 const CAS_ATTEMPTS: usize = 5;
@@ -49,6 +63,8 @@ pub struct Store {
     subs: KvBucket,
     progress: KvBucket,
     stats: KvBucket,
+    pull_state: KvBucket,
+    pull_log: MsgLog,
     js: JetStream,
     settings: StoreSettings,
 }
@@ -81,7 +97,8 @@ fn written(result: KvWrite, what: &str) -> Result<Option<u64>, StoreError> {
 
 impl Store {
     /// Creates (or opens) the buckets [`layout::TENANTS_BUCKET`], [`layout::SUBS_BUCKET`],
-    /// [`layout::PROGRESS_BUCKET`] and [`layout::STATS_BUCKET`].
+    /// [`layout::PROGRESS_BUCKET`], [`layout::STATS_BUCKET`] and [`layout::PULL_BUCKET`], and the stream
+    /// [`layout::PULL_STREAM`].
     ///
     /// # Errors
     /// [`StoreErrorKind::Unavailable`] when NATS cannot be reached or refuses the buckets.
@@ -107,6 +124,12 @@ impl Store {
             .await?,
             stats: fpaas_bus::ensure_kv(js, &kv(layout::STATS_BUCKET, "fpaas subscription stats"))
                 .await?,
+            pull_state: fpaas_bus::ensure_kv(
+                js,
+                &kv(layout::PULL_BUCKET, "fpaas pull subscriptions' leases"),
+            )
+            .await?,
+            pull_log: fpaas_bus::ensure_msglog(js, &pull_log_settings(settings.replicas)).await?,
             js: js.clone(),
             settings: settings.clone(),
         })
@@ -125,6 +148,16 @@ impl Store {
     /// The stats bucket.
     pub fn stats_bucket(&self) -> &KvBucket {
         &self.stats
+    }
+
+    /// The pull subscriptions' lease records.
+    pub fn pull_bucket(&self) -> &KvBucket {
+        &self.pull_state
+    }
+
+    /// The stream of waiting pull batches.
+    pub fn pull_log(&self) -> &MsgLog {
+        &self.pull_log
     }
 
     async fn read<T: DeserializeOwned>(
@@ -390,6 +423,7 @@ impl Store {
             },
             // The bucket is created (or its kind checked) by `ensure_state_bucket`.
             crate::model::Delivery::Kv(_) => Ok(()),
+            crate::model::Delivery::Pull(_) => Ok(()),
         }
     }
 
@@ -929,6 +963,10 @@ impl Store {
             let key = layout::sub_key(&tenant.id, sub_id);
             let result = self.subs.update(&key, encode(&next), revision).await?;
             if let Some(rev) = written(result, "subscription")? {
+                if current.delivery.pull().is_some() && next.delivery.pull().is_none() {
+                    // Nobody can pull them any more.
+                    self.purge_pull(&tenant.id, sub_id).await?;
+                }
                 return Ok((next, rev));
             }
             if expected.is_some() {
@@ -954,7 +992,7 @@ impl Store {
         sub_id: &str,
     ) -> Result<(), StoreError> {
         for _ in 0..CAS_ATTEMPTS {
-            let (_, revision) = self.subscription(tenant_id, sub_id).await?;
+            let (sub, revision) = self.subscription(tenant_id, sub_id).await?;
             let key = layout::sub_key(tenant_id, sub_id);
             if written(
                 self.subs.delete(&key, Some(revision), None).await?,
@@ -962,6 +1000,10 @@ impl Store {
             )?
             .is_some()
             {
+                if sub.delivery.pull().is_some() {
+                    // The worker purges again once its runner stopped (a batch it stored meanwhile).
+                    self.purge_pull(tenant_id, sub_id).await?;
+                }
                 tracing::info!(tenant = %tenant_id, sub = %sub_id, "subscription deleted");
                 return Ok(());
             }

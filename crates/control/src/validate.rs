@@ -18,6 +18,10 @@ pub const MAX_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1_024..=8 * 1024 * 10
 pub const MAX_WAIT_RANGE: std::ops::RangeInclusive<u64> = 0..=60_000;
 /// Webhook timeout limits in ms.
 pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 100..=60_000;
+/// Visibility timeout of a pull delivery, in ms (1 s ..= 12 h).
+pub const VISIBILITY_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1_000..=43_200_000;
+/// Waiting batches of a pull delivery.
+pub const MAX_WAITING_BATCHES_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000;
 /// Most retries in a schedule.
 pub const MAX_RETRIES: usize = 20;
 /// Longest wait of one retry, in ms (24 h).
@@ -329,6 +333,27 @@ pub fn delivery(d: &Delivery) -> Result<(), ValidationError> {
                 ));
             }
             return retry_schedule(&t.retry.schedule_ms);
+        }
+        Delivery::Pull(p) => {
+            if !VISIBILITY_TIMEOUT_RANGE.contains(&p.visibility_timeout_ms) {
+                return Err(limit(
+                    "delivery.visibility_timeout_ms",
+                    format!(
+                        "{} is outside {VISIBILITY_TIMEOUT_RANGE:?}",
+                        p.visibility_timeout_ms
+                    ),
+                ));
+            }
+            if !MAX_WAITING_BATCHES_RANGE.contains(&p.max_waiting_batches) {
+                return Err(limit(
+                    "delivery.max_waiting_batches",
+                    format!(
+                        "{} is outside {MAX_WAITING_BATCHES_RANGE:?}",
+                        p.max_waiting_batches
+                    ),
+                ));
+            }
+            return Ok(());
         }
     };
     validate_webhook_url(&w.url)?;
@@ -666,6 +691,19 @@ mod tests {
             code(with(&|s| s.filter.dids = vec!["bob".into()])),
             ValidationCode::BadFilter
         );
+        let pull = |visibility_timeout_ms: u64, max_waiting_batches: u32| {
+            with(&|s| {
+                s.delivery = Delivery::Pull(crate::model::PullDelivery {
+                    visibility_timeout_ms,
+                    max_waiting_batches,
+                });
+            })
+        };
+        pull(1_000, 1).unwrap();
+        pull(43_200_000, 1_000).unwrap();
+        assert_eq!(code(pull(999, 100)), ValidationCode::LimitExceeded);
+        assert_eq!(code(pull(30_000, 0)), ValidationCode::LimitExceeded);
+        assert_eq!(code(pull(30_000, 1_001)), ValidationCode::LimitExceeded);
         let webhook = |f: &dyn Fn(&mut WebhookDelivery)| {
             with(&|s| {
                 let mut w = s.delivery.webhook().expect("a webhook").clone();

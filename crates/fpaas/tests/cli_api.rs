@@ -260,6 +260,27 @@ async fn the_command_line_manages_tenants_subscriptions_and_dead_letters() {
     assert_eq!(stats["subscription_id"], id.as_str());
     assert!(ok(a, t, &["sub", "usage"], None).is_object());
 
+    // Pull: fetch and acknowledge (nothing waits: the subscription starts live and no event follows).
+    let puller = ok(
+        a,
+        t,
+        &["sub", "create", "-"],
+        Some(r#"{"delivery": {"type": "pull"}}"#),
+    );
+    let pull_id = puller["id"].as_str().unwrap().to_owned();
+    let pulled = ok(
+        a,
+        t,
+        &["sub", "pull", &pull_id, "--max-wait-ms", "100"],
+        None,
+    );
+    assert_eq!(pulled["batches"], json!([]));
+    let acked = ok(a, t, &["sub", "ack", &pull_id, "x.1-2.g1"], None);
+    assert_eq!(acked["unknown"], json!(["x.1-2.g1"]));
+    let err = fails(a, t, &["sub", "pull", &id], None);
+    assert!(err.contains("409 conflict"), "{err}");
+    ok(a, t, &["sub", "delete", &pull_id], None);
+
     // Topics.
     let topic = ok(
         a,

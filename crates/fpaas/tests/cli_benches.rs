@@ -2,7 +2,7 @@
 //! JSON object whose figures are present and positive. `ingest` (with the relay simulator, the raw-publish
 //! baseline and the shuffler as a child process), `record-kv` and `storage` start their own nats-server child;
 //! `decode` reads the committed corpus; `fanout` and `deliver` run the worker as a child against their own
-//! nats-server (fanout with relay-sim and the shuffler too).
+//! nats-server (fanout with relay-sim and the shuffler too); `pull-idle` runs the worker and the API as children.
 
 use std::process::Command;
 
@@ -189,4 +189,36 @@ fn bench_deliver_json_has_rate_and_ratio() {
         v["batches"].as_u64() >= Some(10),
         "batches of at most 500: {v}"
     );
+}
+
+#[test]
+fn bench_pull_idle_json_has_cpu_and_memory_of_each_phase() {
+    let v = bench_json(&[
+        "pull-idle",
+        "--subscriptions",
+        "20",
+        "--window-secs",
+        "2",
+        "--settle-secs",
+        "1",
+        "--poll-interval-secs",
+        "1",
+    ]);
+    assert_eq!(v["bench"], "pull-idle");
+    assert_eq!(v["subscriptions_live_end"], 20, "{v}");
+    assert_eq!(
+        v["poll_errors"], 0,
+        "every pull answered an empty list: {v}"
+    );
+    assert!(
+        v["polls"].as_u64() >= Some(20),
+        "each polled at least once: {v}"
+    );
+    for phase in ["baseline", "idle", "polling"] {
+        for who in ["nats", "worker", "api"] {
+            positive(&v, &format!("{phase}_{who}_rss_mb"));
+            assert!(v[format!("{phase}_{who}_cpu_percent")].is_number(), "{v}");
+        }
+    }
+    positive(&v, "poll_p50_ms");
 }

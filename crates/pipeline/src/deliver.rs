@@ -1,7 +1,7 @@
 //! The edges of delivery: a stored [`Subscription`] compiled into a [`SubConfig`] ([`compile`]), one signed
 //! POST of a batch and what its outcome means for the runner ([`send`]: accepted, gone, or retry after a
-//! wait from the subscription's schedule) — or a publish into a topic, or writes into a state bucket — and the
-//! dead-letter stream ([`DeadLetters`]).
+//! wait from the subscription's schedule) — or a publish into a topic, writes into a state bucket, storing a
+//! batch for pull (`store_for_pull`) — and the dead-letter stream ([`DeadLetters`]).
 
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ pub(crate) async fn send(shared: &crate::worker::Shared, sub: &SubConfig, batch:
             subject,
             retry_schedule_ms,
         } => return publish_to_topic(shared, sub, batch, subject, retry_schedule_ms).await,
+        Target::Pull { subject, .. } => return store_for_pull(shared, batch, subject).await,
         Target::Kv(kv) => return write_state(shared, sub, batch, kv).await,
     };
     let now = Utc::now().timestamp();
@@ -254,6 +255,60 @@ async fn write_state(
     }
 }
 
+/// Longest wait between two attempts to store a pull batch (it is retried until stored, never dead-lettered:
+/// the stream is ours, so a failure is NATS being unavailable).
+const PULL_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// One attempt of a pull delivery: the batch body stored as one message of the pull stream, its id the batch
+/// id (`Nats-Msg-Id`: a batch formed again is not stored twice), accepted once JetStream acknowledged it.
+async fn store_for_pull(shared: &crate::worker::Shared, batch: &Batch, subject: &str) -> Sent {
+    let from = batch.from_seq.to_string();
+    let to = batch.to_seq.to_string();
+    let events = batch.events.to_string();
+    let headers = [
+        ("Nats-Msg-Id", batch.id.as_str()),
+        (layout::HDR_BATCH_ID, batch.id.as_str()),
+        (layout::HDR_FROM_SEQ, from.as_str()),
+        (layout::HDR_TO_SEQ, to.as_str()),
+        (layout::HDR_EVENTS, events.as_str()),
+    ];
+    let started = std::time::Instant::now();
+    let result = shared
+        .pull
+        .publish(subject, &headers, Bytes::from(batch.body.clone()))
+        .await;
+    metrics::histogram!("fpaas_pipeline_attempt_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(_) => {
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "accepted")
+                .increment(1);
+            Sent::Accepted
+        }
+        Err(e) => {
+            metrics::counter!("fpaas_pipeline_attempts_total", "outcome" => "pull_failed")
+                .increment(1);
+            Sent::Retry {
+                error: format!("storing the batch for pull: {e}"),
+                delay: Box::new(|attempt| {
+                    Some(fpaas_bus::Backoff::ceiling_at(
+                        Duration::from_millis(200),
+                        PULL_RETRY_MAX,
+                        attempt,
+                    ))
+                }),
+            }
+        }
+    }
+}
+
+/// How many batches wait in a pull subscription's subject.
+pub(crate) async fn pull_waiting(
+    shared: &crate::worker::Shared,
+    subject: &str,
+) -> Result<u64, BusError> {
+    shared.pull.count(subject).await
+}
+
 /// Publishes `(id, event time, payload)` messages into `subject`; `Err` with the first failure.
 async fn publish_all(
     shared: &crate::worker::Shared,
@@ -438,6 +493,10 @@ pub fn compile(sub: &Subscription, max_events_per_s: u32) -> Result<SubConfig, S
                 message: format!("delivery: {e}"),
             })?,
         )),
+        Delivery::Pull(p) => Target::Pull {
+            subject: layout::pull_subject(&sub.tenant_id, &sub.id),
+            max_waiting: p.max_waiting_batches,
+        },
     };
     let start = match &sub.start {
         CtlStart::Live {} => Start::Live,

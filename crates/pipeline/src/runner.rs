@@ -70,6 +70,11 @@ struct Collecting {
     save_outbox_first: bool,
 }
 
+/// How often a pull subscription at its bound of waiting batches looks again: from this …
+const PULL_ROOM_POLL_MIN: Duration = Duration::from_millis(100);
+/// … backing off to this (one subject count per look; only subscriptions at their bound look).
+const PULL_ROOM_POLL_MAX: Duration = Duration::from_secs(1);
+
 /// Why a runner stopped for good.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -855,6 +860,14 @@ impl Runner {
             })
             .await?;
         }
+        if let crate::sub::Target::Pull {
+            subject,
+            max_waiting,
+        } = &self.sub.target
+            && let Step::Stop(s) = self.wait_for_room(subject, *max_waiting).await
+        {
+            return Ok(Step::Stop(s));
+        }
         let mut attempt = attempts_before;
         loop {
             self.shared
@@ -923,6 +936,32 @@ impl Runner {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A pull delivery's backpressure: waits while the subscription's subject holds `max_waiting` batches
+    /// (until clients acknowledge some). Not a failed attempt, never a dead letter; the lag shows it.
+    async fn wait_for_room(&self, subject: &str, max_waiting: u32) -> Step {
+        let mut waited = false;
+        let mut backoff = Backoff::new(PULL_ROOM_POLL_MIN, PULL_ROOM_POLL_MAX);
+        loop {
+            match crate::deliver::pull_waiting(&self.shared, subject).await {
+                Ok(n) if n < u64::from(max_waiting) => return Step::Continue,
+                Ok(n) => {
+                    if !waited {
+                        waited = true;
+                        metrics::counter!("fpaas_pipeline_pull_full_total").increment(1);
+                        tracing::debug!(subscription = %self.sub.id, waiting = n, max_waiting, "pull bound reached; waiting for acks");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = %self.sub.id, error = %e, "counting waiting pull batches failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return Step::Stop(Stop::Cancelled),
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
     }

@@ -53,6 +53,13 @@ pub enum Target {
     },
     /// Puts or increments in a state bucket ([`crate::state`]).
     Kv(Arc<crate::state::KvTarget>),
+    /// One message per batch into the pull stream, for clients to fetch and acknowledge.
+    Pull {
+        /// The subscription's subject in the pull stream (`fpaas.pull.<tenant>.<sub>`).
+        subject: String,
+        /// At this many waiting batches the runner waits for acks before storing another.
+        max_waiting: u32,
+    },
 }
 
 /// A subscription as the worker runs it.

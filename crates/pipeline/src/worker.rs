@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) progress: KvBucket,
     pub(crate) subs: KvBucket,
     pub(crate) dlq: crate::deliver::DeadLetters,
+    /// The stream of waiting pull batches.
+    pub(crate) pull: fpaas_bus::MsgLog,
     pub(crate) sender: crate::deliver::Sender,
     pub(crate) reader_ctrl: mpsc::Sender<Ctrl>,
     pub(crate) queue_capacity: usize,
@@ -115,6 +117,8 @@ struct Running {
     partition: u32,
     /// The topic stream it reads (`None`: the firehose).
     source_stream: Option<String>,
+    /// Its subject in the pull stream, for a pull delivery (purged when the subscription is deleted).
+    pull_subject: Option<String>,
     /// Its series leave `/metrics` when it stops.
     _listed: Listed,
 }
@@ -151,6 +155,7 @@ struct Provisioned {
     leases: KvBucket,
     dlq: crate::deliver::DeadLetters,
     collect: fpaas_bus::BlobStore,
+    pull: fpaas_bus::MsgLog,
 }
 
 /// Creates (or opens) the worker's buckets and the dead-letter stream.
@@ -222,6 +227,11 @@ async fn provision(
         config.replicas,
     )
     .await?;
+    let pull = fpaas_bus::ensure_msglog(
+        &fpaas_bus::jetstream(client.clone(), 256),
+        &fpaas_control::pull_log_settings(config.replicas),
+    )
+    .await?;
     Ok(Provisioned {
         collect,
         subs,
@@ -230,6 +240,7 @@ async fn provision(
         tenants,
         leases,
         dlq,
+        pull,
     })
 }
 
@@ -263,6 +274,7 @@ pub async fn run(
         leases,
         dlq,
         collect,
+        pull,
     } = loop {
         match provision(&client, &config).await {
             Ok(p) => break p,
@@ -293,6 +305,7 @@ pub async fn run(
         progress,
         subs: subs.clone(),
         dlq,
+        pull,
         sender,
         reader_ctrl: ctrl_tx,
         queue_capacity: config.queue_capacity,
@@ -331,6 +344,7 @@ pub async fn run(
     }
     metrics::gauge!("fpaas_pipeline_collect_snapshot_bytes").set(0.0);
     crate::state::register_metrics();
+    metrics::counter!("fpaas_pipeline_pull_full_total").absolute(0);
     let gauge_partitions = metrics::gauge!("fpaas_pipeline_partitions_owned");
     let gauge_subs = metrics::gauge!("fpaas_pipeline_subscriptions_running");
     let gauge_live = metrics::gauge!("fpaas_pipeline_subscriptions_live");
@@ -448,6 +462,10 @@ fn register_metrics() {
     describe_counter!(
         "fpaas_pipeline_state_skipped_total",
         "Events a kv delivery could not write (by reason: not_json, no_key, bad_key, bad_value, too_large)."
+    );
+    describe_counter!(
+        "fpaas_pipeline_pull_full_total",
+        "Times a pull subscription reached its bound of waiting batches and waited for acknowledgements."
     );
     describe_counter!(
         "fpaas_pipeline_rate_limited_total",
@@ -715,6 +733,12 @@ async fn reconcile(
         if let Some(r) = running.remove(&id) {
             r.cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), r.handle).await;
+            // A deleted pull subscription: what its runner stored after the API's purge goes too.
+            if let Some(subject) = &r.pull_subject
+                && !directory.contains_key(&id)
+            {
+                let _ = shared.pull.purge(subject).await;
+            }
         }
     }
     let to_start: Vec<(&String, &Subscription, u32)> = directory
@@ -770,6 +794,10 @@ async fn reconcile(
             counters: counters.clone(),
         };
         let source_stream = cfg.source_stream.clone();
+        let pull_subject = match &cfg.target {
+            crate::sub::Target::Pull { subject, .. } => Some(subject.clone()),
+            _ => None,
+        };
         let runner = Runner::new(cfg, shared.clone(), counters.clone(), cancel.clone());
         let handle = tokio::spawn(runner.run());
         running.insert(
@@ -781,6 +809,7 @@ async fn reconcile(
                 counters,
                 partition,
                 source_stream,
+                pull_subject,
                 _listed: listed,
             },
         );

@@ -296,6 +296,26 @@ pub enum SubCommand {
     },
     /// The tenant's metering: events matched, events and bytes delivered.
     Usage,
+    /// Fetch the next waiting batches of a pull subscription (leased for its visibility timeout).
+    Pull {
+        sub_id: String,
+        /// Most events in the answer.
+        #[arg(long, default_value_t = 1_000)]
+        max_events: u32,
+        /// Most bytes of batch bodies in the answer.
+        #[arg(long, default_value_t = 1_048_576)]
+        max_bytes: u64,
+        /// Wait up to this long for a batch when none is waiting (long poll, ≤ 30,000).
+        #[arg(long, default_value_t = 0)]
+        max_wait_ms: u64,
+    },
+    /// Acknowledge fetched batches of a pull subscription by id (they are removed).
+    Ack {
+        sub_id: String,
+        /// Batch ids from `sub pull`.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 pub async fn sub(a: SubArgs) -> anyhow::Result<()> {
@@ -360,6 +380,21 @@ pub async fn sub(a: SubArgs) -> anyhow::Result<()> {
             .await?
         }
         SubCommand::Usage => c.call(false, Method::GET, "/v1/usage", None).await?,
+        SubCommand::Pull {
+            sub_id,
+            max_events,
+            max_bytes,
+            max_wait_ms,
+        } => {
+            let p = format!("{}/pull", path(&sub_id)?);
+            let body = json!({"max_events": max_events, "max_bytes": max_bytes, "max_wait_ms": max_wait_ms});
+            c.call(false, Method::POST, &p, Some(body)).await?
+        }
+        SubCommand::Ack { sub_id, ids } => {
+            let p = format!("{}/ack", path(&sub_id)?);
+            c.call(false, Method::POST, &p, Some(json!({"ids": ids})))
+                .await?
+        }
     };
     print(&v)
 }
