@@ -8,7 +8,7 @@
 Each closed window prints one line from stage 3; at the end every printed top 10 is checked against the counts
 stage 2 wrote into state (read back through the API): the same posts with the same counts.
 
-    bash examples/mapreduce/run.sh top-posts [--window-secs 60] [--run-secs 150]
+    bash examples/mapreduce/run.sh top-posts [--window-secs 60] [--lateness-secs 10] [--run-secs 150]
 """
 
 import argparse
@@ -50,10 +50,14 @@ def compare(stack, windows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--window-secs", type=int, default=60)
+    # Both collectors close a window when the newest event is this much past its end, or — their source quiet
+    # for as long — by the wall clock. A pause upstream longer than this (a loaded machine) could let one stage
+    # close a window by the clock before the other, and the two would then disagree on its last events.
+    ap.add_argument("--lateness-secs", type=int, default=10)
     ap.add_argument("--run-secs", type=float, default=150)
     ap.add_argument("--rate", type=float, default=350)
     args = ap.parse_args()
-    window = {"type": "tumbling", "size_s": args.window_secs, "lateness_s": 2}
+    window = {"type": "tumbling", "size_s": args.window_secs, "lateness_s": args.lateness_secs}
 
     lock = threading.Lock()
     tops = {}  # window start -> (total likes, [(post, count)])
@@ -74,7 +78,9 @@ def main():
         stack.call("POST", "/v1/topics", {"name": "likes", "max_age_secs": 3600, "max_bytes": 64 << 20})
         stack.call("POST", "/v1/subscriptions", {
             "name": "stage 1: likes -> {post, n}",
-            "filter": {"collections": ["app.bsky.feed.like"], "operations": ["create"]},
+            # A like whose record did not come with the event has no post: not counted anywhere.
+            "filter": {"collections": ["app.bsky.feed.like"], "operations": ["create"],
+                       "predicate": "commit.record.subject.uri != null"},
             "transform": "{post: commit.record.subject.uri, n: `1`}",
             "batching": {"max_events": 500, "max_wait_ms": 200},
             "delivery": {"type": "topic", "topic": "likes"},

@@ -2,13 +2,13 @@
 //! liked post (`--keys` distinct posts, 100,000 by default) in 60 s tumbling windows counting likes and distinct
 //! likers, exactly as the worker runs it (each event's JSON parsed once, key and fields by JMESPath). Beside it
 //! the baseline in the same run: parsing the same events alone (`ratio_vs_baseline` = collect ÷ parse). Then what
-//! a checkpoint costs at that size (the saved windows' bytes and serialize time), and the state write rate: every
-//! emitted window written as a key of a NATS KV bucket on a real nats-server (`state_writes_per_s`).
+//! a checkpoint costs at that size (the saved windows' bytes and serialize time), and the state write rate: the
+//! emitted windows written through the worker's `kv` delivery path (planned per batch of `--batch`, one put per
+//! key with its dedup id) into a state bucket on a real nats-server (`state_writes_per_s`).
 
 use std::time::{Duration, Instant};
 
 use fpaas_pipeline::collect::{Collector, Output};
-use futures::StreamExt;
 
 use crate::error::{Context, Result, ensure};
 use crate::server::{NatsServerFlag, peak_rss_bytes, start_nats};
@@ -23,12 +23,12 @@ pub struct Args {
     /// Distinct group keys (liked posts).
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
-    /// Window outputs written to the KV bucket for the state rate (0 skips it).
+    /// Window outputs written to a state bucket for the state rate (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     state_writes: usize,
-    /// KV writes in flight.
-    #[arg(long, default_value_t = 256)]
-    in_flight: usize,
+    /// Outputs per delivered batch (the subscription's `max_events`).
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
     #[command(flatten)]
     nats: NatsServerFlag,
 }
@@ -142,31 +142,43 @@ pub async fn run(args: &Args) -> Result<Report> {
         let client = fpaas_bus::connect(&server.url(), "fpaas-bench-collect")
             .await
             .context("connect")?;
-        let bucket =
-            fpaas_bus::ensure_kv_on(&client, &fpaas_bus::KvSettings::bucket("fpaas_bench_state"))
-                .await
-                .context("state bucket")?;
-        let writes: Vec<(String, Vec<u8>)> = outputs
+        // Exactly the worker's path: a `kv` delivery putting each window's count under `<window start>/<post>`,
+        // planned per batch (one write per key) and written with ids `<batch id>:<key>`.
+        let delivery: fpaas_control::KvDelivery = serde_json::from_value(serde_json::json!({
+            "bucket": "bench", "op": "put", "key": "join('/', [window.start, key])", "value": "likes"
+        }))
+        .context("kv delivery")?;
+        let target =
+            fpaas_pipeline::state::KvTarget::new("t_bench", &delivery).context("kv target")?;
+        let js = fpaas_bus::jetstream(client.clone(), 256);
+        let bucket = fpaas_bus::StateBucket::ensure(
+            &js,
+            &target.kv_bucket,
+            fpaas_bus::StateKind::Values,
+            1,
+            fpaas_bus::Storage::File,
+        )
+        .await
+        .context("state bucket")?;
+        let data: Vec<&[u8]> = outputs
             .iter()
-            .cycle()
             .take(args.state_writes)
-            .enumerate()
-            .map(|(i, o)| (format!("w{}.{i}", o.time_us / 60_000_000), o.data.clone()))
+            .map(|o| o.data.as_slice())
             .collect();
         let started = Instant::now();
-        let failed = futures::stream::iter(writes)
-            .map(|(key, value)| {
-                let bucket = bucket.clone();
-                async move { bucket.put(&key, value.into()).await.is_err() }
-            })
-            .buffer_unordered(args.in_flight.max(1))
-            .filter(|failed| std::future::ready(*failed))
-            .count()
-            .await;
+        let mut written = 0u64;
+        for (n, batch) in data.chunks(args.batch.max(1)).enumerate() {
+            let plan =
+                fpaas_pipeline::state::plan(&target, &format!("bench.o{n}"), batch.iter().copied());
+            let report = fpaas_pipeline::state::write(&bucket, delivery.op, &plan)
+                .await
+                .context("state write")?;
+            written += report.written;
+        }
         let write_s = started.elapsed().as_secs_f64().max(1e-9);
-        ensure!(failed == 0, "{failed} KV writes failed");
-        r.add("state_writes", args.state_writes as u64);
-        r.add("state_writes_per_s", r2(args.state_writes as f64 / write_s));
+        ensure!(written > 0, "no state writes");
+        r.add("state_writes", written);
+        r.add("state_writes_per_s", r2(written as f64 / write_s));
         r.add(
             "nats_rss_mb",
             r2(server.pid().and_then(crate::server::rss_bytes).unwrap_or(0) as f64 / 1e6),

@@ -222,3 +222,35 @@ fn bench_pull_idle_json_has_cpu_and_memory_of_each_phase() {
     }
     positive(&v, "poll_p50_ms");
 }
+
+#[test]
+fn bench_collect_json_has_positive_figures() {
+    let v = bench_json(&[
+        "collect",
+        "--events",
+        "20000",
+        "--keys",
+        "2000",
+        "--state-writes",
+        "2000",
+        "--batch",
+        "500",
+    ]);
+    assert_eq!(v["bench"], "collect");
+    for key in [
+        "events_per_s",
+        "parse_only_events_per_s",
+        "ratio_vs_baseline",
+        "open_groups_peak",
+        "windows_emitted",
+        "state_writes",
+        "state_writes_per_s",
+        "rss_mb",
+    ] {
+        positive(&v, key);
+    }
+    assert_eq!(v["distinct_keys"], 2000);
+    // Every key appears in the first window (the generator's first 2,000 events); 40 s of events in 60 s windows.
+    assert!(v["open_groups_peak"].as_u64().unwrap() >= 2000, "{v}");
+    assert!(v["state_writes"].as_u64().unwrap() >= 1000, "{v}");
+}

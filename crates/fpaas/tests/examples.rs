@@ -48,7 +48,17 @@ fn the_serverless_reducer_example_chains_each_answer_once() {
 
 #[test]
 fn the_top_posts_example_agrees_with_the_counts_it_wrote_to_state() {
-    let lines = run_example("top_posts.py", &["--window-secs", "5", "--run-secs", "20"]);
+    let lines = run_example(
+        "top_posts.py",
+        &[
+            "--window-secs",
+            "5",
+            "--lateness-secs",
+            "4",
+            "--run-secs",
+            "22",
+        ],
+    );
     let summary = lines.last().expect("a summary line");
     assert_eq!(summary["match"], true, "{summary}");
     let windows = summary["windows"].as_u64().unwrap();
