@@ -102,21 +102,43 @@ async fn the_command_line_manages_tenants_subscriptions_and_dead_letters() {
     let created = ok(
         a,
         None,
-        &["tenant", "create", "acme", "--max-subscriptions", "3"],
+        &[
+            "tenant",
+            "create",
+            "acme",
+            "--max-subscriptions",
+            "3",
+            "--max-topics",
+            "4",
+        ],
         None,
     );
     let tenant_id = created["tenant"]["id"].as_str().unwrap().to_owned();
     let token = created["token"].as_str().unwrap().to_owned();
     assert_eq!(created["tenant"]["quotas"]["max_subscriptions"], 3);
+    assert_eq!(created["tenant"]["quotas"]["max_topics"], 4);
     let listed = ok(a, None, &["tenant", "list"], None);
     assert_eq!(listed["tenants"][0]["id"], tenant_id.as_str());
     let updated = ok(
         a,
         None,
-        &["tenant", "update", &tenant_id, "--name", "acme2"],
+        &[
+            "tenant",
+            "update",
+            &tenant_id,
+            "--name",
+            "acme2",
+            "--max-state-buckets",
+            "5",
+            "--max-topic-bytes",
+            "1073741824",
+        ],
         None,
     );
     assert_eq!(updated["name"], "acme2");
+    assert_eq!(updated["quotas"]["max_state_buckets"], 5);
+    assert_eq!(updated["quotas"]["max_topic_bytes"], 1_073_741_824u64);
+    assert_eq!(updated["quotas"]["max_topics"], 4, "unchanged");
     let key = ok(
         a,
         None,

@@ -125,15 +125,8 @@ pub enum TenantCommand {
     Create {
         /// Display name.
         name: String,
-        /// Most subscriptions.
-        #[arg(long)]
-        max_subscriptions: Option<u32>,
-        /// Most DIDs in one filter.
-        #[arg(long)]
-        max_dids_per_filter: Option<u32>,
-        /// Most events per second delivered, all subscriptions together.
-        #[arg(long)]
-        max_delivery_events_per_s: Option<u64>,
+        #[command(flatten)]
+        quotas: QuotaFlags,
         /// Label of the first key.
         #[arg(long)]
         key_label: Option<String>,
@@ -147,12 +140,8 @@ pub enum TenantCommand {
         tenant_id: String,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long)]
-        max_subscriptions: Option<u32>,
-        #[arg(long)]
-        max_dids_per_filter: Option<u32>,
-        #[arg(long)]
-        max_delivery_events_per_s: Option<u64>,
+        #[command(flatten)]
+        quotas: QuotaFlags,
     },
     /// Delete a tenant with its subscriptions and keys.
     Delete { tenant_id: String },
@@ -168,21 +157,48 @@ pub enum TenantCommand {
     KeyDelete { tenant_id: String, key_id: String },
 }
 
-fn quotas(
-    subs: Option<u32>,
-    dids: Option<u32>,
-    rate: Option<u64>,
-) -> serde_json::Map<String, Value> {
+/// A tenant's quotas as flags (absent: the server's default on create, unchanged on update).
+#[derive(clap::Args, Debug, Default)]
+pub struct QuotaFlags {
+    /// Most subscriptions.
+    #[arg(long)]
+    max_subscriptions: Option<u32>,
+    /// Most DIDs in one filter.
+    #[arg(long)]
+    max_dids_per_filter: Option<u32>,
+    /// Most events per second delivered, all subscriptions together.
+    #[arg(long)]
+    max_delivery_events_per_s: Option<u64>,
+    /// Most topics.
+    #[arg(long)]
+    max_topics: Option<u32>,
+    /// Most bytes of all topics together (the sum of their `max_bytes`).
+    #[arg(long)]
+    max_topic_bytes: Option<i64>,
+    /// Most state buckets.
+    #[arg(long)]
+    max_state_buckets: Option<u32>,
+}
+
+fn quotas(f: &QuotaFlags) -> serde_json::Map<String, Value> {
     let mut q = serde_json::Map::new();
-    if let Some(v) = subs {
-        q.insert("max_subscriptions".into(), json!(v));
-    }
-    if let Some(v) = dids {
-        q.insert("max_dids_per_filter".into(), json!(v));
-    }
-    if let Some(v) = rate {
-        q.insert("max_delivery_events_per_s".into(), json!(v));
-    }
+    let mut set = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            q.insert(k.into(), v);
+        }
+    };
+    set("max_subscriptions", f.max_subscriptions.map(|v| json!(v)));
+    set(
+        "max_dids_per_filter",
+        f.max_dids_per_filter.map(|v| json!(v)),
+    );
+    set(
+        "max_delivery_events_per_s",
+        f.max_delivery_events_per_s.map(|v| json!(v)),
+    );
+    set("max_topics", f.max_topics.map(|v| json!(v)));
+    set("max_topic_bytes", f.max_topic_bytes.map(|v| json!(v)));
+    set("max_state_buckets", f.max_state_buckets.map(|v| json!(v)));
     q
 }
 
@@ -191,12 +207,10 @@ pub async fn tenant(a: TenantArgs) -> anyhow::Result<()> {
     let v = match a.command {
         TenantCommand::Create {
             name,
-            max_subscriptions,
-            max_dids_per_filter,
-            max_delivery_events_per_s,
+            quotas: q,
             key_label,
         } => {
-            let mut body = json!({"name": name, "quotas": quotas(max_subscriptions, max_dids_per_filter, max_delivery_events_per_s)});
+            let mut body = json!({"name": name, "quotas": quotas(&q)});
             if let Some(l) = key_label {
                 body["key_label"] = json!(l);
             }
@@ -211,19 +225,13 @@ pub async fn tenant(a: TenantArgs) -> anyhow::Result<()> {
         TenantCommand::Update {
             tenant_id,
             name,
-            max_subscriptions,
-            max_dids_per_filter,
-            max_delivery_events_per_s,
+            quotas: flags,
         } => {
             let mut body = json!({});
             if let Some(n) = name {
                 body["name"] = json!(n);
             }
-            let q = quotas(
-                max_subscriptions,
-                max_dids_per_filter,
-                max_delivery_events_per_s,
-            );
+            let q = quotas(&flags);
             if !q.is_empty() {
                 body["quotas"] = Value::Object(q);
             }
