@@ -33,6 +33,9 @@ pub struct Args {
     nats: NatsServerFlag,
 }
 
+/// Event time of the first event (µs), aligned to a minute.
+const T0_US: i64 = 1_790_000_040_000_000;
+
 /// The collector: per liked post per minute, likes and distinct likers.
 fn spec() -> serde_json::Value {
     serde_json::json!({
@@ -42,8 +45,8 @@ fn spec() -> serde_json::Value {
     })
 }
 
-/// `n` like events as the firehose stream holds them (Jetstream JSON), 2 ms apart in event time, posts and
-/// likers drawn by a fixed-seed generator (Zipf-like skew: a few posts get most likes, all `keys` appear).
+/// `n` distinct like events as the firehose stream holds them (Jetstream JSON), posts and likers drawn by a
+/// fixed-seed generator (skewed: a few posts get most likes; all `keys` appear in the first `keys` events).
 fn events(n: usize, keys: usize) -> Vec<(Vec<u8>, i64)> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -52,7 +55,7 @@ fn events(n: usize, keys: usize) -> Vec<(Vec<u8>, i64)> {
         x ^= x << 17;
         x
     };
-    let t0 = 1_790_000_000_000_000i64;
+    let t0 = T0_US;
     (0..n)
         .map(|i| {
             // Every key once in the first `keys` events, then skewed toward low numbers.
@@ -76,7 +79,7 @@ fn events(n: usize, keys: usize) -> Vec<(Vec<u8>, i64)> {
                     "cid": "bafyreigwlk3kbvkgdz4hfskbtrh7yc2bz4lrhuj7x3qqdpgbzxlf3k4j4e"
                 }
             });
-            (serde_json::to_vec(&json).unwrap_or_default(), t0 + i as i64 * 2_000)
+            (serde_json::to_vec(&json).unwrap_or_default(), t0 + i as i64 * 100)
         })
         .collect()
 }
@@ -90,14 +93,20 @@ pub async fn run(args: &Args) -> Result<Report> {
         args.events > 0 && args.keys > 0,
         "--events and --keys must be > 0"
     );
-    let evs = events(args.events, args.keys);
+    // A pool of distinct events (at least every key once), fed round and round with event times 0.1 ms apart:
+    // 600,000 events per 60 s window, so every key is open in each window. The pool is generated before the
+    // baseline RSS is read, so `collector_mb` is what the collector itself holds at its peak.
+    let pool = args.events.min(args.keys.max(200_000));
+    let evs = events(pool, args.keys);
+    let feed = |i: usize| (&evs[i % pool].0, T0_US + i as i64 * 100);
+    let rss_before = crate::server::rss_bytes(std::process::id()).unwrap_or(0);
     let spec: fpaas_control::collect::Collect =
         serde_json::from_value(spec()).context("collector spec")?;
 
     // Baseline: parsing alone (what every collecting event costs before the collector).
     let started = Instant::now();
-    for (bytes, _) in &evs {
-        std::hint::black_box(fpaas_filter::Data::from_json_bytes(bytes).ok());
+    for i in 0..args.events {
+        std::hint::black_box(fpaas_filter::Data::from_json_bytes(feed(i).0).ok());
     }
     let parse_s = started.elapsed().as_secs_f64();
 
@@ -105,15 +114,17 @@ pub async fn run(args: &Args) -> Result<Report> {
     let mut outputs: Vec<Output> = Vec::new();
     let mut peak_groups = 0usize;
     let started = Instant::now();
-    for (i, (bytes, time_us)) in evs.iter().enumerate() {
+    for i in 0..args.events {
+        let (bytes, time_us) = feed(i);
         if let Ok(data) = fpaas_filter::Data::from_json_bytes(bytes) {
-            collector.add(&data, *time_us, &mut outputs);
+            collector.add(&data, time_us, &mut outputs);
         }
         if i % 4_096 == 0 {
             peak_groups = peak_groups.max(collector.open_groups());
         }
     }
     let collect_s = started.elapsed().as_secs_f64();
+    let rss_after = crate::server::rss_bytes(std::process::id()).unwrap_or(0);
     peak_groups = peak_groups.max(collector.open_groups());
     // A checkpoint of the open windows at their largest.
     let started = Instant::now();
@@ -136,6 +147,10 @@ pub async fn run(args: &Args) -> Result<Report> {
     r.add("snapshot_mb", r2(snapshot.len() as f64 / 1e6));
     r.add("snapshot_serialize_ms", r2(snapshot_ms));
     r.add("rss_mb", r2(rss as f64 / 1e6));
+    r.add(
+        "collector_mb",
+        r2(rss_after.saturating_sub(rss_before) as f64 / 1e6),
+    );
 
     if args.state_writes > 0 {
         let server = start_nats(&args.nats.binary()).await?;
