@@ -60,7 +60,7 @@ def main():
         stack.call("POST", "/v1/topics", {"name": "post_stats", "max_age_secs": 3600, "max_bytes": 64 << 20})
         a = stack.call("POST", "/v1/subscriptions", {
             "name": "posts -> reducer",
-            "filter": {"collections": ["app.bsky.feed.post"], "operations": ["create"]},
+            "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.post"], "operations": ["create"]},
             "transform": "{did: did, text: commit.record.text}",
             "batching": {"max_events": 50, "max_wait_ms": 1000},
             "delivery": {"type": "webhook", "url": r_reduce.url, "output_topic": "post_stats"},

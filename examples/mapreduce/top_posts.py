@@ -78,9 +78,9 @@ def main():
         stack.call("POST", "/v1/topics", {"name": "likes", "max_age_secs": 3600, "max_bytes": 64 << 20})
         stack.call("POST", "/v1/subscriptions", {
             "name": "stage 1: likes -> {post, n}",
-            # A like whose record did not come with the event has no post: not counted anywhere.
-            "filter": {"collections": ["app.bsky.feed.like"], "operations": ["create"],
-                       "predicate": "commit.record.subject.uri != null"},
+            # Commits only: as in Jetstream, a collection filter does not exclude identity and account events
+            # (they have no collection), which have no post to count.
+            "filter": {"kinds": ["commit"], "collections": ["app.bsky.feed.like"], "operations": ["create"]},
             "transform": "{post: commit.record.subject.uri, n: `1`}",
             "batching": {"max_events": 500, "max_wait_ms": 200},
             "delivery": {"type": "topic", "topic": "likes"},
