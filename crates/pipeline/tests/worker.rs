@@ -657,14 +657,15 @@ async fn start_positions_live_time_and_seq_start_where_they_say() {
     )
     .await;
     put_sub(&env, "s_live", spec("/live", json!({"at": "live"}))).await;
-    let (cancel, handle) = start_worker(&env, "w_start");
-    // The live subscription's position is fixed when the worker first runs it: wait for its progress.
+    // Opened before the worker starts (both creating it at once, with other settings, is refused: 10058).
     let progress = fpaas_bus::ensure_kv_on(
         &env.client,
         &fpaas_bus::KvSettings::bucket(layout::PROGRESS_BUCKET),
     )
     .await
     .unwrap();
+    let (cancel, handle) = start_worker(&env, "w_start");
+    // The live subscription's position is fixed when the worker first runs it: wait for its progress.
     eventually(Duration::from_secs(10), || async {
         progress
             .get(&layout::progress_key("s_live"))
@@ -1560,14 +1561,16 @@ async fn a_collectors_windows_are_written_to_state() {
     let values = |m: BTreeMap<String, (String, String)>| -> BTreeMap<String, String> {
         m.into_iter().map(|(k, (v, _))| (k, v)).collect()
     };
-    let (cancel, handle) = start_worker(&env, "w_coll");
-    let last = *seqs.last().unwrap();
+    // Opened before the worker starts: the worker takes an existing bucket as it is, while creating it here
+    // after the worker did, with other settings, would be refused (10058).
     let progress = fpaas_bus::ensure_kv_on(
         &env.client,
         &fpaas_bus::KvSettings::bucket(layout::PROGRESS_BUCKET),
     )
     .await
     .expect("progress bucket");
+    let (cancel, handle) = start_worker(&env, "w_coll");
+    let last = *seqs.last().unwrap();
     eventually(Duration::from_secs(30), || async {
         values(state_of(&env, "per-coll").await) == want_counts
             && values(state_of(&env, "last-window").await) == want_last
