@@ -11,6 +11,7 @@
 //!   subscription; [`deliver`]: one subscription's delivery throughput beside reading the stream alone;
 //! - [`collect`]: the collector stage with 100,000 keys beside parsing alone, checkpoint size, KV state writes/s;
 //! - [`pull_idle`]: N idle `pull` subscriptions polled once a minute — server, worker and API CPU and memory;
+//! - [`subscribe`]: N WebSocket clients with mixed filters and one stalled client on `GET /subscribe`;
 //! - [`server`], [`publish`], [`subs`]: what they share — nats-server through `fpaas-testkit`, peak RSS, stream
 //!   progress, paths; messages as the shuffler publishes them, bounded-in-flight publishing.
 //!
@@ -29,6 +30,7 @@ pub mod record_kv;
 pub mod server;
 pub mod storage;
 pub mod subs;
+pub mod subscribe;
 
 pub use error::{Error, Result};
 
@@ -65,6 +67,8 @@ pub enum Bench {
     Collect(collect::Args),
     /// Pull subscriptions: N idle ones polled once a minute, CPU and memory of nats-server, worker and API.
     PullIdle(pull_idle::Args),
+    /// GET /subscribe: N WebSocket clients with mixed filters and one stalled client on one node, latency and memory.
+    Subscribe(subscribe::Args),
 }
 
 /// A benchmark's result: named figures, each key ending in its unit.
@@ -135,6 +139,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         Bench::Deliver(a) => deliver::run(a).await,
         Bench::Collect(a) => collect::run(a).await,
         Bench::PullIdle(a) => pull_idle::run(a).await,
+        Bench::Subscribe(a) => subscribe::run(a).await,
     }
 }
 

@@ -183,21 +183,46 @@ impl WorkerChild {
     /// When the binary cannot be started.
     pub fn start(nats_url: &str, log: &std::path::Path) -> Result<Self> {
         let metrics = format!("127.0.0.1:{}", fpaas_testkit::free_port());
+        Self::spawn(
+            &[
+                "worker",
+                "--nats-url",
+                nats_url,
+                "--worker-id",
+                "bench",
+                "--metrics-listen",
+                &metrics,
+                "--allow-loopback",
+            ],
+            &[],
+            metrics.clone(),
+            log,
+        )
+    }
+
+    /// Starts this binary with `args` (a subcommand and its flags, which put its ops server on `metrics`) and
+    /// `env`, logging to `log`.
+    ///
+    /// # Errors
+    /// When the binary cannot be started.
+    pub fn spawn(
+        args: &[&str],
+        env: &[(&str, String)],
+        metrics: String,
+        log: &std::path::Path,
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the fpaas binary")?;
         let child = tokio::process::Command::new(exe)
-            .arg("worker")
-            .args(["--nats-url", nats_url])
-            .args(["--worker-id", "bench"])
-            .args(["--metrics-listen", &metrics])
-            .arg("--allow-loopback")
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
             .kill_on_drop(true)
             .spawn()
-            .context("starting the worker child")?;
-        let pid = child.id().context("worker pid")?;
+            .context("starting a child process")?;
+        let pid = child.id().context("child pid")?;
         Ok(Self {
             child,
             pid,

@@ -151,6 +151,10 @@ async fn subscribe(
     };
     upgrade
         .max_message_size(session::MAX_CLIENT_MESSAGE)
+        // Clients send little (an options_update now and then); every event is flushed as it is sent. Small
+        // buffers keep an idle connection's memory in kilobytes instead of 2 × 128 KiB.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             let _guard = guard;
             session::run(socket, hub, query, covered).await;

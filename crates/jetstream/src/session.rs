@@ -234,7 +234,7 @@ impl Session {
         let mut source = if hello_pending {
             None
         } else {
-            Some(self.catch_up())
+            Some(self.start())
         };
         let cancel = self.hub.cancel.clone();
         loop {
@@ -249,7 +249,7 @@ impl Session {
                         }
                         if hello_pending {
                             hello_pending = false;
-                            source = Some(self.catch_up());
+                            source = Some(self.start());
                         } else if matches!(source, Some(Source::CatchUp { .. } | Source::Joining { .. })) {
                             // The catch-up reader's subjects come from the filter: open it again from `covered`.
                             source = Some(self.catch_up());
@@ -365,6 +365,18 @@ impl Session {
             }
             other => Ok(other),
         }
+    }
+
+    /// The first source: the shared ring at once when the reader has not passed `covered` (a live client),
+    /// else an own reader from `covered`.
+    fn start(&self) -> Source {
+        if self.hub.is_started() {
+            let rx = self.hub.subscribe();
+            if self.hub.position() <= self.covered {
+                return Source::Live(rx);
+            }
+        }
+        self.catch_up()
     }
 
     fn catch_up(&self) -> Source {

@@ -2,7 +2,7 @@
 //! JSON object whose figures are present and positive. `ingest` (with the relay simulator, the raw-publish
 //! baseline and the shuffler as a child process), `record-kv` and `storage` start their own nats-server child;
 //! `decode` reads the committed corpus; `fanout` and `deliver` run the worker as a child against their own
-//! nats-server (fanout with relay-sim and the shuffler too); `pull-idle` runs the worker and the API as children.
+//! nats-server (fanout with relay-sim and the shuffler too); `pull-idle` runs the worker and the API as children; `subscribe` runs `fpaas serve` and the shuffler as children.
 
 use std::process::Command;
 
@@ -253,4 +253,44 @@ fn bench_collect_json_has_positive_figures() {
     // Every key appears in the generator's first 2,000 events; 20,000 events 0.1 ms apart are all in one window.
     assert!(v["open_groups_peak"].as_u64().unwrap() >= 2000, "{v}");
     assert!(v["state_writes"].as_u64().unwrap() >= 1000, "{v}");
+}
+
+#[test]
+fn bench_subscribe_json_has_latency_memory_and_the_stalled_clients_fate() {
+    let v = bench_json(&[
+        "subscribe",
+        "--clients",
+        "30",
+        "--seconds",
+        "6",
+        "--rate",
+        "300",
+        "--warmup-secs",
+        "1",
+        "--stall-timeout-secs",
+        "2",
+    ]);
+    assert_eq!(v["bench"], "subscribe");
+    assert_eq!(v["clients"], 30, "{v}");
+    assert_eq!(v["connected_clients"], 30, "every client connected: {v}");
+    for key in [
+        "events_per_s",
+        "deliveries_per_s",
+        "p50_ms",
+        "p99_ms",
+        "p99_ms_before_stall",
+        "p99_ms_with_stall",
+        "rss_mb",
+    ] {
+        positive(&v, key);
+    }
+    // Each client gets at least the events of its own filter: deliveries exceed the stream's rate.
+    assert!(
+        positive(&v, "deliveries_per_s") > positive(&v, "events_per_s"),
+        "{v}"
+    );
+    assert!(
+        v["stalled_closed"].is_u64() && v["ratio_vs_baseline"].is_number(),
+        "{v}"
+    );
 }
