@@ -17,13 +17,13 @@ use serde_json::Value;
 
 /// `fpaas dev` and its state directory; dropping it stops the stack with SIGTERM and then makes sure that no
 /// process started with that directory in its arguments (a nats-server child) outlives the test.
-struct Dev {
-    proc: Proc,
-    dir: tempfile::TempDir,
+pub(crate) struct Dev {
+    pub(crate) proc: Proc,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Dev {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let read =
             |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         format!("stdout:\n{}\nstderr:\n{}", read("dev.out"), read("dev.err"))
@@ -61,11 +61,10 @@ fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-async fn dev_stack(cluster: bool) {
-    let nodes: u16 = if cluster { 3 } else { 1 };
-    // One block: client ports, monitoring ports, route ports (three each), the ops server, the API.
-    let base = free_port_block(11);
-    let receiver = WebhookReceiver::start().await;
+/// Starts `fpaas dev` (one nats-server, or three with `cluster`) on ports from `base` (11 of them: client,
+/// monitoring and route ports, the ops server at `base + 9`, the API at `base + 10`), its demo subscription
+/// delivering to `demo_receiver`; its state directory is `dev.dir/state`.
+pub(crate) fn spawn_dev(cluster: bool, base: u16, demo_receiver: std::net::SocketAddr) -> Dev {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let out = std::fs::File::create(dir.path().join("dev.out")).expect("stdout file");
@@ -86,7 +85,7 @@ async fn dev_stack(cluster: bool) {
         .arg("--api-listen")
         .arg(format!("127.0.0.1:{}", base + 10))
         .arg("--demo-receiver")
-        .arg(receiver.addr().to_string())
+        .arg(demo_receiver.to_string())
         .arg("--state-dir")
         .arg(&state)
         // Small enough that three nodes reserve it on any test machine's disk.
@@ -97,10 +96,19 @@ async fn dev_stack(cluster: bool) {
     if cluster {
         cmd.arg("--cluster");
     }
-    let dev = Dev {
+    Dev {
         proc: Proc::spawn(&mut cmd),
         dir,
-    };
+    }
+}
+
+async fn dev_stack(cluster: bool) {
+    let nodes: u16 = if cluster { 3 } else { 1 };
+    // One block: client ports, monitoring ports, route ports (three each), the ops server, the API.
+    let base = free_port_block(11);
+    let receiver = WebhookReceiver::start().await;
+    let dev = spawn_dev(cluster, base, receiver.addr());
+    let state = dev.dir.path().join("state");
 
     let http = reqwest::Client::new();
     let ready = format!("http://127.0.0.1:{}/ready", base + 9);
