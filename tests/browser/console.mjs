@@ -125,6 +125,7 @@ try {
   }
   const summary = await page.textContent("#results-summary");
   expect(/matched/.test(summary), "summary: " + summary);
+  await page.click("#results .result details summary");
   await page.locator("#f-predicate").evaluate((e) => e.scrollIntoView({ block: "start" }));
   await shot("playground");
   mark("playground");
