@@ -159,10 +159,10 @@ impl Matcher {
         if !self.topic && !self.compiled.admits(&event.key()) {
             return None;
         }
-        if let Some(p) = &self.compiled.predicate {
-            if !event.data().is_some_and(|d| p.matches_data(d)) {
-                return None;
-            }
+        if let Some(p) = &self.compiled.predicate
+            && !event.data().is_some_and(|d| p.matches_data(d))
+        {
+            return None;
         }
         let json =
             serde_json::from_slice::<serde_json::Value>(&event.payload).unwrap_or_else(|_| {

@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fpaas_testkit::{WebhookReceiver, eventually, eventually_some, free_port_block, workspace_root};
+use fpaas_testkit::{
+    WebhookReceiver, eventually, eventually_some, free_port_block, workspace_root,
+};
 use serde_json::Value;
 
 use crate::cli_dev::spawn_dev;
@@ -69,7 +71,10 @@ async fn console_signs_in_runs_the_playground_tails_and_replays_a_dead_letter_in
         assert_eq!(r.status(), 200, "{path}");
         let h = r.headers();
         assert!(
-            h["content-type"].to_str().unwrap().starts_with(content_type),
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(content_type),
             "{path}: {:?}",
             h["content-type"]
         );
