@@ -2,7 +2,7 @@
 // sign in (a wrong key first), the subscriptions list with live stats, the playground (a bad JMESPath shows its
 // error in the form; fixed, results from real events), save as a webhook subscription to a receiver this script
 // runs on 127.0.0.1 (failing first, so batches are dead-lettered), its matches in the live tail, the dead
-// letters (inspect, replay: removed and received). Run by crates/fpaas/tests/it/console.rs:
+// letters (inspect, replay: removed and received), the topics and state views. Run by crates/fpaas/tests/it/console.rs:
 //
 //   FPAAS_CONSOLE_URL=http://127.0.0.1:PORT FPAAS_CONSOLE_KEY=fpk_… FPAAS_CONSOLE_SHOTS=DIR node console.mjs
 //
@@ -188,6 +188,16 @@ try {
     return row && /\/s$/.test(row.querySelector("[data-stat=rate]").textContent) && /[1-9][\d,]* dead/.test(row.textContent);
   }, subId);
   await shot("subscriptions");
+
+  // --------------------------------------------------------------- topics and state
+  await page.click("[data-nav=topics]");
+  await page.click("#topics tbody tr:has-text('console-demo') button");
+  await page.waitForFunction(() => !document.querySelector("#topic-detail").hidden);
+  const topic = JSON.parse(await page.textContent("#topic-detail"));
+  expect(topic.name === "console-demo" && typeof topic.messages === "number", "the topic's details: " + JSON.stringify(topic));
+  await page.click("[data-nav=state]");
+  await page.waitForSelector("text=No state buckets");
+  mark("topics_state");
 
   expect(consoleErrors.length === 0, "no errors in the page: " + consoleErrors.join("; "));
   console.log(JSON.stringify({ ok: true, sub: subId, replayed: batchId, received: received.length, ms: marks, shots }));

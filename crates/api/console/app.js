@@ -764,44 +764,37 @@ function deadLetterPanel(id, sub) {
 
 // ------------------------------------------------------------------ topics and state
 
+/** A table: `headers` as text, each row an array of cells (a <td> as is, anything else as the text of one). */
+function table(attrs, headers, rows) {
+  return h(
+    "table",
+    attrs,
+    h("thead", {}, h("tr", {}, ...headers.map((t) => h("th", {}, t)))),
+    h("tbody", {}, ...rows.map((cells) => h("tr", {}, ...cells.map((c) => (c instanceof HTMLTableCellElement ? c : h("td", {}, c)))))),
+  );
+}
+
+const button = (text, onclick) => h("button", { type: "button", onclick }, text);
+
 async function topicsView() {
   const { topics } = await api("GET", "/v1/topics");
   const detail = h("pre", { id: "topic-detail", hidden: true });
+  const show = async (name) => {
+    detail.textContent = json(await api("GET", `/v1/topics/${encodeURIComponent(name)}`));
+    detail.hidden = false;
+  };
   main().append(
     h("h1", {}, "Topics"),
     topics.length
-      ? h(
-          "table",
+      ? table(
           { id: "topics" },
-          h("thead", {}, h("tr", {}, ...["Name", "Retention", "Max bytes", ""].map((t) => h("th", {}, t)))),
-          h(
-            "tbody",
-            {},
-            ...topics.map((t) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, t.name),
-                h("td", { class: "num" }, `${fmt(t.max_age_secs)} s`),
-                h("td", { class: "num" }, fmt(t.max_bytes)),
-                h(
-                  "td",
-                  {},
-                  h(
-                    "button",
-                    {
-                      type: "button",
-                      onclick: async () => {
-                        detail.textContent = json(await api("GET", `/v1/topics/${encodeURIComponent(t.name)}`));
-                        detail.hidden = false;
-                      },
-                    },
-                    "Details",
-                  ),
-                ),
-              ),
-            ),
-          ),
+          ["Name", "Retention", "Max bytes", ""],
+          topics.map((t) => [
+            t.name,
+            h("td", { class: "num" }, `${fmt(t.max_age_secs)} s`),
+            h("td", { class: "num" }, fmt(t.max_bytes)),
+            button("Details", () => show(t.name)),
+          ]),
         )
       : h("p", { class: "muted" }, "No topics. A subscription delivers into one created with POST /v1/topics."),
     detail,
@@ -815,17 +808,10 @@ async function stateView() {
     const r = await api("GET", `/v1/state/${encodeURIComponent(name)}/keys?limit=100`);
     keys.replaceChildren(
       h("h2", {}, name),
-      h(
-        "table",
+      table(
         {},
-        h("thead", {}, h("tr", {}, h("th", {}, "Key"), h("th", {}, "Value"), h("th", {}, "Updated"))),
-        h(
-          "tbody",
-          {},
-          ...r.entries.map((e) =>
-            h("tr", {}, h("td", { class: "small" }, e.key), h("td", {}, h("pre", {}, json(e.value))), h("td", { class: "small" }, e.updated_at)),
-          ),
-        ),
+        ["Key", "Value", "Updated"],
+        r.entries.map((e) => [h("td", { class: "small" }, e.key), h("pre", {}, json(e.value)), h("td", { class: "small" }, e.updated_at)]),
       ),
       r.next_after ? h("p", { class: "small muted" }, "The first 100 keys are shown.") : null,
     );
@@ -833,24 +819,10 @@ async function stateView() {
   main().append(
     h("h1", {}, "State"),
     buckets.length
-      ? h(
-          "table",
+      ? table(
           { id: "buckets" },
-          h("thead", {}, h("tr", {}, ...["Bucket", "Kind", "Created", ""].map((t) => h("th", {}, t)))),
-          h(
-            "tbody",
-            {},
-            ...buckets.map((b) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, b.name),
-                h("td", {}, b.kind),
-                h("td", { class: "small" }, b.created_at),
-                h("td", {}, h("button", { type: "button", onclick: () => open(b.name) }, "Keys")),
-              ),
-            ),
-          ),
+          ["Bucket", "Kind", "Created", ""],
+          buckets.map((b) => [b.name, b.kind, h("td", { class: "small" }, b.created_at), button("Keys", () => open(b.name))]),
         )
       : h("p", { class: "muted" }, "No state buckets. A subscription with a kv delivery creates one."),
     keys,

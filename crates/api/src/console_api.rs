@@ -189,12 +189,22 @@ impl Matcher {
     }
 }
 
-/// The stream a source reads (a topic must be the tenant's: 404 otherwise).
-async fn source_stream(s: &AppState, tenant: &str, source: &Source) -> Result<String, ApiError> {
-    match source.topic() {
-        None => Ok(s.firehose_stream.clone()),
-        Some(name) => Ok(s.store.topic(tenant, name).await?.stream),
-    }
+/// The compiled filter and transform (validated as a subscription's) and the stream of the source (a topic
+/// must be the caller's: 404 otherwise).
+async fn prepare(
+    s: &AppState,
+    auth: &TenantAuth,
+    source: &Source,
+    filter: &FilterSpec,
+    transform: Option<&str>,
+) -> Result<(Matcher, String), ApiError> {
+    let matcher = Matcher::new(source, filter, transform, &auth.tenant.quotas)
+        .map_err(|v| ApiError::validation(&v))?;
+    let stream = match source.topic() {
+        None => s.firehose_stream.clone(),
+        Some(name) => s.store.topic(&auth.tenant.id, name).await?.stream,
+    };
+    Ok((matcher, stream))
 }
 
 fn bounded<T: Copy + PartialOrd + std::fmt::Display>(
@@ -223,14 +233,14 @@ pub(crate) async fn playground(
 ) -> Result<Json<PlaygroundResult>, ApiError> {
     let scan = bounded("scan", req.scan, DEFAULT_SCAN, 1..=MAX_SCAN)?;
     let limit = bounded("limit", req.limit, DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
-    let matcher = Matcher::new(
+    let (matcher, stream) = prepare(
+        &s,
+        &auth,
         &req.source,
         &req.filter,
         req.transform.as_deref(),
-        &auth.tenant.quotas,
     )
-    .map_err(|v| ApiError::validation(&v))?;
-    let stream = source_stream(&s, &auth.tenant.id, &req.source).await?;
+    .await?;
     let recent = fpaas_bus::tail::recent(&s.client, &stream, matcher.subjects(), scan, SCAN_BUDGET)
         .await?
         .unwrap_or_default();
@@ -264,14 +274,14 @@ pub(crate) async fn tail(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let (sub, _) = s.store.subscription(&auth.tenant.id, &id).await?;
-    let matcher = Matcher::new(
+    let (matcher, stream) = prepare(
+        &s,
+        &auth,
         &sub.source,
         &sub.filter,
         sub.transform.as_deref(),
-        &auth.tenant.quotas,
     )
-    .map_err(|v| ApiError::validation(&v))?;
-    let stream = source_stream(&s, &auth.tenant.id, &sub.source).await?;
+    .await?;
     let slot = WatchSlot::acquire(&s.watches, &auth.tenant.id)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(TAIL_BUFFER);
     let mut reader = StreamTail::new(&s.client, &stream, From::New, matcher.subjects());

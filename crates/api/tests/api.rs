@@ -93,6 +93,21 @@ impl Api {
         }
     }
 
+    /// Creates the firehose stream (1 GiB); the JetStream context it used.
+    async fn firehose(&self) -> fpaas_bus::JetStream {
+        let js = fpaas_bus::jetstream(self.client.clone(), 64);
+        fpaas_bus::ensure_stream(
+            &js,
+            &fpaas_bus::StreamSettings {
+                max_bytes: 1 << 30,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("stream");
+        js
+    }
+
     async fn raw(
         &self,
         method: Method,
@@ -963,16 +978,7 @@ async fn a_dead_letter_is_listed_replayed_with_its_id_and_removed() {
     let api = Api::start().await;
     let receiver = WebhookReceiver::start().await;
     receiver.respond_with(|_| Reply::status(500));
-    let js = fpaas_bus::jetstream(api.client.clone(), 64);
-    fpaas_bus::ensure_stream(
-        &js,
-        &fpaas_bus::StreamSettings {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("stream");
+    api.firehose().await;
     let events = corpus_events(60);
     publish_events(&api.client, &events).await;
     let (_, token) = api.tenant("t", json!({})).await;
@@ -1459,16 +1465,7 @@ async fn next_sse(resp: &mut reqwest::Response, buf: &mut String) -> Option<(Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn state_buckets_are_read_listed_and_watched_as_a_worker_writes_them() {
     let api = Api::start().await;
-    let js = fpaas_bus::jetstream(api.client.clone(), 64);
-    fpaas_bus::ensure_stream(
-        &js,
-        &fpaas_bus::StreamSettings {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("stream");
+    let js = api.firehose().await;
     let (a_id, a) = api.tenant("alice", json!({"max_state_buckets": 2})).await;
     let t = Some(a.as_str());
     let kv_spec = |delivery: Value| {
@@ -1740,16 +1737,7 @@ fn ids_of(batches: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_stays_bounded() {
     let api = Api::start().await;
-    let js = fpaas_bus::jetstream(api.client.clone(), 64);
-    fpaas_bus::ensure_stream(
-        &js,
-        &fpaas_bus::StreamSettings {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("stream");
+    let js = api.firehose().await;
     let events = corpus_events(70);
     let seqs = publish_events(&api.client, &events[..60]).await;
     let (tenant_id, token) = api.tenant("puller", json!({})).await;
@@ -2026,16 +2014,7 @@ async fn the_playground_runs_filters_on_recent_events_and_the_tail_streams_match
         .await;
     assert_eq!(empty.status, 200, "{}", empty.json);
     assert_eq!(empty.json["scanned"], 0);
-    let js = fpaas_bus::jetstream(api.client.clone(), 64);
-    fpaas_bus::ensure_stream(
-        &js,
-        &fpaas_bus::StreamSettings {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("stream");
+    api.firehose().await;
     let events = corpus_events(300);
     let seqs = publish_events(&api.client, &events).await;
     let last = *seqs.iter().max().unwrap();

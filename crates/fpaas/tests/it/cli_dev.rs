@@ -23,6 +23,20 @@ pub(crate) struct Dev {
 }
 
 impl Dev {
+    /// Waits (90 s at most) for the ops server of a stack started on `base` by [`spawn_dev`] to be ready.
+    pub(crate) async fn wait_ready(&self, base: u16) {
+        let http = reqwest::Client::new();
+        let ready = format!("http://127.0.0.1:{}/ready", base + 9);
+        eventually(Duration::from_secs(90), || async {
+            http.get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("/ready: {e}\n{}", self.log()));
+    }
+
     pub(crate) fn log(&self) -> String {
         let read =
             |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
@@ -110,16 +124,7 @@ async fn dev_stack(cluster: bool) {
     let dev = spawn_dev(cluster, base, receiver.addr());
     let state = dev.dir.path().join("state");
 
-    let http = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{}/ready", base + 9);
-    eventually(Duration::from_secs(90), || async {
-        http.get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("/ready: {e}\n{}", dev.log()));
+    dev.wait_ready(base).await;
 
     // The stream fills, replicated on every node.
     let urls: Vec<String> = (0..nodes)

@@ -2,15 +2,14 @@
 //! `tests/browser/console.mjs` driving Debian's chromium through playwright-core (both installed by
 //! `scripts/setup-tools.sh`): sign in, the subscriptions list with live stats, a bad JMESPath shown in the
 //! playground's form, results from real events, a subscription saved from the playground, its matches in the
-//! live tail, a dead letter inspected and replayed (removed, and received by the script's receiver). The
+//! live tail, a dead letter inspected and replayed (removed, and received by the script's receiver), the
+//! topics and state views. The
 //! screenshots go to a temporary folder; with `FPAAS_UPDATE_SCREENSHOTS=1` to `docs/console/`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fpaas_testkit::{
-    WebhookReceiver, eventually, eventually_some, free_port_block, workspace_root,
-};
+use fpaas_testkit::{WebhookReceiver, eventually_some, free_port_block, workspace_root};
 use serde_json::Value;
 
 use crate::cli_dev::spawn_dev;
@@ -40,16 +39,8 @@ async fn console_signs_in_runs_the_playground_tails_and_replays_a_dead_letter_in
     let base = free_port_block(11);
     let demo_receiver = WebhookReceiver::start().await;
     let dev = spawn_dev(false, base, demo_receiver.addr());
+    dev.wait_ready(base).await;
     let http = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{}/ready", base + 9);
-    eventually(Duration::from_secs(90), || async {
-        http.get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("/ready: {e}\n{}", dev.log()));
     let demo_path = dev.dir.path().join("state/demo.json");
     let demo: Value = eventually_some(Duration::from_secs(30), || async {
         std::fs::read(&demo_path)
@@ -91,6 +82,16 @@ async fn console_signs_in_runs_the_playground_tails_and_replays_a_dead_letter_in
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+
+    // A topic for the Topics view.
+    let topic = http
+        .post(format!("{api}/v1/topics"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "console-demo", "max_bytes": 1_048_576}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(topic.status(), 201);
 
     let update = std::env::var("FPAAS_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1");
     let tmp = tempfile::tempdir().expect("tempdir");
