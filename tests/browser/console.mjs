@@ -2,7 +2,7 @@
 // sign in (a wrong key first), the subscriptions list with live stats, the playground (a bad JMESPath shows its
 // error in the form; fixed, results from real events), save as a webhook subscription to a receiver this script
 // runs on 127.0.0.1 (failing first, so batches are dead-lettered), its matches in the live tail, the dead
-// letters (inspect, replay: removed and received), the topics and state views. Run by crates/fpaas/tests/it/console.rs:
+// letters (inspect, replay: removed and received), an edit (a bad transform refused at save), the topics and state views. Run by crates/fpaas/tests/it/console.rs:
 //
 //   FPAAS_CONSOLE_URL=http://127.0.0.1:PORT FPAAS_CONSOLE_KEY=fpk_… FPAAS_CONSOLE_SHOTS=DIR node console.mjs
 //
@@ -180,6 +180,19 @@ try {
   expect(replayed.length >= 1, `the receiver got batch ${batchId} (${received.length - before} accepted since)`);
   expect(JSON.parse(replayed[0].body).events.length === body.events.length, "the replayed body is the dead letter's");
   mark("replayed");
+
+  // --------------------------------------------------------------- edit: a refusal at save is shown too
+  await page.click("#edit");
+  await page.waitForFunction(() => document.querySelector("#f-name")?.value === "console: likes");
+  expect((await page.inputValue("#f-transform")).includes("actor: did"), "the form holds the saved transform");
+  await page.fill("#f-name", "console: likes (edited)");
+  await page.fill("#f-transform", "{actor: did, subject: }");
+  await page.click("#save");
+  await page.waitForFunction(() => document.querySelector('.field-error[data-for="transform"]')?.textContent.includes("bad_jmespath"));
+  await page.fill("#f-transform", "{actor: did, subject: commit.record.subject.uri}");
+  await page.click("#save");
+  await page.waitForFunction(() => location.hash.startsWith("#/sub/") && document.querySelector("h1")?.textContent === "console: likes (edited)");
+  mark("edited");
 
   // --------------------------------------------------------------- the list again: both, with their errors
   await page.click("[data-nav=subscriptions]");
