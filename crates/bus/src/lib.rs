@@ -1,5 +1,5 @@
 //! The one NATS boundary (async-nats 0.51): no crate above this one depends on async-nats (the
-//! test kit and the raw-publish benchmark baseline aside; `crates/fpaas/tests/nats_boundary.rs`
+//! test kit and the raw-publish benchmark baseline aside; `crates/fpaas/tests/it/nats_boundary.rs`
 //! checks it). Connecting with unlimited reconnects, provisioning the firehose stream and KV
 //! buckets, publishing with a bounded number of acks in flight, KV compare-and-set, durable
 //! readers and the generic consume loop live here; what keys, values and messages *mean* stays

@@ -46,6 +46,8 @@ pub struct TailMsg {
     /// Messages after this one that the server still holds for this reader (0 = this is the last one
     /// published so far, up to the filters).
     pub pending: u64,
+    /// When the server stored the message, in µs since the epoch (the stream leader's clock; replicas keep it).
+    pub stored_us: i64,
     headers: Option<HeaderMap>,
 }
 
@@ -220,8 +222,12 @@ impl StreamTail {
         };
         match item {
             Some(Ok(message)) => {
-                let (seq, pending) = match message.info() {
-                    Ok(info) => (info.stream_sequence, info.pending),
+                let (seq, pending, stored_us) = match message.info() {
+                    Ok(info) => (
+                        info.stream_sequence,
+                        info.pending,
+                        nanos_to_us(info.published.unix_timestamp_nanos()),
+                    ),
                     Err(e) => {
                         self.messages = None;
                         return Err(BusError::new(
@@ -237,6 +243,7 @@ impl StreamTail {
                     subject: message.subject.to_string(),
                     payload: message.payload.clone(),
                     pending,
+                    stored_us,
                     headers: message.headers.clone(),
                 }))
             }
@@ -257,6 +264,38 @@ impl StreamTail {
                 ))
             }
         }
+    }
+}
+
+fn nanos_to_us(ns: i128) -> i64 {
+    i64::try_from(ns / 1000).unwrap_or(i64::MAX)
+}
+
+/// When the message at `seq` of `stream` was stored, in µs since the epoch; `None` when there is no such
+/// message (deleted, expired or not yet written). One direct get.
+///
+/// # Errors
+/// [`BusErrorKind::Consumer`] on a missing stream or a server failure.
+pub async fn stored_time_us(
+    client: &async_nats::Client,
+    stream: &str,
+    seq: u64,
+) -> Result<Option<i64>, BusError> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let js = jetstream::new(client.clone());
+    let s = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| BusError::during(BusErrorKind::Consumer, "get stream", stream, e))?;
+    match s.raw_message_builder().sequence(seq.max(1)).send().await {
+        Ok(m) => Ok(Some(nanos_to_us(m.time.unix_timestamp_nanos()))),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(BusError::during(
+            BusErrorKind::Consumer,
+            "get message",
+            stream,
+            e,
+        )),
     }
 }
 

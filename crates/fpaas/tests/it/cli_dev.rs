@@ -23,7 +23,58 @@ pub(crate) struct Dev {
 }
 
 impl Dev {
-    /// Waits (90 s at most) for the ops server of a stack started on `base` by [`spawn_dev`] to be ready.
+    /// Starts `fpaas dev` on the port block at `base` (11 ports: NATS client, monitoring and route ports, three
+    /// each, then the ops server at `base + 9` and the API at `base + 10`), with the demo subscription delivering
+    /// to `receiver` and `extra` flags (e.g. relay-sim's `--rate`, `--limit`).
+    pub(crate) fn spawn(base: u16, receiver: &str, cluster: bool, extra: &[&str]) -> Dev {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let out = std::fs::File::create(dir.path().join("dev.out")).expect("stdout file");
+        let err = std::fs::File::create(dir.path().join("dev.err")).expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fpaas"));
+        cmd.current_dir(workspace_root())
+            .env("FPAAS_NATS_SERVER", nats_server_bin())
+            .env("RUST_LOG", "info")
+            .arg("dev")
+            .arg("--nats-port")
+            .arg(base.to_string())
+            .arg("--nats-monitor-port")
+            .arg((base + 3).to_string())
+            .arg("--cluster-port")
+            .arg((base + 6).to_string())
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", base + 9))
+            .arg("--api-listen")
+            .arg(format!("127.0.0.1:{}", base + 10))
+            .arg("--demo-receiver")
+            .arg(receiver)
+            .arg("--state-dir")
+            .arg(&state)
+            // Small enough that three nodes reserve it on any test machine's disk.
+            .args(["--stream-max-bytes", "268435456"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if cluster {
+            cmd.arg("--cluster");
+        }
+        if !extra.contains(&"--listen") {
+            // relay-sim on any free port
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        Dev {
+            proc: Proc::spawn(&mut cmd),
+            dir,
+        }
+    }
+
+    /// The stack's state directory.
+    pub(crate) fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Waits (up to 90 s) until the ops server at `base + 9` answers `/ready`.
     pub(crate) async fn wait_ready(&self, base: u16) {
         let http = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{}/ready", base + 9);
@@ -75,55 +126,13 @@ fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Starts `fpaas dev` (one nats-server, or three with `cluster`) on ports from `base` (11 of them: client,
-/// monitoring and route ports, the ops server at `base + 9`, the API at `base + 10`), its demo subscription
-/// delivering to `demo_receiver`; its state directory is `dev.dir/state`.
-pub(crate) fn spawn_dev(cluster: bool, base: u16, demo_receiver: std::net::SocketAddr) -> Dev {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let out = std::fs::File::create(dir.path().join("dev.out")).expect("stdout file");
-    let err = std::fs::File::create(dir.path().join("dev.err")).expect("stderr file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fpaas"));
-    cmd.current_dir(workspace_root())
-        .env("FPAAS_NATS_SERVER", nats_server_bin())
-        .env("RUST_LOG", "info")
-        .args(["dev", "--listen", "127.0.0.1:0"])
-        .arg("--nats-port")
-        .arg(base.to_string())
-        .arg("--nats-monitor-port")
-        .arg((base + 3).to_string())
-        .arg("--cluster-port")
-        .arg((base + 6).to_string())
-        .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{}", base + 9))
-        .arg("--api-listen")
-        .arg(format!("127.0.0.1:{}", base + 10))
-        .arg("--demo-receiver")
-        .arg(demo_receiver.to_string())
-        .arg("--state-dir")
-        .arg(&state)
-        // Small enough that three nodes reserve it on any test machine's disk.
-        .args(["--stream-max-bytes", "268435456"])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    if cluster {
-        cmd.arg("--cluster");
-    }
-    Dev {
-        proc: Proc::spawn(&mut cmd),
-        dir,
-    }
-}
-
 async fn dev_stack(cluster: bool) {
     let nodes: u16 = if cluster { 3 } else { 1 };
     // One block: client ports, monitoring ports, route ports (three each), the ops server, the API.
     let base = free_port_block(11);
     let receiver = WebhookReceiver::start().await;
-    let dev = spawn_dev(cluster, base, receiver.addr());
-    let state = dev.dir.path().join("state");
-
+    let dev = Dev::spawn(base, &receiver.addr().to_string(), cluster, &[]);
+    let state = dev.state();
     dev.wait_ready(base).await;
 
     // The stream fills, replicated on every node.

@@ -51,7 +51,7 @@ async fn import_put_index_query_reset() {
     let out = ok(fpaas(&url).args(["import-car", "testdata/corpus/repo.car"]));
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     // The export's MST holds 23 records of the DID in car_expected_commit.txt (checked record by record in
-    // crates/recordkv/tests/import.rs).
+    // crates/recordkv/tests/it/import.rs).
     assert_eq!(summary["records"], 23, "{summary}");
     assert_eq!(summary["did"], "did:plc:53iucmf5ldftgqyf2ac7hmhd");
 

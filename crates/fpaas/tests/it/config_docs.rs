@@ -7,8 +7,8 @@ use fpaas_ops::config::markdown;
 fn generated() -> String {
     let mut s = String::from(
         "# Configuration reference\n\n\
-         Generated from the config structs by `crates/fpaas/tests/config_docs.rs` \
-         (`FPAAS_UPDATE_GOLDEN=1 cargo test -p fpaas --test config_docs` after a change). Every long-running \
+         Generated from the config structs by `crates/fpaas/tests/it/config_docs.rs` \
+         (`FPAAS_UPDATE_GOLDEN=1 cargo test -p fpaas --test it config_docs::` after a change). Every long-running \
          command reads its configuration the same way (`fpaas_ops::config`): the defaults below, then the file \
          given with `--config` (JSON, or TOML when the name ends in `.toml`, with these field names), then one \
          environment variable per option, then the command's flags. `--print-config` prints the result as JSON \
@@ -52,7 +52,7 @@ fn docs_config_md_is_generated_from_the_config_structs() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == text,
-        "docs/config.md is stale: FPAAS_UPDATE_GOLDEN=1 cargo test -p fpaas --test config_docs"
+        "docs/config.md is stale: FPAAS_UPDATE_GOLDEN=1 cargo test -p fpaas --test it config_docs::"
     );
     // Every option is documented: no empty description.
     for line in text.lines().filter(|l| l.starts_with("| `")) {

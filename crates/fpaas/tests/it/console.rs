@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fpaas_testkit::{WebhookReceiver, eventually_some, free_port_block, workspace_root};
 use serde_json::Value;
 
-use crate::cli_dev::spawn_dev;
+use crate::cli_dev::Dev;
 
 const SHOTS: &[&str] = &[
     "sign-in",
@@ -38,10 +38,10 @@ async fn console_signs_in_runs_the_playground_tails_and_replays_a_dead_letter_in
     let playwright = tool(workspace_root().join(".tools/browser/node_modules/playwright-core"));
     let base = free_port_block(11);
     let demo_receiver = WebhookReceiver::start().await;
-    let dev = spawn_dev(false, base, demo_receiver.addr());
+    let dev = Dev::spawn(base, &demo_receiver.addr().to_string(), false, &[]);
     dev.wait_ready(base).await;
     let http = reqwest::Client::new();
-    let demo_path = dev.dir.path().join("state/demo.json");
+    let demo_path = dev.state().join("demo.json");
     let demo: Value = eventually_some(Duration::from_secs(30), || async {
         std::fs::read(&demo_path)
             .ok()

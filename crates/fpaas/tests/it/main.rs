@@ -19,4 +19,5 @@ mod ops_compose;
 mod ops_k8s;
 mod ops_prometheus;
 mod shuffler_process;
+mod subscribe;
 mod subscriptions_e2e;

@@ -303,6 +303,7 @@ async fn every_documented_metric_is_exported_and_every_exported_one_is_documente
         "sim",
         "ops",
         "pipeline",
+        "subscribe",
         "api",
     ];
     for name in &exported {

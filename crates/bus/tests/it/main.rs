@@ -1,0 +1,11 @@
+//! The integration tests of this crate, one module per area, linked into one test binary (a binary per
+//! file linked the whole dependency graph once per file and cost minutes of CI).
+
+mod cluster;
+mod common;
+mod consume;
+mod kv;
+mod msglog;
+mod publish;
+mod state;
+mod stream;

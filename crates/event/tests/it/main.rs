@@ -1,0 +1,6 @@
+//! The integration tests of this crate, one module per area, linked into one test binary (a binary per
+//! file linked the whole dependency graph once per file and cost minutes of CI).
+
+mod corpus_golden;
+mod hostile;
+mod sim_roundtrip;

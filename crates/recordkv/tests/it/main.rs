@@ -1,0 +1,8 @@
+//! The integration tests of this crate, one module per area, linked into one test binary (a binary per
+//! file linked the whole dependency graph once per file and cost minutes of CI).
+
+mod common;
+mod delete_markers;
+mod import;
+mod record_kv;
+mod relay_sim;
