@@ -9,6 +9,11 @@
 #                                 Debian's prometheus package, unpacked (not installed: no service starts), to
 #                                 check the shipped Prometheus files and scrape a running fpaas in the tests
 #   docker-compose                Debian's (system package, when root and missing), to validate deploy/compose
+#   /usr/bin/chromium, chromium-driver
+#                                 Debian's (system packages, when root and missing): the browser the console's
+#                                 test drives (crates/fpaas/tests/it/console.rs)
+#   .tools/browser/node_modules/playwright-core
+#                                 pinned by tests/browser/package-lock.json (npm ci), the library that drives it
 # Idempotent: a second run with everything present does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +46,22 @@ if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 
     apt-get update -q >/dev/null 2>&1 || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null
   }
+fi
+# Debian's chromium for the console's browser test (a system package: no browser download at test time).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup-tools: installing Debian's chromium and chromium-driver" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+  }
+fi
+# playwright-core, pinned by tests/browser/package-lock.json, into .tools/browser (reinstalled when the lock changes).
+BROWSER=.tools/browser
+if command -v npm >/dev/null 2>&1 && ! cmp -s tests/browser/package-lock.json "$BROWSER/package-lock.json"; then
+  echo "setup-tools: installing playwright-core into $BROWSER" >&2
+  mkdir -p "$BROWSER"
+  cp tests/browser/package.json tests/browser/package-lock.json "$BROWSER/"
+  npm ci --prefix "$BROWSER" --no-audit --no-fund --silent >&2 || { rm -f "$BROWSER/package-lock.json"; exit 1; }
 fi
 # Real Jetstream clients from npm for the /subscribe test (crates/fpaas/tests/it/subscribe.rs), pinned by the
 # package-lock.json next to the script; installed again only when the lock changes.

@@ -9,6 +9,8 @@
 //! | [`openapi`] | the OpenAPI 3.1 document built from the route table |
 //! | [`error`] | [`ApiError`] → status + `{"error", "message"}`; the JSON body extractor |
 //! | `auth` | bearer tokens: the admin token (constant-time hash compare), tenant API keys |
+//! | `console` | the web console's page, script and style sheet (built in) at `/` and `/console/{file}`, with its CSP |
+//! | [`console_api`] | the console's playground (`POST /v1/playground`) and a subscription's live tail (SSE) |
 //! | [`state_api`] | the state endpoints: buckets, keys by prefix, one key, the Server-Sent Events watch |
 //! | `state` | [`AppState`]: store, dead-letter log, admin token hash, the webhook sender of replays |
 //! | `metrics` | `fpaas_api_requests_total{route,method,status}`, `fpaas_api_request_duration_seconds{route}` |
@@ -17,6 +19,8 @@
 //! metrics and the body limit (it is a long-lived WebSocket with its own `fpaas_subscribe_*` metrics).
 
 pub mod auth;
+mod console;
+pub mod console_api;
 pub mod error;
 mod metrics;
 pub mod openapi;
@@ -146,7 +150,9 @@ pub fn router(state: AppState) -> Router {
         };
         by_path.insert(op.path, merged);
     }
-    let mut router = Router::new();
+    let mut router = Router::new()
+        .route("/", axum::routing::get(console::index))
+        .route("/console/{file}", axum::routing::get(console::asset));
     for (path, method_router) in by_path {
         router = router.route(path, method_router);
     }

@@ -17,7 +17,11 @@ pub struct AppState {
     pub admin_token_sha256: Option<[u8; 32]>,
     /// Posts replayed dead letters; its address policy also checks the URLs of new subscriptions.
     pub sender: fpaas_webhook::Sender,
-    /// Open state watches per tenant (bounded by [`crate::state_api::MAX_WATCHES_PER_TENANT`]).
+    /// The NATS client (the console's playground and live tail read streams with it).
+    pub client: fpaas_bus::Client,
+    /// The firehose stream's name (`subscribe.stream` of the configuration: the stream `/subscribe` reads too).
+    pub firehose_stream: String,
+    /// Open state watches and live tails per tenant (bounded by [`crate::state_api::MAX_WATCHES_PER_TENANT`]).
     pub watches: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
@@ -54,6 +58,8 @@ impl AppState {
         let sender = fpaas_webhook::Sender::new(config.webhook_addresses.clone())
             .map_err(crate::ServeError::Webhook)?;
         Ok(Self {
+            client: js.client(),
+            firehose_stream: config.subscribe.stream.clone(),
             store,
             dlq,
             sender,

@@ -227,13 +227,13 @@ pub(crate) async fn list_keys(
 }
 
 /// One open watch of a tenant, released when the event stream is dropped (the client went away).
-struct WatchSlot {
+pub(crate) struct WatchSlot {
     watches: Arc<Mutex<HashMap<String, usize>>>,
     tenant: String,
 }
 
 impl WatchSlot {
-    fn acquire(
+    pub(crate) fn acquire(
         watches: &Arc<Mutex<HashMap<String, usize>>>,
         tenant: &str,
     ) -> Result<Self, ApiError> {

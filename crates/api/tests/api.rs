@@ -9,7 +9,8 @@
 //!   one; never a 5xx, always the error shape, and the server still answers afterwards;
 //! - dead letters end to end: a real worker dead-letters a batch the receiver refused, the API lists it, a
 //!   replay to a receiver that still fails keeps it (502), a replay that succeeds delivers the same body
-//!   under the same `webhook-id`, correctly signed, and removes it.
+//!   under the same `webhook-id`, correctly signed, and removes it;
+//! - the console's playground and live tail over real events in the firehose stream.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -90,6 +91,21 @@ impl Api {
             http: reqwest::Client::new(),
             shutdown,
         }
+    }
+
+    /// Creates the firehose stream (1 GiB); the JetStream context it used.
+    async fn firehose(&self) -> fpaas_bus::JetStream {
+        let js = fpaas_bus::jetstream(self.client.clone(), 64);
+        fpaas_bus::ensure_stream(
+            &js,
+            &fpaas_bus::StreamSettings {
+                max_bytes: 1 << 30,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("stream");
+        js
     }
 
     async fn raw(
@@ -360,6 +376,8 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
         ("listStateKeys", Expect::Refused(404)),
         ("getStateKey", Expect::Refused(404)),
         ("watchState", Expect::Refused(404)),
+        ("tailSubscription", Expect::Refused(404)),
+        ("playground", Expect::Refused(404)),
     ]
     .into_iter()
     .collect();
@@ -375,6 +393,10 @@ async fn every_operation_in_the_openapi_document_refuses_another_tenants_key() {
             "createTopic" => json!({"name": "bobs-topic", "max_bytes": 1_048_576}),
             "pullSubscription" => json!({"max_events": 10}),
             "ackSubscription" => json!({"ids": [format!("{a_pull_id}.1-2.g1")]}),
+            // A's topic as the source: B must not read it.
+            "playground" => {
+                json!({"source": {"topic": "alices-likes"}, "filter": {"predicate": "did"}})
+            }
             other => panic!("no body for {other}"),
         }
     };
@@ -901,6 +923,7 @@ async fn random_and_mutated_bodies_never_get_a_server_error() {
         json!({"name": "x", "quotas": {"max_subscriptions": 5}}),
         json!({"filter": {"collections": ["app.bsky.*"], "predicate": "length(commit.record.text) > `3`"}}),
         json!({"overlap_secs": 10}),
+        json!({"filter": {"predicate": "did"}, "transform": "{d: did}", "scan": 10, "limit": 5}),
     ];
     let mut rng = StdRng::seed_from_u64(0x5eed_f00d);
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
@@ -955,16 +978,7 @@ async fn a_dead_letter_is_listed_replayed_with_its_id_and_removed() {
     let api = Api::start().await;
     let receiver = WebhookReceiver::start().await;
     receiver.respond_with(|_| Reply::status(500));
-    let js = fpaas_bus::jetstream(api.client.clone(), 64);
-    fpaas_bus::ensure_stream(
-        &js,
-        &fpaas_bus::StreamSettings {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("stream");
+    api.firehose().await;
     let events = corpus_events(60);
     publish_events(&api.client, &events).await;
     let (_, token) = api.tenant("t", json!({})).await;
@@ -1451,16 +1465,7 @@ async fn next_sse(resp: &mut reqwest::Response, buf: &mut String) -> Option<(Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn state_buckets_are_read_listed_and_watched_as_a_worker_writes_them() {
     let api = Api::start().await;
-    let js = fpaas_bus::jetstream(api.client.clone(), 64);
-    fpaas_bus::ensure_stream(
-        &js,
-        &fpaas_bus::StreamSettings {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("stream");
+    let js = api.firehose().await;
     let (a_id, a) = api.tenant("alice", json!({"max_state_buckets": 2})).await;
     let t = Some(a.as_str());
     let kv_spec = |delivery: Value| {
@@ -1732,16 +1737,7 @@ fn ids_of(batches: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_stays_bounded() {
     let api = Api::start().await;
-    let js = fpaas_bus::jetstream(api.client.clone(), 64);
-    fpaas_bus::ensure_stream(
-        &js,
-        &fpaas_bus::StreamSettings {
-            max_bytes: 1 << 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("stream");
+    let js = api.firehose().await;
     let events = corpus_events(70);
     let seqs = publish_events(&api.client, &events[..60]).await;
     let (tenant_id, token) = api.tenant("puller", json!({})).await;
@@ -2012,4 +2008,191 @@ async fn pull_delivery_fetches_acks_redelivers_after_the_visibility_timeout_and_
     assert_eq!(store.get(&layout::pull_key(&id)).await.unwrap(), None);
     cancel.cancel();
     let _ = worker.await;
+}
+
+/// The console's endpoints over real events: the playground validates like a subscription (a bad predicate or
+/// transform is `422 bad_jmespath` with field and position), matches the recent events exactly as the filter
+/// says and transforms them; the live tail streams the subscription's matches published after it opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_playground_runs_filters_on_recent_events_and_the_tail_streams_matches() {
+    let api = Api::start().await;
+    let (_, token) = api.tenant("console", json!({})).await;
+    let t = Some(token.as_str());
+    // No firehose stream yet: nothing to scan, not an error.
+    let empty = api
+        .call(Method::POST, "/v1/playground", t, Some(json!({})))
+        .await;
+    assert_eq!(empty.status, 200, "{}", empty.json);
+    assert_eq!(empty.json["scanned"], 0);
+    api.firehose().await;
+    let events = corpus_events(300);
+    let seqs = publish_events(&api.client, &events).await;
+    let last = *seqs.iter().max().unwrap();
+
+    for (body, field, position) in [
+        (
+            json!({"filter": {"predicate": "commit.record.text =="}}),
+            "filter.predicate",
+            true,
+        ),
+        (json!({"transform": "{a: }"}), "transform", true),
+    ] {
+        let a = api
+            .call(Method::POST, "/v1/playground", t, Some(body))
+            .await;
+        assert_error(&a, 422, "bad_jmespath");
+        assert_eq!(a.json["field"], field, "{}", a.json);
+        assert_eq!(a.json["position"].is_u64(), position, "{}", a.json);
+    }
+    for (body, status, code) in [
+        (json!({"limit": 501}), 422, "limit_exceeded"),
+        (json!({"scan": 0}), 422, "limit_exceeded"),
+        (json!({"source": {"topic": "nope"}}), 404, "not_found"),
+        (
+            json!({"filter": {"collections": ["nope"]}}),
+            422,
+            "bad_filter",
+        ),
+        (json!({"filters": {}}), 400, "unknown_field"),
+    ] {
+        let a = api
+            .call(Method::POST, "/v1/playground", t, Some(body))
+            .await;
+        assert_error(&a, status, code);
+    }
+
+    // Likes of the last 200 events, transformed; the model: the same filter over the same events.
+    let a = api
+        .call(
+            Method::POST,
+            "/v1/playground",
+            t,
+            Some(json!({
+                "filter": {"collections": ["app.bsky.feed.like"], "operations": ["create"]},
+                "transform": "{did: did, uri: commit.record.subject.uri}",
+                "scan": 200, "limit": 500,
+            })),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    // The window: the stream's last 200 sequences (a repeated event id was stored once).
+    let mut window: Vec<(u64, Value)> = seqs
+        .iter()
+        .zip(&events)
+        .filter(|(seq, _)| **seq + 200 > last)
+        .map(|(seq, e)| (*seq, serde_json::to_value(e).unwrap()))
+        .collect();
+    window.sort_by_key(|(seq, _)| *seq);
+    window.dedup_by_key(|(seq, _)| *seq);
+    let window: Vec<Value> = window.into_iter().map(|(_, e)| e).collect();
+    let want: Vec<Value> = window
+        .iter()
+        // Collections and operations do not exclude events without them (identity, account), as in Jetstream.
+        .filter(|e| {
+            e["kind"] != "commit"
+                || (e["commit"]["collection"] == "app.bsky.feed.like"
+                    && e["commit"]["operation"] == "create")
+        })
+        .map(|e| json!({"did": e["did"], "uri": e["commit"]["record"]["subject"]["uri"]}))
+        .collect();
+    assert!(!want.is_empty());
+    let got: Vec<Value> = a.json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["output"].clone())
+        .collect();
+    assert_eq!(got.len(), want.len(), "{}", a.json["from_seq"]);
+    assert!(got == want, "the transform's outputs, in order");
+    assert_eq!(a.json["matched"], want.len());
+    assert_eq!(a.json["scanned"], want.len(), "server-side subject filters");
+    assert_eq!(a.json["truncated"], false);
+    // A predicate only, with a small limit: the newest matches are kept.
+    let a = api
+        .call(
+            Method::POST,
+            "/v1/playground",
+            t,
+            Some(json!({"filter": {"predicate": "kind == 'commit'"}, "scan": 300, "limit": 3})),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(a.json["scanned"], 300);
+    let results = a.json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[2]["seq"], a.json["to_seq"]);
+
+    // The live tail: a subscription of posts; events published after it opened arrive as matches.
+    let sub = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            t,
+            Some(json!({
+                "filter": {"collections": ["app.bsky.feed.post"]},
+                "transform": "{did: did, text: commit.record.text}",
+                "delivery": {"type": "pull"},
+            })),
+        )
+        .await;
+    assert_eq!(sub.status, 201, "{}", sub.json);
+    let sub_id = sub.json["id"].as_str().unwrap();
+    let mut resp = api
+        .http
+        .get(format!("{}/v1/subscriptions/{sub_id}/tail", api.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let more = corpus_events(400);
+    let fresh = &more[300..];
+    let want: Vec<Value> = fresh
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .filter(|e| e["kind"] != "commit" || e["commit"]["collection"] == "app.bsky.feed.post")
+        .map(|e| json!({"did": e["did"], "text": e["commit"]["record"]["text"]}))
+        .collect();
+    assert!(!want.is_empty());
+    // The reader opens with the first poll: publish until the first match shows up, then the rest.
+    let mut buf = String::new();
+    let mut got = Vec::new();
+    let publisher = {
+        let client = api.client.clone();
+        let fresh = fresh.to_vec();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            publish_events(&client, &fresh).await;
+        })
+    };
+    while got.len() < want.len() {
+        let (event, data) =
+            tokio::time::timeout(Duration::from_secs(20), next_sse(&mut resp, &mut buf))
+                .await
+                .expect("a match within 20 s")
+                .expect("the tail goes on");
+        assert_eq!(event, "match", "{data}");
+        let m: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(m["skipped"], 0);
+        got.push(m["output"].clone());
+    }
+    publisher.await.unwrap();
+    assert_eq!(got, want);
+    // Another tenant's subscription: 404.
+    let (_, other) = api.tenant("other", json!({})).await;
+    let a = api
+        .call(
+            Method::GET,
+            &format!("/v1/subscriptions/{sub_id}/tail"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_error(&a, 404, "not_found");
 }

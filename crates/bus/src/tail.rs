@@ -423,3 +423,102 @@ pub async fn next_seq_matching(
     }
     Ok(first)
 }
+
+/// What [`recent`] read: the messages (oldest first) of the stream's last `count` sequences within the
+/// filters, and the window it covered.
+#[derive(Clone, Debug, Default)]
+pub struct Recent {
+    /// The messages read, oldest first.
+    pub messages: Vec<TailMsg>,
+    /// First sequence of the window (the stream's first when it holds fewer than `count`).
+    pub from_seq: u64,
+    /// Last sequence of the window (the stream's last when the read started).
+    pub to_seq: u64,
+    /// The time budget ran out before the window was read to its end.
+    pub truncated: bool,
+}
+
+/// Reads the messages among the last `count` sequences of `stream` (restricted to `filters`, every subject
+/// when empty) through one ordered consumer, for at most `budget`; `None` when the stream does not exist.
+/// The consumer goes with the reader (the server removes an ordered consumer that nobody pulls from).
+///
+/// # Errors
+/// [`BusErrorKind::Consumer`] when the server fails or does not answer.
+pub async fn recent(
+    client: &async_nats::Client,
+    stream: &str,
+    filters: Vec<String>,
+    count: u64,
+    budget: Duration,
+) -> Result<Option<Recent>, BusError> {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    let js = jetstream::new(client.clone());
+    let mut s = match js.get_stream(stream).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(BusError::during(
+                BusErrorKind::Consumer,
+                "get stream",
+                stream,
+                e,
+            ));
+        }
+    };
+    let info = s
+        .info()
+        .await
+        .map_err(|e| BusError::during(BusErrorKind::Consumer, "stream info", stream, e))?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let from_seq = last
+        .saturating_sub(count.saturating_sub(1))
+        .max(first)
+        .max(1);
+    let mut out = Recent {
+        messages: Vec::new(),
+        from_seq,
+        to_seq: last,
+        truncated: false,
+    };
+    if info.state.messages == 0 || last < from_seq {
+        return Ok(Some(out));
+    }
+    // Nothing within the filters in the window: answer now rather than wait out the budget.
+    if next_seq_matching(client, stream, &filters, from_seq)
+        .await?
+        .is_none_or(|seq| seq > last)
+    {
+        return Ok(Some(out));
+    }
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut tail = StreamTail::new(client, stream, From::Seq(from_seq), filters);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            out.truncated = true;
+            break;
+        }
+        match tail.next(left).await? {
+            Some(m) if m.seq > last => break,
+            Some(m) => {
+                let done = m.pending == 0 || m.seq == last;
+                out.messages.push(m);
+                if done {
+                    break;
+                }
+            }
+            // Nothing within the filters in the window, or the budget ran out.
+            None => {
+                out.truncated = tokio::time::Instant::now() >= deadline;
+                break;
+            }
+        }
+    }
+    Ok(Some(out))
+}

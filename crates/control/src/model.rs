@@ -14,7 +14,7 @@ pub fn now() -> DateTime<Utc> {
 }
 
 /// JSON Schema of [`FilterSpec`] (crates/filter has no schema derive; this mirrors its fields).
-fn filter_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub fn filter_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "description": "Which events: every part optional; an empty filter matches every event (docs/filters.md).",

@@ -320,6 +320,7 @@ fn banner(api: &str, demo: &serde_json::Value, receiver: &str) -> String {
     format!(
         "\n\
          FPaaS API: {api}   (OpenAPI: {api}/openapi.json)\n\
+         Web console: {api}/   (sign in with the demo key {token})\n\
          Demo subscription {id}: likes, batches of 1,000 events or 1 s, signed, to http://{receiver}/\n\
          Receive them (in another terminal):\n\
          \n    target/release/fpaas receive --listen {receiver} --secret {secret}\n\

@@ -11,6 +11,7 @@ mod cli_record_kv;
 mod cli_service;
 mod cli_storage_estimate;
 mod config_docs;
+mod console;
 mod examples;
 mod metrics_docs;
 mod nats_boundary;
