@@ -26,6 +26,10 @@ use crate::wire::{self, WireEvent};
 /// Largest message a client may send (Jetstream documents 10 MB).
 pub const MAX_CLIENT_MESSAGE: usize = 10_000_000;
 
+/// Events written to a client per flush (a live client takes what the ring holds, up to this many; a
+/// catching-up one flushes at least this often).
+const WRITE_BATCH: usize = 64;
+
 /// How often a catching-up client checks that the stream still holds its position.
 const RETENTION_CHECK: Duration = Duration::from_secs(10);
 
@@ -116,6 +120,8 @@ struct Session {
     compress: bool,
     covered: u64,
     write_timeout: Duration,
+    /// Events and bytes fed to the socket but not flushed yet.
+    unflushed: (u64, u64),
 }
 
 /// Serves one upgraded connection until it ends.
@@ -131,6 +137,7 @@ pub(crate) async fn run(socket: WebSocket, hub: Arc<Hub>, query: Query, covered:
         max_size: query.max_message_size,
         compress: query.compress,
         covered,
+        unflushed: (0, 0),
     };
     let close = s
         .serve(&mut sink, ctl_rx, query.require_hello, &last_heard)
@@ -284,10 +291,44 @@ impl Session {
                     if let Err(c) = self.deliver(sink, &ev).await {
                         return c;
                     }
+                    // Take what else the ring holds right now, then write it in one go.
+                    let mut lagged = false;
+                    if let Some(Source::Live(rx)) = source.as_mut() {
+                        for _ in 0..WRITE_BATCH {
+                            match rx.try_recv() {
+                                Ok(ev) => {
+                                    if let Err(c) = self.deliver(sink, &ev).await {
+                                        return c;
+                                    }
+                                }
+                                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                    lagged = true;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    let live = matches!(source, Some(Source::Live(_)));
+                    if (live || caught_up || self.unflushed.0 >= WRITE_BATCH as u64)
+                        && let Err(c) = self.flush(sink).await
+                    {
+                        return c;
+                    }
+                    if lagged {
+                        metrics::counter!("fpaas_subscribe_catchups_total").increment(1);
+                        if let Err(c) = self.check_retention().await {
+                            return c;
+                        }
+                        source = Some(self.catch_up());
+                    }
                     caught_up
                 }
                 Step::Skip(seq, caught_up) => {
                     self.covered = self.covered.max(seq);
+                    if caught_up && let Err(c) = self.flush(sink).await {
+                        return c;
+                    }
                     caught_up
                 }
                 Step::Lagged => {
@@ -299,6 +340,9 @@ impl Session {
                     false
                 }
                 Step::Timeout => {
+                    if let Err(c) = self.flush(sink).await {
+                        return c;
+                    }
                     if let Some(Source::CatchUp { checked, .. }) = source.as_mut()
                         && checked.elapsed() > RETENTION_CHECK
                     {
@@ -431,9 +475,30 @@ impl Session {
             Message::Binary(b) => b.len(),
             _ => ev.json.len(),
         };
-        self.write(sink, msg).await?;
-        metrics::counter!("fpaas_subscribe_events_sent_total").increment(1);
-        metrics::counter!("fpaas_subscribe_sent_bytes_total").increment(len as u64);
+        // Queued in the connection's write buffer; `flush` writes (and counts) what is queued.
+        match tokio::time::timeout(self.write_timeout, sink.feed(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Close::quiet("client")),
+            Err(_) => return Err(Close::quiet("write_timeout")),
+        }
+        self.unflushed.0 += 1;
+        self.unflushed.1 += len as u64;
+        Ok(())
+    }
+
+    /// Writes what is queued to the socket, waiting at most the write timeout.
+    async fn flush(&mut self, sink: &mut Sink) -> Result<(), Close> {
+        if self.unflushed.0 == 0 {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.write_timeout, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Close::quiet("client")),
+            Err(_) => return Err(Close::quiet("write_timeout")),
+        }
+        let (events, bytes) = std::mem::take(&mut self.unflushed);
+        metrics::counter!("fpaas_subscribe_events_sent_total").increment(events);
+        metrics::counter!("fpaas_subscribe_sent_bytes_total").increment(bytes);
         Ok(())
     }
 

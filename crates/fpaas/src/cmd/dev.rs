@@ -321,6 +321,7 @@ fn banner(api: &str, demo: &serde_json::Value, receiver: &str) -> String {
         "\n\
          FPaaS API: {api}   (OpenAPI: {api}/openapi.json)\n\
          Web console: {api}/   (sign in with the demo key {token})\n\
+         Jetstream-compatible WebSocket: {ws}/subscribe   (any Jetstream client; docs/subscribe.md)\n\
          Demo subscription {id}: likes, batches of 1,000 events or 1 s, signed, to http://{receiver}/\n\
          Receive them (in another terminal):\n\
          \n    target/release/fpaas receive --listen {receiver} --secret {secret}\n\
@@ -330,6 +331,7 @@ fn banner(api: &str, demo: &serde_json::Value, receiver: &str) -> String {
         id = s("subscription_id"),
         secret = s("secret"),
         token = s("token"),
+        ws = api.replacen("http://", "ws://", 1),
     )
 }
 
