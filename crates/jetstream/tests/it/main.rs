@@ -19,7 +19,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Env {
-    _server: NatsServer,
+    server: Option<NatsServer>,
     client: async_nats::Client,
     hub: Arc<Hub>,
     addr: std::net::SocketAddr,
@@ -62,7 +62,7 @@ async fn env(config: SubscribeConfig, max_bytes: i64) -> Env {
             .await;
     });
     Env {
-        _server: server,
+        server: Some(server),
         client,
         hub,
         addr,
@@ -357,4 +357,58 @@ async fn a_client_that_falls_behind_retention_is_closed_with_a_reason() {
     let (code, text) = reason.expect("a close frame");
     assert_eq!(code, 1008);
     assert!(text.contains("retention"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_read_on_across_a_nats_outage_without_gap_or_repeat() {
+    let mut e = env(SubscribeConfig::default(), 1 << 30).await;
+    let mut live = connect(e.addr, "").await;
+    let mut behind = connect(e.addr, "cursor=0").await;
+    eventually(Duration::from_secs(5), || async {
+        e.hub.connections() == 2
+    })
+    .await
+    .expect("connected");
+    let events = corpus_events(400);
+    publish_events(&e.client, &events[..200]).await;
+    let mut got_live = Vec::new();
+    let mut got_behind = Vec::new();
+    for _ in 0..20 {
+        got_live.push(
+            next_event(&mut live, Duration::from_secs(5))
+                .await
+                .expect("live event"),
+        );
+        got_behind.push(
+            next_event(&mut behind, Duration::from_secs(5))
+                .await
+                .expect("event"),
+        );
+    }
+    // nats-server goes away for 3 s (store kept) while both clients are mid-stream.
+    let mut server = e.server.take().expect("server");
+    tokio::task::spawn_blocking(move || {
+        server.stop();
+        std::thread::sleep(Duration::from_secs(3));
+        server.start();
+        server
+    })
+    .await
+    .map(|s| e.server = Some(s))
+    .expect("restart");
+    publish_events(&e.client, &events[200..]).await;
+    got_live.extend(read_until_quiet(&mut live, Duration::from_secs(8)).await);
+    got_behind.extend(read_until_quiet(&mut behind, Duration::from_secs(8)).await);
+    let want = expected(&e.client).await;
+    assert!(increasing(&got_live) && increasing(&got_behind));
+    assert_eq!(
+        zero_time(got_behind),
+        want,
+        "the cursor client: everything once"
+    );
+    assert_eq!(
+        zero_time(got_live),
+        want,
+        "the live client: everything once"
+    );
 }
