@@ -30,8 +30,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::error::{Context, Result, bail};
-use crate::server::{NatsServerFlag, cpu_s, start_nats, tail, wait_for_messages};
+use crate::error::{Result, bail};
+use crate::server::{NatsServerFlag, cpu_s, live_feed, start_nats, tail, wait_for_messages};
 use crate::subs::{Receiver, WorkerChild, put_subscriptions, quantile};
 use crate::{Report, r2};
 
@@ -161,32 +161,16 @@ pub async fn run(args: &Args) -> Result<Report> {
 
     // The firehose: relay-sim → shuffler.
     let total = (args.rate * args.seconds as f64) as u64;
-    let (sim, _) = fpaas_sim::Sim::start(fpaas_sim::SimConfig {
-        seed: args.seed,
-        rate: Some(args.rate),
-        limit: Some(total),
-        repos: args.repos,
-        record_truth: false,
-        wall_clock: true,
-        ..Default::default()
-    })
-    .await?;
     let log_path = nats.scratch_dir().join("shuffler.log");
-    let exe = std::env::current_exe().context("locating the fpaas binary")?;
-    let mut shuffler = tokio::process::Command::new(exe)
-        .arg("shuffler")
-        .args(["--relay", &sim.url()])
-        .args(["--nats-url", &nats.url()])
-        .args(["--instance", "bench"])
-        .args(["--metrics-listen", "none"])
-        .args(["--start-cursor", "0"])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path)?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the shuffler child")?;
+    let (sim, mut shuffler) = live_feed(
+        &nats.url(),
+        &log_path,
+        args.seed,
+        args.rate,
+        total,
+        args.repos,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
     receiver.got.record(true);
     let mut baseline: Option<Vec<f64>> = None;

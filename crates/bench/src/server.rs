@@ -219,3 +219,45 @@ pub async fn wait_for_messages(
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// A live firehose into `nats_url`: relay-sim in process, generating `total` events at `rate` events/s over
+/// `repos` accounts with event times on the wall clock, read by `fpaas shuffler` as a child process of this
+/// binary (logging to `log`, killed on drop) from cursor 0.
+///
+/// # Errors
+/// The simulator cannot listen, or the shuffler cannot be started.
+pub async fn live_feed(
+    nats_url: &str,
+    log: &Path,
+    seed: u64,
+    rate: f64,
+    total: u64,
+    repos: usize,
+) -> Result<(fpaas_sim::Sim, tokio::process::Child)> {
+    let (sim, _) = fpaas_sim::Sim::start(fpaas_sim::SimConfig {
+        seed,
+        rate: Some(rate),
+        limit: Some(total),
+        repos,
+        record_truth: false,
+        wall_clock: true,
+        ..Default::default()
+    })
+    .await?;
+    let exe = std::env::current_exe().context("locating the fpaas binary")?;
+    let shuffler = tokio::process::Command::new(exe)
+        .arg("shuffler")
+        .args(["--relay", &sim.url()])
+        .args(["--nats-url", nats_url])
+        .args(["--instance", "bench"])
+        .args(["--metrics-listen", "none"])
+        .args(["--start-cursor", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the shuffler child")?;
+    Ok((sim, shuffler))
+}

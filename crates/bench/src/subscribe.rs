@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::error::{Context, Result, bail};
-use crate::server::{NatsServerFlag, start_nats};
+use crate::server::{NatsServerFlag, live_feed, start_nats};
 use crate::subs::WorkerChild;
 use crate::{Report, r2};
 
@@ -291,33 +291,15 @@ pub async fn run(args: &Args) -> Result<Report> {
 
     // The firehose: relay-sim → shuffler.
     let total = (args.rate * args.seconds as f64) as u64;
-    let (sim, _) = fpaas_sim::Sim::start(fpaas_sim::SimConfig {
-        seed: args.seed,
-        rate: Some(args.rate),
-        limit: Some(total),
-        repos: args.repos,
-        record_truth: false,
-        wall_clock: true,
-        ..Default::default()
-    })
+    let (_sim, mut shuffler) = live_feed(
+        &nats.url(),
+        &nats.scratch_dir().join("shuffler.log"),
+        args.seed,
+        args.rate,
+        total,
+        args.repos,
+    )
     .await?;
-    let exe = std::env::current_exe().context("locating the fpaas binary")?;
-    let mut shuffler = tokio::process::Command::new(exe)
-        .arg("shuffler")
-        .args(["--relay", &sim.url()])
-        .args(["--nats-url", &nats.url()])
-        .args(["--instance", "bench"])
-        .args(["--metrics-listen", "none"])
-        .args(["--start-cursor", "0"])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(
-            nats.scratch_dir().join("shuffler.log"),
-        )?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the shuffler child")?;
     let feed_started = Instant::now();
     let bounds_before = fpaas_bus::tail::stream_bounds(&client_nats, "FIREHOSE").await?;
     tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;

@@ -462,4 +462,63 @@ mod tests {
             "failed to parse subscriber options: invalid subscriber options: invalid collection: x"
         );
     }
+
+    #[test]
+    fn mangled_queries_and_messages_get_an_error_or_a_value_never_a_panic() {
+        let seeds = [
+            r#"{"type":"options_update","payload":{"wantedCollections":["app.bsky.*"],"wantedDids":["did:plc:a"],"maxMessageSizeBytes":100}}"#,
+            "wantedCollections=app.bsky.feed.like&wantedDids=did:plc:abc&cursor=170&compress=true",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for i in 0..3_000 {
+            let mut bytes = seeds[i % 2].as_bytes().to_vec();
+            for _ in 0..1 + next() % 8 {
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, b"*.&=\"{}[]:"[(next() % 10) as usize]),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if i % 2 == 0 {
+                match parse_message(&text) {
+                    Ok(_) => accepted += 1,
+                    Err(_) => refused += 1,
+                }
+            } else {
+                let pairs: Vec<(String, String)> = text
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, v)) => (k.to_owned(), v.to_owned()),
+                        None => (kv.to_owned(), String::new()),
+                    })
+                    .collect();
+                match parse_query(&pairs, None) {
+                    // Whatever was accepted is a usable filter.
+                    Ok(q) => {
+                        let _ = q.filter.subjects();
+                        accepted += 1;
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
 }

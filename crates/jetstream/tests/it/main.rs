@@ -269,6 +269,19 @@ async fn bad_messages_close_with_their_codes_and_bad_queries_get_400() {
         .expect("a close frame");
     assert_eq!(code, 1008);
     assert!(reason.contains("invalid collection: x"), "{reason}");
+    // A message over 10 MB is refused with 1009, not read into memory without bound.
+    let mut big = connect(e.addr, "").await;
+    let huge = format!(
+        r#"{{"type":"options_update","payload":{{"wantedDids":["{}"]}}}}"#,
+        "x".repeat(11_000_000)
+    );
+    let _ = big.send(Message::text(huge)).await;
+    assert_eq!(
+        close_of(&mut big, Duration::from_secs(5))
+            .await
+            .map(|c| c.0),
+        Some(1009)
+    );
     // Unknown types and binary messages are ignored.
     let mut c = connect(e.addr, "cursor=0").await;
     c.send(Message::text(r#"{"type":"something_else"}"#))
